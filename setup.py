@@ -1,0 +1,32 @@
+"""Installs tag_jax (JAX/Flax task grouping) and selection (framework-free network selection)."""
+import setuptools
+
+setuptools.setup(
+    name="tag_jax",
+    version="0.1.0",
+    description="Which tasks should be trained together? TAG, CS, HOA and DMTG task grouping in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["tag_jax", "tag_jax.*", "selection", "selection.*"]),
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-datasets>=4.9.7",
+        "ml-collections>=1.0",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "clu>=0.0.12",
+        # clu.metric_writers writes TensorBoard summaries through TensorFlow.
+        "tensorflow-cpu>=2.16",
+        "tensorboard>=2.16",
+        "grain>=0.2.4",
+        "absl-py",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
+    },
+)

@@ -1,0 +1,59 @@
+"""Batch order shared by every dataset: seeded epoch permutations, padded batches, process shards.
+
+A batch is a dict of numpy arrays `{'image': (B, H, W, C) float32 in the data's
+range, 'labels': (B, T) int32, 'mask': (B,) float32}`; `mask` is 0 for padding
+rows, so a last partial batch keeps the batch shape (one compiled step) while
+losses, metrics and batch-norm statistics see only real examples. The position
+in the stream is `(epoch, batch_index)`, which is all a checkpoint needs to
+resume with the next unseen batch.
+"""
+
+from typing import Iterator
+
+import numpy as np
+
+SPLITS = ("train", "validation", "test")
+
+
+def epoch_order(num_examples: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+  """Example indices of one epoch: a permutation seeded by (seed, epoch), or 0..N-1."""
+  if not shuffle:
+    return np.arange(num_examples)
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def num_batches(num_examples: int, batch_size: int, drop_remainder: bool) -> int:
+  return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
+
+
+def process_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:
+  """Rows of every global batch that process `process_index` loads."""
+  if global_batch_size % process_count:
+    raise ValueError(f"batch size {global_batch_size} is not divisible by {process_count} processes")
+  local = global_batch_size // process_count
+  return slice(process_index * local, (process_index + 1) * local)
+
+
+def batch_index_lists(num_examples: int, *, batch_size: int, seed: int, epoch: int,
+                      shuffle: bool, drop_remainder: bool, start_batch: int = 0,
+                      process_index: int = 0, process_count: int = 1) -> Iterator[np.ndarray]:
+  """For each batch of the epoch from `start_batch` on: this process's example indices, -1 = padding."""
+  order = epoch_order(num_examples, seed=seed, epoch=epoch, shuffle=shuffle)
+  rows = process_slice(batch_size, process_index, process_count)
+  for b in range(start_batch, num_batches(num_examples, batch_size, drop_remainder)):
+    indices = np.full(batch_size, -1, np.int64)
+    chunk = order[b * batch_size:(b + 1) * batch_size]
+    indices[:len(chunk)] = chunk
+    yield indices[rows]
+
+
+def assemble_batch(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> dict:
+  """Gathers rows `indices` (-1 = padding, zero-filled) into a padded batch dict."""
+  valid = indices >= 0
+  safe = np.where(valid, indices, 0)
+  image = np.asarray(images[safe], np.float32)
+  if images.dtype == np.uint8:
+    image /= 255.0
+  image[~valid] = 0.0
+  label = np.where(valid[:, None], labels[safe], 0).astype(np.int32)
+  return {"image": image, "labels": label, "mask": valid.astype(np.float32)}

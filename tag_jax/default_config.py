@@ -1,0 +1,63 @@
+"""The base experiment config: every key any method reads, with its default.
+
+Experiment files in `configs/` start from `get_base_config()` and change what
+they need; `--config.key=value` overrides anything from the command line.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # 'mtl' (all tasks, sum of losses), 'tag' (lookahead affinity), 'cs' (gradient cosine).
+  config.method = "mtl"
+  # Task names to train on, in this order; empty = every task of the dataset.
+  config.tasks = ()
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "synthetic"  # 'synthetic' | 'npz' | 'celeb_a'
+  config.dataset.path = ""  # npz: path of the .npz file.
+  config.dataset.data_dir = ""  # celeb_a: TFDS data_dir ('' = TFDS default).
+  config.dataset.num_train = 4096  # synthetic sizes
+  config.dataset.num_validation = 512
+  config.dataset.num_test = 512
+  config.dataset.image_size = 16  # synthetic: side of the generated images.
+  config.dataset.group_sizes = (3, 3, 3)  # synthetic: planted task groups.
+  config.dataset.noise = 0.5  # synthetic: pixel noise std.
+  config.dataset.label_noise = 0.05  # synthetic: fraction of flipped labels.
+  config.dataset.data_seed = 0  # synthetic: generator seed (independent of config.seed).
+  config.dataset.num_workers = 4  # celeb_a: reader threads.
+  # Side of the (square) model input; celeb_a images are resized to it.
+  config.image_size = 64
+
+  config.model = ml_collections.ConfigDict()
+  config.model.width = 64  # filters of every trunk convolution
+  config.model.conv = "auto"  # 'xla' | 'im2col' | 'auto' (im2col on CPU, xla elsewhere)
+  config.model.bn_epsilon = 1e-3  # TF reference; the PyTorch reference uses 1e-5
+  config.model.bn_momentum = 0.99  # running-average decay (TF default)
+  config.model.num_classes = 2  # logits per task head
+
+  config.batch_size = 256  # global batch
+  config.eval_batch_size = 256
+  config.drop_remainder = False  # reference keeps the last partial batch
+  config.num_epochs = 100
+  config.max_steps = -1  # stop (after a checkpoint) at this global step; -1 = no limit
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "sgd"  # 'sgd' | 'adam'
+  config.optimizer.learning_rate = 5e-4
+  config.optimizer.momentum = 0.9  # sgd only; 0 = plain SGD
+  config.optimizer.weight_decay = 0.0  # L2 added to the gradient (coupled), like the references
+  config.optimizer.schedule = "step"  # 'step' | 'constant'
+  config.optimizer.decay_every_epochs = 15  # 'step': multiply by decay_factor every this many epochs
+  config.optimizer.decay_factor = 0.5
+
+  config.early_stopping = ml_collections.ConfigDict()
+  config.early_stopping.patience = 10  # epochs without a better summed validation loss; 0 = off
+  config.early_stopping.restore_best = True
+
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 0  # 0 = checkpoint at the end of every epoch only
+  config.keep_checkpoints = 2
+  return config

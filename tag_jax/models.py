@@ -1,0 +1,134 @@
+"""The CelebA multi-task network of TAG and DMTG: a small residual trunk and one head per task.
+
+Parameters split into two subtrees, `shared` (the trunk) and `heads` (all task
+heads, stacked on a leading task axis), because every grouping method moves the
+trunk and the heads differently.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CONV_IMPLS = ("xla", "im2col", "auto")
+
+
+def resolve_conv_impl(name: str) -> str:
+  """'auto' -> 'im2col' on CPU (XLA:CPU filter gradients are slow), 'xla' on GPU/TPU."""
+  if name not in CONV_IMPLS:
+    raise ValueError(f"model.conv must be one of {CONV_IMPLS}, got {name!r}")
+  if name == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+  return name
+
+
+def im2col_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """SAME 3x3 stride-1 convolution as one matmul. x: (B, H, W, C); kernel: (3, 3, C, F) -> (B, H, W, F)."""
+  height, width = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # Channel order (dy, dx, c) matches kernel.reshape(9 * C, F).
+  patches = jnp.concatenate(
+      [padded[:, dy:dy + height, dx:dx + width, :] for dy in range(3) for dx in range(3)], axis=-1)
+  return patches @ kernel.reshape(-1, kernel.shape[-1]).astype(x.dtype)
+
+
+class Conv3x3(nn.Module):
+  """3x3 SAME convolution without bias; `impl` picks XLA's conv or im2col (same parameters, same values)."""
+
+  features: int
+  impl: str = "xla"
+  kernel_init: Callable[..., Any] = nn.initializers.glorot_uniform()
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features))
+    if self.impl == "im2col":
+      return im2col_conv3x3(x, kernel)
+    return jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class Trunk(nn.Module):
+  """conv-BN-ReLU-maxpool(3, s2) -> residual block -> ReLU -> avgpool(2, s2) -> flatten.
+
+  (B, S, S, C) -> (B, F); for S = 64 and width 64, F = 15 * 15 * 64 = 14,400.
+  `mask` (B,) marks real examples: padded ones do not enter batch statistics.
+  """
+
+  width: int = 64
+  conv: str = "xla"
+  bn_epsilon: float = 1e-3
+  bn_momentum: float = 0.99
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, mask=None):
+    bn_mask = None if mask is None else mask.astype(bool)[:, None, None, None]
+
+    def norm(y):
+      return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                          epsilon=self.bn_epsilon)(y, mask=bn_mask if train else None)
+
+    x = nn.relu(norm(Conv3x3(self.width, self.conv)(x)))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    residual = x
+    x = nn.relu(norm(Conv3x3(self.width, self.conv)(x)))
+    x = norm(Conv3x3(self.width, self.conv)(x))
+    x = nn.relu(x + residual)
+    x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    return x.reshape(x.shape[0], -1)
+
+
+class TaskHeads(nn.Module):
+  """One Dense(num_classes) head per task, stacked: (B, F) -> logits (B, T, num_classes)."""
+
+  num_tasks: int
+  num_classes: int = 2
+
+  @nn.compact
+  def __call__(self, features):
+    kernel = self.param("kernel", nn.initializers.glorot_uniform(batch_axis=(0,)),
+                        (self.num_tasks, features.shape[-1], self.num_classes))
+    bias = self.param("bias", nn.initializers.zeros, (self.num_tasks, self.num_classes))
+    return jnp.einsum("bf,tfc->btc", features, kernel.astype(features.dtype)) + bias
+
+
+class MultiTaskNet(nn.Module):
+  """Trunk (`shared`) + stacked task heads (`heads`). image (B, S, S, C) -> logits (B, T, classes)."""
+
+  num_tasks: int
+  num_classes: int = 2
+  width: int = 64
+  conv: str = "xla"
+  bn_epsilon: float = 1e-3
+  bn_momentum: float = 0.99
+
+  def setup(self):
+    self.shared = Trunk(self.width, self.conv, self.bn_epsilon, self.bn_momentum)
+    self.heads = TaskHeads(self.num_tasks, self.num_classes)
+
+  def __call__(self, image, *, train: bool, mask=None):
+    return self.heads(self.shared(image, train=train, mask=mask))
+
+
+def create_model(config, num_tasks: int) -> MultiTaskNet:
+  return MultiTaskNet(
+      num_tasks=num_tasks,
+      num_classes=config.model.num_classes,
+      width=config.model.width,
+      conv=resolve_conv_impl(config.model.conv),
+      bn_epsilon=config.model.bn_epsilon,
+      bn_momentum=config.model.bn_momentum,
+  )
+
+
+def softmax_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Softmax cross-entropy of every example and task: logits (B, T, C), labels (B, T) -> (B, T)."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def per_task_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy per task over real examples (mask (B,) in {0, 1}) -> (T,)."""
+  nll = softmax_nll(logits, labels)
+  return (nll * mask[:, None]).sum(0) / jnp.maximum(mask.sum(), 1.0)
