@@ -1,13 +1,16 @@
 """Command line: python -m tag_jax.main --config=configs/synthetic_mtl.py --workdir=runs/x [--config.k=v]."""
 
 import logging as py_logging
+import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow (behind clu) start-up chatter
 
-from tag_jax import train
-from tag_jax.errors import UserError
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from tag_jax import train  # noqa: E402
+from tag_jax.errors import UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
                                           lock_config=True)
@@ -15,8 +18,26 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def one_line(error: BaseException) -> str:
+  return " ".join(str(error).split())
+
+
+def parse_flags(argv):
+  """absl parsing, but a bad flag or --config.key (unknown, wrong type) is one line and exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # config_flags: --config.<key> that the config lacks
+    key = one_line(e).strip("\"'")
+    print(f"error: unknown config key {key!r} on the command line; check the spelling against "
+          "the config file", file=sys.stderr)
+  except (flags.Error, TypeError, ValueError) as e:
+    print(f"error: bad command line: {one_line(e)} (see --helpfull and the config file)",
+          file=sys.stderr)
+  sys.exit(2)
+
+
 class _QuietLibraries(py_logging.Filter):
-  """Keeps the console to this tool's own progress: drops INFO chatter of checkpoint/TF internals."""
+  """Keeps the console to this tool's own progress: drops INFO chatter of checkpoint internals."""
 
   def filter(self, record):
     return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
@@ -29,9 +50,9 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {one_line(e)}", file=sys.stderr)
     sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tag_jax import affinity
 from tag_jax.models import per_task_cross_entropy, softmax_nll
 
 
@@ -88,3 +89,66 @@ def make_eval_step(model: nn.Module):
     return {"loss_sum": (nll * mask[:, None]).sum(0), "correct": (correct * mask[:, None]).sum(0),
             "count": mask.sum()}
   return eval_step
+
+
+def init_affinity_tracker(num_sources: int, num_tasks: int) -> dict:
+  """Sums of recorded (S, T) matrices for the current epoch and the whole run, and their counts."""
+  shape = (num_sources, num_tasks)
+  return {"epoch_sum": jnp.zeros(shape), "epoch_count": jnp.zeros((), jnp.int32),
+          "run_sum": jnp.zeros(shape), "run_count": jnp.zeros((), jnp.int32)}
+
+
+def record_affinity(tracker: dict, matrix) -> dict:
+  return {"epoch_sum": tracker["epoch_sum"] + matrix, "epoch_count": tracker["epoch_count"] + 1,
+          "run_sum": tracker["run_sum"] + matrix, "run_count": tracker["run_count"] + 1}
+
+
+def make_measured_step(model: nn.Module, optimizer, measure, *, strategy: str, chunk_size=None):
+  """An MTL step that also records measure(state, batch, task_grads, losses) -> (S, T).
+
+  Per-task gradients of all parameters come from one vjp of the (T,) losses;
+  their sum is the MTL gradient, so the update equals the plain step's.
+  task_grads: pytree like params with leaves (T, ...).
+  """
+  def train_step(state: TrainState, batch):
+    losses, vjp_fn, batch_stats = jax.vjp(
+        lambda p: task_losses(model, p, state.batch_stats, batch), state.params, has_aux=True)
+    task_grads = affinity.per_task_gradients(vjp_fn, losses.shape[0], strategy=strategy,
+                                             chunk_size=chunk_size)
+    matrix = measure(state, batch, task_grads, losses)
+    grads = jax.tree.map(lambda g: g.sum(0), task_grads)
+    state = state.replace(tracker=record_affinity(state.tracker, matrix))
+    state = apply_gradients(state, optimizer, grads, batch_stats)
+    return state, {"loss": losses.sum(), "task_losses": losses}
+  return train_step
+
+
+def momentum_trace(opt_state):
+  """The SGD momentum trace (params-shaped) inside an optax state, or None if there is none."""
+  traces = optax.tree_utils.tree_get_all_with_path(opt_state, "trace")
+  return traces[0][1] if traces else None
+
+
+def make_tag_measure(model: nn.Module, learning_rate_fn, affinity_config):
+  """measure() for TAG: lookahead affinity (S, T) of the shared trunk at the current step."""
+  use_momentum = affinity_config.lookahead == "momentum"
+
+  def measure(state, batch, task_grads, losses):
+    trace = momentum_trace(state.opt_state)["shared"] if use_momentum else None
+    return affinity.affinity_from_task_gradients(
+        shared_losses_fn(model, state.params, state.batch_stats), state.params["shared"], batch,
+        losses, task_grads["shared"], learning_rate=learning_rate_fn(state.step),
+        momentum=affinity_config.momentum, trace=trace,
+        weight_decay=affinity_config.weight_decay, scale_by_lr=affinity_config.scale_by_lr,
+        sources=affinity.sources_for_order(losses.shape[0], affinity_config.order),
+        strategy=affinity_config.strategy, chunk_size=affinity_config.chunk_size or None)
+  return measure
+
+
+def make_cs_measure(affinity_config):
+  """measure() for CS: (T, T) cosine of per-task gradients of the shared trunk."""
+  def measure(state, batch, task_grads, losses):
+    del state, batch, losses
+    return affinity.cosine_from_task_gradients(task_grads["shared"],
+                                               kernels_only=affinity_config.kernels_only)
+  return measure

@@ -1,0 +1,131 @@
+"""Inter-task affinity: TAG's lookahead affinity and the gradient-cosine (CS) baseline.
+
+Orientation everywhere: `A[s, t]` = effect of a step on SOURCE s (row) on TARGET
+task t (column). Selection reads "affinity onto t from u" = A[u, t] (transpose).
+
+Every source is computed inside one traced function. Per-task gradients come
+from ONE vjp of the (T,) loss vector and T cotangent pulls; a multi-task
+source's gradient is the sum of its members' (linearity), so `sources` never
+costs extra backward passes. `strategy` says how the T pulls and the S
+lookahead forwards are batched: 'unrolled' (a traced Python loop, fastest on
+XLA:CPU), 'vmap' (batched over the source axis; usually best on GPU/TPU) or
+'map' (`lax.map` in chunks of `chunk_size`, bounded memory); 'auto' picks by
+backend. The benchmark `benchmarks/affinity_step.py` measures them.
+"""
+
+import itertools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+STRATEGIES = ("auto", "unrolled", "vmap", "map")
+ORDERS = ("singles", "1", "-1")
+
+
+def resolve_strategy(strategy: str) -> str:
+  if strategy not in STRATEGIES:
+    raise ValueError(f"affinity strategy must be one of {STRATEGIES}, got {strategy!r}")
+  if strategy == "auto":
+    return "unrolled" if jax.default_backend() == "cpu" else "vmap"
+  return strategy
+
+
+def sources_for_order(num_tasks: int, order: str) -> list[tuple[int, ...]]:
+  """REFERENCE 'order': 'singles' -> T single tasks; '1' -> singles + all tasks; '-1' -> every subset."""
+  singles = [(t,) for t in range(num_tasks)]
+  if order == "singles":
+    return singles
+  if order == "1":
+    return singles + [tuple(range(num_tasks))]
+  if order == "-1":
+    return [c for k in range(1, num_tasks + 1) for c in itertools.combinations(range(num_tasks), k)]
+  raise ValueError(f"affinity order must be one of {ORDERS}, got {order!r}")
+
+
+def source_weights(num_tasks: int, sources: Sequence[Sequence[int]] | None) -> np.ndarray:
+  """(S, T) 0/1 matrix: row s marks the tasks whose losses make up source s."""
+  sources = [(t,) for t in range(num_tasks)] if sources is None else sources
+  weights = np.zeros((len(sources), num_tasks), np.float32)
+  for s, members in enumerate(sources):
+    weights[s, list(members)] = 1.0
+  return weights
+
+
+def _map_over(fn: Callable, stacked, strategy: str, chunk_size: int | None):
+  """fn over the leading axis of the pytree `stacked`, results stacked on axis 0."""
+  if strategy == "vmap":
+    return jax.vmap(fn)(stacked)
+  if strategy == "map":
+    return jax.lax.map(fn, stacked, batch_size=chunk_size)
+  size = jax.tree.leaves(stacked)[0].shape[0]
+  outs = [fn(jax.tree.map(lambda x, i=i: x[i], stacked)) for i in range(size)]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def per_task_gradients(vjp_fn: Callable, num_tasks: int, *, strategy: str = "auto",
+                       chunk_size: int | None = None):
+  """Gradients of each of the T losses: pytree with leaves (T, *param_shape)."""
+  eye = jnp.eye(num_tasks, dtype=jnp.float32)
+  return _map_over(lambda e: vjp_fn(e)[0], eye, resolve_strategy(strategy), chunk_size)
+
+
+def affinity_from_task_gradients(losses_fn: Callable, params, batch, base_losses, task_grads, *,
+                                 learning_rate, momentum=0.0, trace=None, weight_decay=0.0,
+                                 scale_by_lr=True, sources=None, strategy="auto",
+                                 chunk_size=None) -> jax.Array:
+  """Lookahead affinity (S, T) given the losses (T,) at `params` and per-task gradients (T, ...)."""
+  weights = jnp.asarray(source_weights(base_losses.shape[0], sources))
+  direction = jax.tree.map(lambda p: weight_decay * p, params)
+  if trace is not None:
+    direction = jax.tree.map(lambda d, m: d + momentum * m, direction, trace)
+  lookahead_params = jax.tree.map(
+      lambda p, g, d: p - learning_rate * (jnp.tensordot(weights, g, axes=1) + d),
+      params, task_grads, direction)
+  lookahead_losses = _map_over(lambda p: losses_fn(p, batch), lookahead_params,
+                               resolve_strategy(strategy), chunk_size)
+  ratio = 1.0 - lookahead_losses / base_losses[None, :]
+  return ratio / learning_rate if scale_by_lr else ratio
+
+
+def lookahead_affinity(losses_fn: Callable, params, batch, *, learning_rate, momentum=0.0,
+                       trace=None, weight_decay=0.0, scale_by_lr=True, sources=None,
+                       strategy="auto", chunk_size=None) -> jax.Array:
+  """TAG affinity A (S, T), row = source, column = target task.
+
+  losses_fn(params, batch) -> (T,) per-task losses as a function of the SHARED
+  parameters only. For source s (a single task, or a tuple of task indices whose
+  losses are summed), the lookahead is
+    theta'_s = theta - lr * (g_s + weight_decay * theta + momentum * trace)
+  (without `trace`: theta - lr * (g_s + weight_decay * theta)), and
+    A[s, t] = 1 - L_t(theta'_s) / L_t(theta), divided by lr when `scale_by_lr`.
+  """
+  base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
+  task_grads = per_task_gradients(vjp_fn, base_losses.shape[0], strategy=strategy,
+                                  chunk_size=chunk_size)
+  return affinity_from_task_gradients(
+      losses_fn, params, batch, base_losses, task_grads, learning_rate=learning_rate,
+      momentum=momentum, trace=trace, weight_decay=weight_decay, scale_by_lr=scale_by_lr,
+      sources=sources, strategy=strategy, chunk_size=chunk_size)
+
+
+def cosine_from_task_gradients(task_grads, *, kernels_only=True) -> jax.Array:
+  """(T, T) cosine similarity of per-task gradients (leaves (T, ...)), flattened and concatenated.
+
+  kernels_only keeps leaves whose per-task shape has rank > 1 (conv/dense kernels).
+  """
+  leaves = [g.reshape(g.shape[0], -1) for g in jax.tree.leaves(task_grads)
+            if not kernels_only or g.ndim > 2]
+  flat = jnp.concatenate(leaves, axis=1)
+  unit = flat / jnp.maximum(jnp.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+  return unit @ unit.T
+
+
+def gradient_cosine_similarity(losses_fn: Callable, params, batch, *, kernels_only=True,
+                               strategy="auto", chunk_size=None) -> jax.Array:
+  """CS baseline: (T, T) cosine between per-task gradients of the shared parameters (symmetric)."""
+  base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
+  task_grads = per_task_gradients(vjp_fn, base_losses.shape[0], strategy=strategy,
+                                  chunk_size=chunk_size)
+  return cosine_from_task_gradients(task_grads, kernels_only=kernels_only)
