@@ -22,11 +22,14 @@ setuptools.setup(
         # clu.metric_writers writes TensorBoard summaries through TensorFlow.
         "tensorflow-cpu>=2.16",
         "tensorboard>=2.16",
-        "grain>=0.2.4",
+        "grain>=0.2.13",
+        "pillow",  # TFDS decodes CelebA JPEGs with it
         "absl-py",
         "matplotlib>=3.7",
     ],
     extras_require={
+        # Only for preparing CelebA's ArrayRecord files (data/prepare_celeba.md).
+        "prepare": ["tensorflow-cpu>=2.16", "importlib_resources"],
         "test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
     },
 )

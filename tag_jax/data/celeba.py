@@ -4,6 +4,9 @@ Reading needs no TensorFlow: `tfds` random-access sources over the ArrayRecord
 files decode each example with numpy and PIL, and grain threads read, decode
 and resize the examples of `pipeline.batch_index_lists` (the batch order every
 dataset shares) ahead of the consumer. Each task is one attribute, label 0/1.
+The resize equals the reference's `tf.image.resize`; the JPEG decoding is
+PIL's accurate integer DCT where TensorFlow's default is the fast one, so a
+pixel can differ from the reference's by a few 1/255 steps.
 Preparing the data is `tag_jax.data.prepare_celeba` (see data/prepare_celeba.md).
 """
 
@@ -82,7 +85,7 @@ def example_arrays(example: dict, task_names: Sequence[str], image_size: int):
 
 @dataclasses.dataclass(frozen=True)
 class CelebA:
-  """The attributes `task_names` of CelebA; `sources[split]` reads decoded TFDS examples by index."""
+  """The attributes `task_names` of CelebA; `sources[split][i]` is a decoded TFDS example."""
 
   sources: dict
   task_names: tuple[str, ...]
@@ -128,7 +131,7 @@ class CelebA:
 
 
 def open_sources(data_dir: str) -> dict:
-  """split -> random-access source of the prepared ArrayRecord celeb_a; UserError if not prepared."""
+  """split -> random-access source of the prepared ArrayRecord celeb_a; else a UserError."""
   builder = tfds.builder(TFDS_NAME, data_dir=data_dir or None)
   if not builder.is_prepared():
     raise UserError(f"CelebA ({TFDS_NAME} {builder.version}) is not prepared in {builder.data_dir} "
@@ -143,7 +146,7 @@ def open_sources(data_dir: str) -> dict:
 
 
 def load(config) -> CelebA:
-  """CelebA restricted to `config.tasks` (empty = CELEBA_9), images resized to `config.image_size`."""
+  """CelebA with tasks `config.tasks` (empty = CELEBA_9), images resized to `config.image_size`."""
   task_names = tuple(config.tasks) or CELEBA_9
   task_columns(CELEBA_40, task_names)
   return CelebA(open_sources(config.dataset.data_dir), task_names, config.image_size,

@@ -37,7 +37,7 @@ def original_files() -> dict[str, int]:
 
 
 def check_manual_dir(manual_dir: str) -> None:
-  """UserError naming every original file that is missing from `manual_dir` or has the wrong size."""
+  """UserError naming every original file missing from `manual_dir` or of the wrong size."""
   problems = []
   for name, size in sorted(original_files().items()):
     path = os.path.join(manual_dir, name)
@@ -67,7 +67,7 @@ def prepare(manual_dir: str, data_dir: str = "") -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m tag_jax.data.prepare_celeba",
-      description=f"Prepare CelebA (TFDS celeb_a) as ArrayRecord from the original files; see {DOC}.")
+      description=f"Prepare CelebA (TFDS celeb_a) as ArrayRecord from the originals; see {DOC}.")
   parser.add_argument("--manual_dir", required=True,
                       help="directory holding the five original CelebA files")
   parser.add_argument("--data_dir", default="",
