@@ -1,0 +1,74 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tag_jax import models
+
+
+def test_celeba_trunk_has_14400_features_and_split_params():
+  model = models.MultiTaskNet(num_tasks=9, width=64, conv="xla")
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3)),
+                                             train=False))
+  params = shapes["params"]
+  assert set(params) == {"shared", "heads"}
+  assert set(shapes["batch_stats"]) == {"shared"}
+  assert params["heads"]["kernel"].shape == (9, 14400, 2)
+  assert params["heads"]["bias"].shape == (9, 2)
+  features = jax.eval_shape(
+      lambda: models.Trunk(width=64).init_with_output(jax.random.key(0), jnp.zeros((2, 64, 64, 3)),
+                                                      train=False)[0])
+  assert features.shape == (2, 14400)
+  logits = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((2, 64, 64, 3)), train=False)[0])
+  assert logits.shape == (2, 9, 2)
+
+
+def test_im2col_equals_xla_convolution_values_and_gradients():
+  x = jax.random.normal(jax.random.key(1), (3, 7, 7, 5))
+  kernel = jax.random.normal(jax.random.key(2), (3, 3, 5, 4))
+
+  def out(impl, k, x):
+    return models.Conv3x3(4, impl).apply({"params": {"kernel": k}}, x)
+
+  np.testing.assert_allclose(out("im2col", kernel, x), out("xla", kernel, x), atol=1e-4)
+  grads = [jax.grad(lambda k, x, i=impl: (out(i, k, x) ** 2).sum(), argnums=(0, 1))(kernel, x)
+           for impl in ("im2col", "xla")]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_heads_equal_separate_dense_layers():
+  features = jax.random.normal(jax.random.key(0), (4, 6))
+  heads = models.TaskHeads(num_tasks=3, num_classes=2)
+  params = heads.init(jax.random.key(1), features)["params"]
+  logits = heads.apply({"params": params}, features)
+  for t in range(3):
+    dense = nn.Dense(2).apply({"params": {"kernel": params["kernel"][t], "bias": params["bias"][t]}},
+                              features)
+    np.testing.assert_allclose(logits[:, t], dense, rtol=1e-5, atol=1e-6)
+
+
+def test_per_task_cross_entropy_matches_numpy_and_ignores_padding():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 3, 2)).astype(np.float32)
+  labels = rng.integers(0, 2, size=(5, 3))
+  mask = np.array([1, 1, 1, 0, 0], np.float32)
+  got = models.per_task_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+  np.testing.assert_allclose(got, nll[:3].mean(0), rtol=1e-5)
+
+
+def test_padding_rows_do_not_change_batch_statistics():
+  model = models.MultiTaskNet(num_tasks=2, width=4, conv="im2col")
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  variables = model.init(jax.random.key(1), x, train=False)
+  padded = jnp.concatenate([x, 100.0 * jnp.ones((2, 8, 8, 3))])
+  mask = jnp.array([1, 1, 1, 1, 0, 0], jnp.float32)
+  out_real, stats_real = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  out_pad, stats_pad = model.apply(variables, padded, train=True, mask=mask,
+                                   mutable=["batch_stats"])
+  np.testing.assert_allclose(out_pad[:4], out_real, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(stats_real), jax.tree.leaves(stats_pad)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
