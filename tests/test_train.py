@@ -1,0 +1,185 @@
+"""The training loop end to end on tiny configs: outputs, resume, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from tag_jax import checkpointing, data, models, steps, train
+from tag_jax.errors import TrainingDiverged, UserError
+
+from conftest import REPO
+
+
+def final_params(workdir):
+  """Parameters of the latest checkpoint as numpy leaves."""
+  manager = checkpointing.create_manager(workdir, keep=2)
+  restored = manager.restore(manager.latest_step(),
+                             args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return [np.asarray(x) for x in jax.tree.leaves(restored.state["params"])]
+
+
+def test_one_train_step_lowers_the_loss_on_a_fixed_batch(tiny_config):
+  dataset = data.load_dataset(tiny_config)
+  batch = next(dataset.batches("train", batch_size=32, seed=0, epoch=0, shuffle=False,
+                               drop_remainder=False))
+  model = models.create_model(tiny_config, len(dataset.task_names))
+  optimizer = optax.sgd(0.1)
+  state = steps.init_train_state(model, optimizer, jax.random.key(0), dataset.image_shape)
+  step = jax.jit(steps.make_mtl_step(model, optimizer))
+  state, first = step(state, batch)
+  _, second = step(state, batch)
+  assert float(second["loss"]) < float(first["loss"])
+
+
+def test_mtl_run_writes_config_metrics_results_and_checkpoints(tiny_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(tiny_config, workdir)
+  assert json.load(open(os.path.join(workdir, "config.json")))["batch_size"] == 32
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert any("train/loss" in r for r in records) and any("val/loss" in r for r in records)
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+  assert os.listdir(os.path.join(workdir, "checkpoints"))
+  saved = json.load(open(os.path.join(workdir, "results.json")))
+  assert saved["test"]["total_error"] == pytest.approx(results["test"]["total_error"])
+  accuracy = np.array(saved["test"]["task_accuracy"])
+  assert saved["test"]["total_error"] == pytest.approx((100 * (1 - accuracy)).sum())
+  assert results["steps"] == 2 * 3
+
+
+@pytest.mark.parametrize("method", ["mtl", "tag"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path, method):
+  tiny_config.method = method
+  tiny_config.checkpoint_every_steps = 2
+  tiny_config.early_stopping.patience = 0
+  whole = str(tmp_path / "whole")
+  expected = train.train_and_evaluate(tiny_config, whole)
+  parts = str(tmp_path / "parts")
+  tiny_config.max_steps = 4  # stops in the middle of epoch 2
+  assert train.train_and_evaluate(tiny_config, parts) == {"stopped_at_step": 4}
+  tiny_config.max_steps = -1
+  resumed = train.train_and_evaluate(tiny_config, parts)
+  for a, b in zip(final_params(whole), final_params(parts)):
+    np.testing.assert_array_equal(a, b)
+  assert resumed["test"] == expected["test"]
+  if method == "tag":
+    assert (json.load(open(os.path.join(whole, "affinity.json")))
+            == json.load(open(os.path.join(parts, "affinity.json"))))
+  steps_logged = [json.loads(line)["step"] for line in open(os.path.join(parts, "metrics.jsonl"))
+                  if "train/loss" in line]
+  assert len(steps_logged) == len(set(steps_logged))  # nothing logged twice after the resume
+
+
+@pytest.mark.parametrize("method", ["tag", "cs"])
+def test_affinity_run_writes_affinity_json_and_plots(tiny_config, tmp_path, method):
+  tiny_config.method = method
+  workdir = str(tmp_path / method)
+  train.train_and_evaluate(tiny_config, workdir)
+  record = json.load(open(os.path.join(workdir, "affinity.json")))
+  assert record["method"] == method
+  assert record["orientation"] == "matrix[source][target]"
+  assert record["tasks"] == ["g0_t0", "g0_t1", "g1_t0", "g1_t1"]
+  assert np.array(record["matrix"]).shape == (4, 4)
+  assert len(record["per_epoch"]) == 2
+  # every_n_steps = 2 over 6 steps: steps 0, 2, 4
+  assert record["steps_recorded"] == 3
+  np.testing.assert_allclose(np.mean(record["per_epoch"], axis=0)[0, 0], record["matrix"][0][0],
+                             rtol=0.5)  # epochs hold 2 and 1 of the 3 records
+  if method == "cs":
+    np.testing.assert_allclose(np.diag(record["matrix"]), 1.0, rtol=1e-5)
+  for picture in ("affinity.png", "affinity_over_time.png"):
+    assert os.path.getsize(os.path.join(workdir, picture)) > 1000
+
+
+def test_order_1_writes_the_all_tasks_source(tiny_config, tmp_path):
+  tiny_config.method = "tag"
+  tiny_config.affinity.order = "1"
+  tiny_config.num_epochs = 1
+  workdir = str(tmp_path / "order1")
+  train.train_and_evaluate(tiny_config, workdir)
+  record = json.load(open(os.path.join(workdir, "affinity.json")))
+  assert record["sources"][-1] == record["tasks"]
+  assert np.array(record["source_matrix"]).shape == (5, 4)
+  np.testing.assert_allclose(np.array(record["source_matrix"])[:4], record["matrix"])
+
+
+def test_nan_loss_stops_with_the_task_named_and_keeps_the_last_checkpoint(tiny_config, tmp_path):
+  workdir = str(tmp_path / "nan")
+  tiny_config.num_epochs = 1
+  train.train_and_evaluate(tiny_config, workdir)
+  before = final_params(workdir)
+  tiny_config.num_epochs = 3
+  tiny_config.optimizer.learning_rate = 1e30
+  with pytest.raises(TrainingDiverged, match=r"loss of task\(s\) \['g0_t0'.*non-finite"):
+    train.train_and_evaluate(tiny_config, workdir)
+  for a, b in zip(before, final_params(workdir)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_check_finite_names_only_the_bad_task():
+  with pytest.raises(TrainingDiverged, match=r"\['b'\] became non-finite at step 7"):
+    train.check_finite(np.array([1.0, np.nan, 2.0]), ("a", "b", "c"), 7, "/tmp/w")
+  train.check_finite(np.array([1.0, 2.0]), ("a", "b"), 1, "/tmp/w")
+
+
+def test_bad_config_values_and_workdir(tiny_config, tmp_path):
+  for key, value, message in [("method", "nope", "unknown config.method"),
+                              ("batch_size", 0, "batch_size must be >= 1"),
+                              ("model.conv", "fft", "unknown config.model.conv")]:
+    config = tiny_config.copy_and_resolve_references()
+    config.update_from_flattened_dict({key: value})
+    with pytest.raises(UserError, match=message):
+      train.train_and_evaluate(config, str(tmp_path / "w"))
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(UserError, match="cannot write to --workdir"):
+    train.train_and_evaluate(tiny_config, str(blocker / "sub"))
+  tiny_config.affinity.lookahead = "momentum"
+  tiny_config.method = "tag"
+  tiny_config.optimizer.name = "adam"
+  with pytest.raises(UserError, match="lookahead='momentum' needs"):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "w"))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_config, tmp_path):
+  workdir = str(tmp_path / "corrupt")
+  tiny_config.num_epochs = 1
+  train.train_and_evaluate(tiny_config, workdir)
+  step_dir = os.path.join(workdir, "checkpoints", "3", "state")
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(UserError, match="cannot be restored.*delete that folder"):
+    train.train_and_evaluate(tiny_config, workdir)
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "tag_jax.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_unknown_key_and_wrong_type_exit_2_with_one_line(tmp_path):
+  for override, message in [("--config.no_such_key=1", "unknown config key 'no_such_key'"),
+                            ("--config.num_epochs=abc", "num_epochs=abc")]:
+    proc = run_cli("--config=configs/tiny_test.py", f"--workdir={tmp_path}", override)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_runs_with_overrides(tmp_path):
+  proc = run_cli("--config=configs/tiny_test.py", f"--workdir={tmp_path}",
+                 "--config.num_epochs=1", "--config.seed=1", "--config.batch_size=48")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  config = json.load(open(tmp_path / "config.json"))
+  assert (config["num_epochs"], config["seed"], config["batch_size"]) == (1, 1, 48)
+  assert "steps_per_sec" in proc.stderr
+  assert json.load(open(tmp_path / "results.json"))["steps"] == 2
