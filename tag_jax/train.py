@@ -11,24 +11,17 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from clu import periodic_actions
 
-from tag_jax import affinity, checkpointing, data, models, optim, reporting, steps
+from tag_jax import checkpointing, data, methods, models, optim, reporting, steps
 from tag_jax.data import pipeline
 from tag_jax.errors import TrainingDiverged, UserError
 
-METHODS = ("mtl", "tag", "cs")
-AFFINITY_METHODS = ("tag", "cs")
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises UserError for values no run can use (before any data is read or code compiled)."""
-  if config.method not in METHODS:
-    raise UserError(f"unknown config.method {config.method!r}; choose one of {METHODS}")
   if config.dataset.name not in data.DATASETS:
     raise UserError(f"unknown config.dataset.name {config.dataset.name!r}; "
                     f"choose one of {data.DATASETS}")
@@ -40,85 +33,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                     f"choose one of {optim.SCHEDULES}")
   if config.model.conv not in models.CONV_IMPLS:
     raise UserError(f"unknown config.model.conv {config.model.conv!r}; choose one of {models.CONV_IMPLS}")
-  if config.method in AFFINITY_METHODS:
-    validate_affinity_config(config)
+  methods.validate(config)
   for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "keep_checkpoints"):
     if config[key] < 1:
       raise UserError(f"config.{key} must be >= 1, got {config[key]}")
   if config.batch_size % jax.process_count():
     raise UserError(f"config.batch_size {config.batch_size} must be divisible by the "
                     f"{jax.process_count()} processes")
-
-
-def validate_affinity_config(config) -> None:
-  aff = config.affinity
-  if aff.order not in affinity.ORDERS:
-    raise UserError(f"unknown config.affinity.order {aff.order!r}; choose one of {affinity.ORDERS}")
-  if aff.strategy not in affinity.STRATEGIES:
-    raise UserError(f"unknown config.affinity.strategy {aff.strategy!r}; "
-                    f"choose one of {affinity.STRATEGIES}")
-  if aff.lookahead not in ("sgd", "momentum"):
-    raise UserError(f"unknown config.affinity.lookahead {aff.lookahead!r}; choose 'sgd' or 'momentum'")
-  if aff.lookahead == "momentum" and not (config.optimizer.name == "sgd"
-                                          and config.optimizer.momentum):
-    raise UserError("config.affinity.lookahead='momentum' needs config.optimizer.name='sgd' with "
-                    "config.optimizer.momentum > 0; use lookahead='sgd' otherwise")
-  if aff.every_n_steps < 1:
-    raise UserError(f"config.affinity.every_n_steps must be >= 1, got {aff.every_n_steps}")
-
-
-def build_steps(config, model, optimizer, learning_rate_fn, num_tasks):
-  """(plain step, measuring step or None, initial tracker) for config.method."""
-  plain = steps.make_mtl_step(model, optimizer)
-  if config.method not in AFFINITY_METHODS:
-    return plain, None, {}
-  if config.method == "tag":
-    measure = steps.make_tag_measure(model, learning_rate_fn, config.affinity)
-    num_sources = len(affinity.sources_for_order(num_tasks, config.affinity.order))
-  else:
-    measure = steps.make_cs_measure(config.affinity)
-    num_sources = num_tasks
-  measured = steps.make_measured_step(model, optimizer, measure,
-                                      strategy=config.affinity.strategy,
-                                      chunk_size=config.affinity.chunk_size or None)
-  return plain, measured, steps.init_affinity_tracker(num_sources, num_tasks)
-
-
-def close_affinity_epoch(state, meta):
-  """Appends the epoch's mean affinity (or None) to meta and zeroes the epoch sums."""
-  tracker = state.tracker
-  count = int(tracker["epoch_count"])
-  meta["affinity_per_epoch"].append(
-      (np.asarray(tracker["epoch_sum"]) / count).tolist() if count else None)
-  return state.replace(tracker={**tracker, "epoch_sum": jnp.zeros_like(tracker["epoch_sum"]),
-                                "epoch_count": jnp.zeros_like(tracker["epoch_count"])})
-
-
-def write_affinity_outputs(workdir, config, task_names, tracker, meta) -> dict:
-  """affinity.json (run mean, per-epoch means, orientation stated) and its two plots."""
-  from tag_jax import plots
-
-  count = int(tracker["run_count"])
-  if not count:
-    raise UserError("no affinity step was recorded; lower config.affinity.every_n_steps")
-  full = np.asarray(tracker["run_sum"]) / count
-  num_tasks = len(task_names)
-  record = {
-      "method": config.method,
-      "tasks": list(task_names),
-      "orientation": "matrix[source][target]",
-      "matrix": full[:num_tasks].tolist(),
-      "per_epoch": [None if m is None else m[:num_tasks] for m in meta["affinity_per_epoch"]],
-      "steps_recorded": count,
-  }
-  if full.shape[0] > num_tasks:
-    record["sources"] = [[task_names[t] for t in members]
-                         for members in affinity.sources_for_order(num_tasks, config.affinity.order)]
-    record["source_matrix"] = full.tolist()
-  reporting.write_json_atomic(os.path.join(workdir, "affinity.json"), record)
-  plots.affinity_heatmap(record, os.path.join(workdir, "affinity.png"))
-  plots.affinity_over_time(record, os.path.join(workdir, "affinity_over_time.png"))
-  return record
 
 
 def prepare_workdir(workdir: str, config) -> None:
@@ -175,19 +96,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if steps_per_epoch < 1:
     raise UserError(f"config.batch_size {config.batch_size} is larger than the training split "
                     f"({dataset.num_examples('train')} examples) with drop_remainder")
-  model = models.create_model(config, len(task_names))
-  optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch)
-  learning_rate_fn = optim.learning_rate_schedule(config.optimizer, steps_per_epoch)
-  plain_step, measured_step, tracker = build_steps(config, model, optimizer, learning_rate_fn,
-                                                   len(task_names))
-  state = steps.init_train_state(model, optimizer, jax.random.key(config.seed), dataset.image_shape,
-                                 tracker)
+  method = methods.build(config, task_names, dataset.image_shape, steps_per_epoch)
+  state = method.init_state(jax.random.key(config.seed))
 
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   restored = checkpointing.restore_latest(manager, state)
   meta = {"epoch": 0, "batch": 0, "best_loss": float("inf"), "best_epoch": -1,
-          "epochs_without_improvement": 0, "history": [], "stopped_early": False,
-          "affinity_per_epoch": []}
+          "epochs_without_improvement": 0, "history": [], "stopped_early": False}
   if restored is not None:
     state, meta = restored
     logging.info("Resumed from step %d (epoch %d, batch %d).", int(state.step), meta["epoch"],
@@ -196,9 +111,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     reporting.truncate_jsonl(metrics_path, int(state.step))
 
-  plain_step = jax.jit(plain_step, donate_argnums=0)
-  measured_step = measured_step and jax.jit(measured_step, donate_argnums=0)
-  eval_step = jax.jit(steps.make_eval_step(model))
+  plain_step = jax.jit(method.train_step, donate_argnums=0)
+  measured_step = method.measured_step and jax.jit(method.measured_step, donate_argnums=0)
+  eval_step = jax.jit(method.eval_step)
   writer = reporting.create_writer(workdir)
   total_steps = config.num_epochs * steps_per_epoch
   report_progress = periodic_actions.ReportProgress(
@@ -212,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  epoch=epoch, shuffle=True, drop_remainder=config.drop_remainder,
                                  start_batch=meta["batch"], process_index=jax.process_index(),
                                  process_count=jax.process_count()):
-      measure_now = measured_step and step % config.affinity.every_n_steps == 0
+      measure_now = measured_step and step % method.measure_every == 0
       state, metrics = (measured_step if measure_now else plain_step)(state, batch)
       task_loss = np.asarray(metrics["task_losses"])
       check_finite(task_loss, task_names, step + 1, workdir)
@@ -249,8 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     meta["stopped_early"] = bool(patience) and meta["epochs_without_improvement"] >= patience
     meta["history"].append({"epoch": epoch + 1, "step": step, "val_loss": val["loss"],
                             "val_total_error": val["total_error"]})
-    if measured_step:
-      state = close_affinity_epoch(state, meta)
+    if method.on_epoch_end:
+      state = method.on_epoch_end(state, meta)
     meta.update(epoch=epoch + 1, batch=0)
     checkpointing.save(manager, step, state, meta)
     if step == config.max_steps:
@@ -277,8 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                        task_names)})
   writer.flush()
   if jax.process_index() == 0:
-    if measured_step:
-      write_affinity_outputs(workdir, config, task_names, state.tracker, meta)
+    if method.finish:
+      method.finish(workdir, state, meta)
     reporting.write_json_atomic(os.path.join(workdir, "results.json"), results)
   logging.info("test total error %.2f; results in %s", results["test"]["total_error"],
                os.path.join(workdir, "results.json"))
