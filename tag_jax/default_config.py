@@ -78,6 +78,32 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.selection.max_groups = (2, 3)  # after TAG/CS: select groups for each of these k
   config.selection.time_limit = 60.0  # seconds per k before reporting a bound gap
 
+  # MTL baselines of the TAG CelebA code: 'uw', 'gradnorm', 'pcgrad' (tag_jax/methods/baselines.py).
+  config.baselines = ml_collections.ConfigDict()
+  config.baselines.gradnorm_alpha = 0.1  # GradNorm asymmetry alpha (reference: 0.1)
+  config.baselines.pcgrad_uncertainty = True  # PCGrad on uncertainty-weighted losses (reference)
+  config.baselines.strategy = "auto"  # per-task gradient pulls, as config.affinity.strategy
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # devices on the batch axis; -1 = all (divided by mesh.networks)
+  config.mesh.networks = 1  # devices on the stacked-network axis (group/pair training)
+
+  # DMTG (tag_jax/methods/dmtg.py): K branches, K x N heads, task-to-group logits (N, K).
+  config.dmtg = ml_collections.ConfigDict()
+  config.dmtg.num_groups = 3  # K, an upper bound: groups no task picks are dropped
+  config.dmtg.tau_schedule = "constant"  # 'constant' (reference) | 'exponential' | 'linear'
+  config.dmtg.tau = 2.5  # 'constant' Gumbel-softmax temperature (CelebA 2.5, Taskonomy 4.0)
+  config.dmtg.tau_start = 5.0  # annealed schedules: tau_start -> tau_end over the search steps
+  config.dmtg.tau_end = 0.5
+  config.dmtg.hard = False  # straight-through (one-hot forward, soft gradient); reference: soft
+  # + weight x mean over tasks of entropy(softmax(logits)): > 0 sharpens the assignment, < 0
+  # keeps it spread; 0 = off (reference default).
+  config.dmtg.entropy_weight = 0.0
+  config.dmtg.shared_stem = "none"  # 'none' (K full trunks) | 'stem' (conv-BN-ReLU-pool shared)
+  config.dmtg.branch_strategy = "auto"  # 'vmap' | 'unrolled' | 'auto' (unrolled on CPU)
+  # Last this many of config.num_epochs: train only the arg-max heads and branches, logits frozen.
+  config.dmtg.finetune_epochs = 0
+
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0 = checkpoint at the end of every epoch only
   config.keep_checkpoints = 2

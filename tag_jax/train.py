@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from clu import periodic_actions
 
-from tag_jax import checkpointing, data, methods, models, optim, reporting, steps
+from tag_jax import checkpointing, data, methods, models, optim, reporting, sharding, steps
 from tag_jax.data import pipeline
 from tag_jax.errors import TrainingDiverged, UserError
 
@@ -56,14 +56,15 @@ def prepare_workdir(workdir: str, config) -> None:
     reporting.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
 
-def evaluate(eval_step, params, batch_stats, dataset, split: str, config) -> dict:
+def evaluate(eval_step, params, batch_stats, dataset, split: str, config, mesh) -> dict:
   """Per-task loss and accuracy on a split, summed validation loss and Total Error (sum of error %)."""
   sums = None
   for batch in dataset.batches(split, batch_size=config.eval_batch_size, seed=0, epoch=0,
                                shuffle=False, drop_remainder=False,
                                process_index=jax.process_index(),
                                process_count=jax.process_count()):
-    out = jax.tree.map(np.asarray, eval_step(params, batch_stats, batch))
+    out = jax.tree.map(np.asarray,
+                       eval_step(params, batch_stats, sharding.global_batch(batch, mesh)))
     sums = out if sums is None else jax.tree.map(np.add, sums, out)
   count = max(float(sums["count"]), 1.0)
   losses, accuracy = sums["loss_sum"] / count, sums["correct"] / count
@@ -96,8 +97,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if steps_per_epoch < 1:
     raise UserError(f"config.batch_size {config.batch_size} is larger than the training split "
                     f"({dataset.num_examples('train')} examples) with drop_remainder")
+  mesh = sharding.create_mesh(config.mesh)
+  sharding.check_divisible(config.batch_size, mesh, "batch_size")
+  sharding.check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
   method = methods.build(config, task_names, dataset.image_shape, steps_per_epoch)
-  state = method.init_state(jax.random.key(config.seed))
+  state_sharding = method.state_sharding(mesh) if method.state_sharding else sharding.replicated(mesh)
+  state = jax.jit(method.init_state, out_shardings=state_sharding)(jax.random.key(config.seed))
 
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   restored = checkpointing.restore_latest(manager, state)
@@ -111,9 +116,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     reporting.truncate_jsonl(metrics_path, int(state.step))
 
-  plain_step = jax.jit(method.train_step, donate_argnums=0)
-  measured_step = method.measured_step and jax.jit(method.measured_step, donate_argnums=0)
-  eval_step = jax.jit(method.eval_step)
+  def compile_step(step_fn):
+    return jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+
+  plain_step = compile_step(method.train_step)
+  measured_step = method.measured_step and compile_step(method.measured_step)
+  eval_step = jax.jit(method.eval_step, out_shardings=sharding.replicated(mesh))
   writer = reporting.create_writer(workdir)
   total_steps = config.num_epochs * steps_per_epoch
   report_progress = periodic_actions.ReportProgress(
@@ -128,7 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  start_batch=meta["batch"], process_index=jax.process_index(),
                                  process_count=jax.process_count()):
       measure_now = measured_step and step % method.measure_every == 0
-      state, metrics = (measured_step if measure_now else plain_step)(state, batch)
+      state, metrics = (measured_step if measure_now else plain_step)(
+          state, sharding.global_batch(batch, mesh))
       task_loss = np.asarray(metrics["task_losses"])
       check_finite(task_loss, task_names, step + 1, workdir)
       step += 1
@@ -148,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           logging.info("Stopped at config.max_steps=%d; re-run to continue.", step)
           return {"stopped_at_step": step}
         break
-    val = evaluate(eval_step, state.params, state.batch_stats, dataset, "validation", config)
+    val = evaluate(eval_step, state.params, state.batch_stats, dataset, "validation", config, mesh)
     writer.write_scalars(step, {"val/loss": val["loss"], "val/total_error": val["total_error"],
                                 "epoch": epoch + 1,
                                 **_named("val/accuracy", val["task_accuracy"], task_names)})
@@ -183,8 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "steps": step,
       "best_epoch": meta["best_epoch"],
       "stopped_early": meta["stopped_early"],
-      "validation": evaluate(eval_step, params, batch_stats, dataset, "validation", config),
-      "test": evaluate(eval_step, params, batch_stats, dataset, "test", config),
+      "validation": evaluate(eval_step, params, batch_stats, dataset, "validation", config, mesh),
+      "test": evaluate(eval_step, params, batch_stats, dataset, "test", config, mesh),
       "train_seconds_this_run": time.time() - start_time,
   }
   writer.write_scalars(step, {"test/total_error": results["test"]["total_error"],

@@ -1,7 +1,15 @@
-"""Shared test helpers: configs loaded from configs/ by path, tiny fixtures."""
+"""Shared test helpers: 8 simulated CPU devices, configs loaded from configs/ by path, tiny fixtures.
+
+Tests see 8 devices so that sharding is tested for real; the tiny config runs on
+one of them (a run split 8 ways on 2 cores is slow) unless a test sets
+config.mesh.data itself.
+"""
 
 import importlib.util
 import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
 
 import pytest
 
@@ -19,4 +27,6 @@ def load_config(name: str):
 
 @pytest.fixture
 def tiny_config():
-  return load_config("tiny_test")
+  config = load_config("tiny_test")
+  config.mesh.data = 1
+  return config

@@ -1,0 +1,52 @@
+"""Data parallelism with jax.jit + NamedSharding on a `jax.make_mesh` mesh.
+
+Mesh axes: 'data' (the batch is split along it) and 'networks' (stacked
+per-group networks may be split along it; size 1 unless config.mesh.networks
+says otherwise). Parameters are replicated over 'data'. Programs are written
+for the GLOBAL batch: means, batch statistics and affinities are over all
+devices' examples, so results do not depend on the device count.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from tag_jax.errors import UserError
+
+DATA = "data"
+NETWORKS = "networks"
+
+
+def create_mesh(mesh_config) -> jax.sharding.Mesh:
+  """Mesh (data, networks) over the first data*networks devices; data=-1 takes all that remain."""
+  devices = jax.devices()
+  networks = mesh_config.networks
+  data = mesh_config.data if mesh_config.data > 0 else len(devices) // max(networks, 1)
+  if data < 1 or networks < 1 or data * networks > len(devices):
+    raise UserError(f"config.mesh data={mesh_config.data} x networks={networks} does not fit the "
+                    f"{len(devices)} available devices")
+  return jax.make_mesh((data, networks), (DATA, NETWORKS), devices=devices[:data * networks],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Leading (example) axis split over 'data'."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def global_batch(local_batch: dict, mesh) -> dict:
+  """This process's rows (numpy) -> global jax.Arrays sharded over 'data'."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def check_divisible(batch_size: int, mesh, what: str) -> None:
+  size = mesh.shape[DATA]
+  if batch_size % size:
+    raise UserError(f"config.{what} {batch_size} must be divisible by the {size} devices of the "
+                    f"'data' mesh axis; change it or set config.mesh.data")

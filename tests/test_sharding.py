@@ -1,0 +1,72 @@
+"""Data parallelism on simulated CPU devices: results must not depend on the device count."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from tag_jax import affinity, sharding, steps, train
+
+from test_affinity import trunk_problem
+
+needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+
+
+@needs_8
+def test_affinity_from_8_devices_equals_1_device():
+  model, variables, batch = trunk_problem()
+  batch = jax.tree.map(lambda x: jnp.concatenate([x, x[:2]]), batch)  # 8 rows, 8 devices
+  losses_fn = steps.shared_losses_fn(model, variables["params"], variables["batch_stats"])
+  shared = variables["params"]["shared"]
+
+  def lookahead(b):
+    return affinity.lookahead_affinity(losses_fn, shared, b, learning_rate=0.05,
+                                       strategy="unrolled")
+
+  one = jax.jit(lookahead)(batch)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
+  assert len(sharded["image"].sharding.device_set) == 8
+  eight = jax.jit(lookahead)(sharded)
+  np.testing.assert_allclose(eight, one, rtol=1e-4, atol=1e-5)
+  cos_one = affinity.gradient_cosine_similarity(losses_fn, shared, batch)
+  cos_eight = jax.jit(lambda b: affinity.gradient_cosine_similarity(losses_fn, shared, b))(sharded)
+  np.testing.assert_allclose(cos_eight, cos_one, rtol=1e-4, atol=1e-5)
+
+
+@needs_8
+def test_same_results_on_1_and_8_devices(tiny_config, tmp_path):
+  """A TAG run (plain and measured steps, eval, checkpoints) on 1 and on 8 devices."""
+  tiny_config.method = "tag"
+  results = {}
+  for devices in (1, 8):
+    tiny_config.mesh.data = devices
+    results[devices] = train.train_and_evaluate(tiny_config, str(tmp_path / f"d{devices}"))
+  np.testing.assert_allclose(results[8]["test"]["task_loss"], results[1]["test"]["task_loss"],
+                             rtol=1e-4)
+  assert results[8]["test"]["task_accuracy"] == results[1]["test"]["task_accuracy"]
+  a1, a8 = (json.load(open(tmp_path / f"d{d}" / "affinity.json"))["matrix"] for d in (1, 8))
+  np.testing.assert_allclose(a8, a1, rtol=1e-3, atol=1e-5)
+
+
+@needs_8
+def test_state_is_replicated_and_batch_split_over_the_data_axis(tiny_config):
+  tiny_config.mesh.data = 8
+  mesh = sharding.create_mesh(tiny_config.mesh)
+  batch = sharding.global_batch({"x": np.arange(32.0).reshape(32, 1)}, mesh)
+  assert batch["x"].sharding.spec == P("data")
+  assert {s.data.shape for s in batch["x"].addressable_shards} == {(4, 1)}
+
+
+def test_mesh_and_batch_errors(tiny_config):
+  tiny_config.mesh.data = 3 * jax.device_count()
+  with pytest.raises(Exception, match="does not fit"):
+    sharding.create_mesh(tiny_config.mesh)
+  if jax.device_count() >= 8:
+    tiny_config.mesh.data = 8
+    with pytest.raises(Exception, match="divisible by the 8 devices"):
+      sharding.check_divisible(36, sharding.create_mesh(tiny_config.mesh), "batch_size")
