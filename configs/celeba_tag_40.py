@@ -1,0 +1,13 @@
+"""CelebA, 40 attributes: TAG, affinity as the TAG CelebA code computes it (see use_tag_celeba_code_affinity); the published setting of REFERENCE §3."""
+
+from tag_jax import default_config
+from tag_jax.data.celeba import CELEBA_40
+
+
+def get_config():
+  config = default_config.get_celeba_config()
+  config.method = "tag"
+  config.tasks = CELEBA_40
+  default_config.use_tag_celeba_code_affinity(config)
+  config.selection.max_groups = (2, 3, 4, 5)
+  return config
