@@ -93,8 +93,15 @@ def test_affinity_run_writes_affinity_json_and_plots(tiny_config, tmp_path, meth
                              rtol=0.5)  # epochs hold 2 and 1 of the 3 records
   if method == "cs":
     np.testing.assert_allclose(np.diag(record["matrix"]), 1.0, rtol=1e-5)
-  for picture in ("affinity.png", "affinity_over_time.png"):
+  for picture in ("affinity.png", "affinity_over_time.png", "groups.png"):
     assert os.path.getsize(os.path.join(workdir, picture)) > 1000
+  groups = json.load(open(os.path.join(workdir, "groups.json")))
+  assert [s["max_groups"] for s in groups["selections"]] == [2, 3]
+  for chosen in groups["selections"]:
+    assert 1 <= len(chosen["groups"]) <= chosen["max_groups"]
+    assert sorted(chosen["assignment"]) == sorted(record["tasks"])
+    assert all(t in g for t, g in chosen["assignment"].items())
+    assert chosen["gap"] == 0.0
 
 
 def test_order_1_writes_the_all_tasks_source(tiny_config, tmp_path):

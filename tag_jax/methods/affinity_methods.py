@@ -3,7 +3,7 @@
 Outputs: `affinity.json` ({method, tasks, orientation 'matrix[source][target]',
 matrix (T, T), per_epoch, steps_recorded}, plus `sources` / `source_matrix` when
 config.affinity.order adds multi-task sources), `affinity.png`,
-`affinity_over_time.png`.
+`affinity_over_time.png`; then `groups.json` and `groups.png` (tag_jax.grouping).
 """
 
 import os
@@ -11,7 +11,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from tag_jax import affinity, models, optim, plots, reporting, steps
+from tag_jax import affinity, grouping, models, optim, plots, reporting, steps
 from tag_jax.errors import UserError
 from tag_jax.methods import Method
 
@@ -54,8 +54,14 @@ def build(config, task_names, image_shape, steps_per_epoch) -> Method:
                                              chunk_size=config.affinity.chunk_size or None),
       measure_every=config.affinity.every_n_steps,
       on_epoch_end=close_affinity_epoch,
-      finish=lambda workdir, state, meta: write_affinity_outputs(workdir, config, task_names,
-                                                                 state.tracker, meta))
+      finish=lambda workdir, state, meta: finish(workdir, config, task_names, state, meta))
+
+
+def finish(workdir, config, task_names, state, meta) -> dict:
+  """affinity.json and plots, then groups.json for each k in config.selection.max_groups."""
+  record = write_affinity_outputs(workdir, config, task_names, state.tracker, meta)
+  return {"affinity": record,
+          "groups": grouping.groups_from_affinity(workdir, record, config.selection)}
 
 
 def close_affinity_epoch(state, meta):
@@ -90,4 +96,4 @@ def write_affinity_outputs(workdir, config, task_names, tracker, meta) -> dict:
   reporting.write_json_atomic(os.path.join(workdir, "affinity.json"), record)
   plots.affinity_heatmap(record, os.path.join(workdir, "affinity.png"))
   plots.affinity_over_time(record, os.path.join(workdir, "affinity_over_time.png"))
-  return {"affinity": record}
+  return record
