@@ -48,3 +48,54 @@ def affinity_over_time(record: dict, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
+
+
+def assignment_probabilities(record: dict, path: str) -> None:
+  """DMTG: one panel per task, the probability softmax(Θ[n]) of each group over the epochs.
+
+  record: groups.json ('tasks', 'probabilities' (N, K), 'probabilities_per_epoch' (E, N, K));
+  a panel's title names the task and the group it ends in.
+  """
+  tasks = record["tasks"]
+  per_epoch = np.asarray(record["probabilities_per_epoch"] or [record["probabilities"]])
+  final = np.asarray(record["probabilities"]).argmax(-1)
+  cols = min(len(tasks), 5)
+  rows = -(-len(tasks) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False,
+                           sharex=True, sharey=True)
+  epochs = np.arange(1, len(per_epoch) + 1)
+  for n, task in enumerate(tasks):
+    ax = axes.flat[n]
+    for k in range(per_epoch.shape[-1]):
+      ax.plot(epochs, per_epoch[:, n, k], marker=".", label=f"group {k}")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_title(f"{task} -> group {final[n]}", fontsize=9)
+  for ax in axes.flat[len(tasks):]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=6)
+  fig.supxlabel("epoch")
+  fig.supylabel("assignment probability softmax(Θ)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def groupings(record: dict, path: str) -> None:
+  """One row per selection (k): which tasks each chosen group contains (filled) and serves (dot)."""
+  tasks, selections = record["tasks"], record["selections"]
+  rows = [(s["max_groups"], g, s["assignment"]) for s in selections for g in s["groups"]]
+  fig, ax = plt.subplots(figsize=(1.5 + 0.4 * len(tasks), 0.8 + 0.35 * len(rows)))
+  for r, (_, group, assignment) in enumerate(rows):
+    for t, task in enumerate(tasks):
+      if task in group:
+        ax.add_patch(plt.Rectangle((t - 0.45, r - 0.4), 0.9, 0.8, color=f"C{r % 10}", alpha=0.35))
+        if assignment.get(task) == list(group):
+          ax.plot(t, r, "o", color=f"C{r % 10}")
+  ax.set_xlim(-0.5, len(tasks) - 0.5)
+  ax.set_ylim(len(rows) - 0.5, -0.5)
+  ax.set_xticks(range(len(tasks)), tasks, rotation=90)
+  ax.set_yticks(range(len(rows)), [f"k={k}: group {i + 1}" for i, (k, _, _) in enumerate(rows)])
+  ax.set_title(f"{record['method'].upper()} groups (shaded: member; dot: served by this group)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
