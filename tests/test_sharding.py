@@ -70,3 +70,38 @@ def test_mesh_and_batch_errors(tiny_config):
     tiny_config.mesh.data = 8
     with pytest.raises(Exception, match="divisible by the 8 devices"):
       sharding.check_divisible(36, sharding.create_mesh(tiny_config.mesh), "batch_size")
+
+
+@pytest.mark.slow
+def test_two_processes_on_loopback_match_one_process_on_two_devices(tmp_path):
+  """A real multi-process job (2 local CPU processes, gloo collectives) equals 1 process x 2 devices."""
+  import socket
+  import subprocess
+  import sys
+
+  from conftest import REPO
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  common = ["--config=configs/tiny_test.py", "--config.num_epochs=1", "--config.method=tag"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "tag_jax.main", *common, f"--workdir={tmp_path / 'multi'}",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  errors = [p.communicate(timeout=600)[1] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+  single = subprocess.run(
+      [sys.executable, "-m", "tag_jax.main", *common, f"--workdir={tmp_path / 'single'}",
+       "--config.mesh.data=2"], cwd=REPO, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert single.returncode == 0, single.stderr[-2000:]
+  multi_results = json.load(open(tmp_path / "multi" / "results.json"))
+  single_results = json.load(open(tmp_path / "single" / "results.json"))
+  np.testing.assert_allclose(multi_results["test"]["task_loss"],
+                             single_results["test"]["task_loss"], rtol=1e-4)
+  np.testing.assert_allclose(json.load(open(tmp_path / "multi" / "affinity.json"))["matrix"],
+                             json.load(open(tmp_path / "single" / "affinity.json"))["matrix"],
+                             rtol=1e-3, atol=1e-5)
