@@ -25,7 +25,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.image_size = 16  # synthetic: side of the generated images.
   config.dataset.group_sizes = (3, 3, 3)  # synthetic: planted task groups.
   config.dataset.noise = 0.5  # synthetic: pixel noise std.
-  config.dataset.label_noise = 0.05  # synthetic: fraction of flipped labels.
+  config.dataset.task_noise = 0.05  # synthetic: std of each task's own noise on its group factor.
+  config.dataset.label_noise = 0.02  # synthetic: fraction of flipped labels.
   config.dataset.data_seed = 0  # synthetic: generator seed (independent of config.seed).
   config.dataset.num_workers = 4  # celeb_a: reader threads.
   # Side of the (square) model input; celeb_a images are resized to it.
@@ -83,6 +84,26 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.baselines.gradnorm_alpha = 0.1  # GradNorm asymmetry alpha (reference: 0.1)
   config.baselines.pcgrad_uncertainty = True  # PCGrad on uncertainty-weighted losses (reference)
   config.baselines.strategy = "auto"  # per-task gradient pulls, as config.affinity.strategy
+
+  # One network per task group, all in one run (tag_jax/methods/groups.py): 'groups' (given
+  # groups), 'pairs' (HOA: every pair and single task), 'random' (a random partition).
+  config.groups = ml_collections.ConfigDict()
+  config.groups.groups = ()  # 'groups': tuple of task-name tuples, or else groups_file:
+  config.groups.groups_file = ""  # 'groups': a groups.json (TAG, CS, HOA, DMTG) ...
+  config.groups.max_groups = 0  # ... and its selection with this k; 0 = its only selection
+  config.groups.num_random_groups = 3  # 'random': k non-empty groups
+  config.groups.random_seed = 0  # 'random': seed of the partition
+  config.groups.hoa_score = "loss"  # 'pairs': HOA selects on validation 'loss' or 'error'
+  config.groups.network_strategy = "auto"  # 'vmap' | 'unrolled' | 'auto' (unrolled on CPU)
+
+  # The grouping study (python -m tag_jax.study): one stage per run, each in workdir/<stage>.
+  config.study = ml_collections.ConfigDict()
+  # 'mtl', 'single', 'tag', 'cs', 'hoa', 'random', 'uw', 'gradnorm', 'pcgrad', 'dmtg'.
+  config.study.methods = ("mtl", "single", "tag", "cs", "hoa", "random", "uw", "gradnorm",
+                          "pcgrad", "dmtg")
+  config.study.max_groups = (2, 3)  # k of every grouping method (and DMTG's num_groups)
+  config.study.epochs_search = 0  # epochs of the TAG/CS/HOA/DMTG runs; 0 = config.num_epochs
+  config.study.epochs_train = 0  # epochs of all other runs; 0 = config.num_epochs
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # devices on the batch axis; -1 = all (divided by mesh.networks)

@@ -10,8 +10,8 @@ Generative process (all from `data_seed`):
   filters tuned to the grating, rectified and pooled (what the trunk learns),
   reveal it.
 - Task t of group g reads only its group's amplitude, through its own noise:
-  y_t = [a_g + 0.1 e_t > 0.5], e_t ~ N(0, 1) per image and task; then a fraction
-  `label_noise` of labels is flipped.
+  y_t = [a_g + task_noise * e_t > 0.5], e_t ~ N(0, 1) per image and task; then a
+  fraction `label_noise` of labels is flipped.
 So tasks in one group need the same trunk filters (a trunk step for one helps
 the others), while tasks of different groups need different filters and only
 compete for the trunk's capacity. The planted grouping is
@@ -23,7 +23,6 @@ import numpy as np
 from tag_jax.data.base import ArrayDataset
 
 _SPLIT_STREAM = {"train": 1, "validation": 2, "test": 3}
-_TASK_NOISE = 0.1
 _PERIOD = 4.0  # pixels per grating cycle
 
 
@@ -45,7 +44,7 @@ def _textures(num_groups: int, seed: int):
   return wave_vectors, colours / np.linalg.norm(colours, axis=1, keepdims=True)
 
 
-def generate(num_examples: int, *, image_size: int, group_sizes, noise: float,
+def generate(num_examples: int, *, image_size: int, group_sizes, noise: float, task_noise: float,
              label_noise: float, seed: int, split: str):
   """Images (N, S, S, 3) float32 and labels (N, T) int32 of one split."""
   wave_vectors, colours = _textures(len(group_sizes), seed)
@@ -58,8 +57,8 @@ def generate(num_examples: int, *, image_size: int, group_sizes, noise: float,
   images = np.einsum("nhwg,gc->nhwc", waves, colours)
   images += noise * rng.normal(size=images.shape)
   group_of_task = np.repeat(np.arange(len(group_sizes)), group_sizes)
-  task_noise = _TASK_NOISE * rng.normal(size=(num_examples, len(group_of_task)))
-  labels = (amplitudes[:, group_of_task] + task_noise > 0.5).astype(np.int32)
+  own_noise = task_noise * rng.normal(size=(num_examples, len(group_of_task)))
+  labels = (amplitudes[:, group_of_task] + own_noise > 0.5).astype(np.int32)
   flips = rng.random(labels.shape) < label_noise
   labels = np.where(flips, 1 - labels, labels)
   return images.astype(np.float32), labels
@@ -70,7 +69,8 @@ def load(config) -> ArrayDataset:
   sizes = {"train": ds.num_train, "validation": ds.num_validation, "test": ds.num_test}
   splits = {
       split: generate(n, image_size=ds.image_size, group_sizes=tuple(ds.group_sizes),
-                      noise=ds.noise, label_noise=ds.label_noise, seed=ds.data_seed, split=split)
+                      noise=ds.noise, task_noise=ds.task_noise, label_noise=ds.label_noise,
+                      seed=ds.data_seed, split=split)
       for split, n in sizes.items()
   }
   return ArrayDataset(task_names(ds.group_sizes), splits)
