@@ -13,7 +13,9 @@ from typing import Callable, Optional
 from tag_jax.errors import UserError
 
 # config.method -> module in tag_jax.methods
-_MODULES = {"mtl": "mtl", "tag": "affinity_methods", "cs": "affinity_methods"}
+_MODULES = {"mtl": "mtl", "tag": "affinity_methods", "cs": "affinity_methods",
+            "uw": "baselines", "gradnorm": "baselines", "pcgrad": "baselines",
+            "dmtg": "dmtg", "groups": "groups", "pairs": "groups", "random": "groups"}
 METHODS = tuple(_MODULES)
 
 
@@ -27,6 +29,7 @@ class Method:
   measured_step: like train_step, run instead of it when step % measure_every == 0.
   on_epoch_end(state, meta) -> state: host-side bookkeeping before the epoch checkpoint.
   finish(workdir, state, meta) -> dict: writes the method's outputs (process 0), returns a summary.
+  state_sharding(mesh): sharding (pytree prefix) of the state; None = replicated everywhere.
   """
 
   init_state: Callable
@@ -36,6 +39,7 @@ class Method:
   measure_every: int = 1
   on_epoch_end: Optional[Callable] = None
   finish: Optional[Callable] = None
+  state_sharding: Optional[Callable] = None
 
 
 def _module(name: str):
