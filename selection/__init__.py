@@ -1,0 +1,45 @@
+"""Turning pairwise task scores into task groups (numpy and scipy only).
+
+``select_groups`` chooses at most k overlapping groups from a table of scores
+ONTO one task FROM another (TAG / CS affinities, maximised; HOA pairwise errors
+or losses, minimised). tag_jax's affinity.json stores rows as sources: read it
+with ``load_scores`` or transpose it with ``from_affinity_matrix``.
+``select_networks`` is Standley et al.'s budgeted choice among trained
+networks and ``hoa_approximation`` their higher-order approximation.
+``python -m selection`` is the command line (``selection.cli``).
+"""
+
+from .groups import Selection, select_groups
+from .networks import (
+    UNCOVERED_LOSS,
+    Network,
+    best_losses,
+    hoa_approximation,
+    load_networks,
+    matching_networks,
+    rescore,
+    select_networks,
+    task_order,
+    total_loss,
+)
+from .scores import from_affinity_matrix, load_scores, parse_scores, score_table, transposed
+
+__all__ = [
+    "UNCOVERED_LOSS",
+    "Network",
+    "Selection",
+    "best_losses",
+    "from_affinity_matrix",
+    "hoa_approximation",
+    "load_networks",
+    "load_scores",
+    "matching_networks",
+    "parse_scores",
+    "rescore",
+    "score_table",
+    "select_groups",
+    "select_networks",
+    "task_order",
+    "total_loss",
+    "transposed",
+]

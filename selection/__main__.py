@@ -1,0 +1,7 @@
+"""``python -m selection``: see ``selection.cli``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

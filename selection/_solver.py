@@ -1,0 +1,307 @@
+"""Branch and price: split the tasks into at most k served sets maximising sum V(S).
+
+Served sets are bit masks over task indices; V is ``_values.served_values``.
+Every set pays a tiny ``PENALTY`` so that, among equal totals, fewer sets win.
+
+Master problem (a set-partitioning linear programme over the generated
+columns): maximise sum_S c(S) x_S subject to sum_{S containing t} x_S = 1 for
+every task t, sum_S x_S <= k, x >= 0, with c(S) = V(S) - PENALTY.
+
+Bound. For ANY duals pi, every partition into at most k sets satisfies
+sum c(S) = sum_t pi_t + sum_S (c(S) - pi(S)) <= sum_t pi_t + k * max(0, rho),
+rho = the largest reduced cost c(S) - pi(S) over all allowed sets. The pricer
+returns a proven upper bound on max(threshold, rho), threshold >= 0, so this
+bound holds even when pricing or column generation is cut short; at the end of
+column generation it equals the linear programme's optimum.
+
+Incumbents: the one-set partition, an integer programme over the columns
+generated at the root, and every integral master solution, each polished by
+a local search (``improve``).
+
+Branching (Ryan and Foster): when the master's solution is fractional, some
+pair of tasks shares a served set with weight strictly between 0 and 1; one
+child forces them together, the other apart. Both pricers and the master only
+use sets that respect a node's decisions, and a node whose decisions admit no
+partition into k sets (a colouring test) is dropped. Nodes are taken best
+bound first; the search ends when no open node's bound exceeds the incumbent
+(proven optimum) or at the deadline. Then the returned bound is the smaller of
+the largest open bound and ``relaxed_upper_bound``, and a last integer
+programme over all generated columns gets a reserved share of the time.
+"""
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import LinearConstraint, linprog, milp
+from scipy.sparse import coo_matrix
+
+from ._branching import Branching, feasible_partition
+from ._pricing import EnumeratedPricer, SearchPricer, mask_members, column_values
+
+PENALTY = 1e-7  # per served set, gains scaled to max |gain| = 1
+PRUNE_TOLERANCE = 1e-9
+REDUCED_COST_TOLERANCE = 1e-10
+ENUMERATION_LIMIT = 20  # at most this many tasks: tabulate every set once
+LP_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A partition into served sets (bit masks), its penalised total and a
+    proven upper bound on the best penalised total."""
+
+    served_sets: tuple
+    value: float
+    upper_bound: float
+
+    @property
+    def proven(self):
+        return self.upper_bound <= self.value + PRUNE_TOLERANCE
+
+
+@dataclass(frozen=True)
+class _LinearSolution:
+    masks: list
+    weights: np.ndarray
+    duals: np.ndarray
+    cardinality_dual: float
+
+
+class _Master:
+    """The generated columns and the set-partitioning programmes over them."""
+
+    def __init__(self, n, max_sets):
+        self.n, self.max_sets, self.columns = n, max_sets, {}
+
+    def add(self, columns):
+        self.columns.update(columns)
+
+    def _arrays(self, masks):
+        membership = mask_members(masks, self.n).T.astype(float)
+        values = np.array([self.columns[m] for m in masks])
+        return membership, values
+
+    def solve(self, branching):
+        """The linear programme over the columns allowed by ``branching``."""
+        masks = [m for m in self.columns if branching.allows(m)]
+        membership, values = self._arrays(masks)
+        result = linprog(-values, A_eq=membership, b_eq=np.ones(self.n),
+                         A_ub=np.ones((1, len(masks))), b_ub=[self.max_sets],
+                         bounds=(0, None), method="highs-ds", options=LP_OPTIONS)
+        if result.status != 0:
+            raise RuntimeError(f"master linear programme failed: {result.message}")
+        return _LinearSolution(masks, result.x, -result.eqlin.marginals,
+                               max(0.0, -result.ineqlin.marginals[0]))
+
+    def best_integer(self, seconds):
+        """The best partition using generated columns only (HiGHS MILP), or None."""
+        masks = list(self.columns)
+        membership, values = self._arrays(masks)
+        result = milp(-values, integrality=np.ones(len(masks)), bounds=(0, 1),
+                      constraints=[LinearConstraint(membership, 1, 1),
+                                   LinearConstraint(np.ones((1, len(masks))), 0, self.max_sets)],
+                      options={"time_limit": max(seconds, 0.1), "mip_rel_gap": 0, "presolve": False})
+        if result.x is None:
+            return None
+        return [m for m, x in zip(masks, result.x) if x > 0.5]
+
+
+def improve(off_gain, alone, served_sets, max_sets):
+    """Local search: move one task at a time to the other set (or a new set)
+    where the penalised total rises most, until no move helps.
+    Returns the improved list of bit masks."""
+    sets = list(served_sets)
+    values = list(column_values(off_gain, alone, sets, PENALTY))
+    moved = True
+    while moved:
+        moved = False
+        for t in range(len(alone)):
+            bit = 1 << t
+            home = next(i for i, s in enumerate(sets) if s & bit)
+            rest = sets[home] & ~bit
+            rest_value = column_values(off_gain, alone, [rest], PENALTY)[0] if rest else 0.0
+            targets = [i for i in range(len(sets)) if i != home] + ([None] if rest and len(sets) < max_sets else [])
+            if not targets:
+                continue
+            joined = [bit if i is None else sets[i] | bit for i in targets]
+            joined_values = column_values(off_gain, alone, joined, PENALTY)
+            before = np.array([0.0 if i is None else values[i] for i in targets]) + values[home]
+            gains = joined_values + rest_value - before
+            best = int(np.argmax(gains))
+            if gains[best] <= PRUNE_TOLERANCE:
+                continue
+            if targets[best] is None:
+                sets.append(bit)
+                values.append(joined_values[best])
+            else:
+                sets[targets[best]], values[targets[best]] = joined[best], joined_values[best]
+            if rest:
+                sets[home], values[home] = rest, rest_value
+            else:
+                del sets[home], values[home]
+            moved = True
+    return sets
+
+
+def relaxed_upper_bound(off_gain, alone, max_sets):
+    """An upper bound on the best penalised total, found without pricing.
+
+    Relaxation: a group of m tasks gives each task it serves at most a[t, m],
+    the mean of the m - 1 largest gains onto t (each task picks its own
+    partners), and serves at most m tasks. By the Lagrangian bound of the
+    module docstring, any duals pi give sum(pi) + k * max(0, rho) with
+    rho >= max over m of the sum of the m largest (a[t, m] - pi[t])^+ (and
+    >= alone[t] - pi[t]). Writing that top-m sum as
+    min_{lam >= 0} m * lam + sum_t (a[t, m] - pi[t] - lam)^+ makes the best
+    such bound one small linear programme in (pi, r, lam, nu).
+    """
+    n = len(alone)
+    others = np.where(np.eye(n, dtype=bool), -np.inf, off_gain)
+    ranked = -np.sort(-others, axis=1)[:, : n - 1]
+    sizes = np.arange(2, n + 1)
+    best_mean = np.cumsum(ranked, axis=1) / (sizes - 1)  # [t, m - 2] = a[t, m]
+    count, free = len(sizes), np.isfinite(alone)
+    # variables: pi (n), r (1), lam (count), nu (n * count, [t, m] row-major)
+    nu = n + 1 + count + np.arange(n * count).reshape(n, count)
+    rows, cols, vals, upper = [], [], [], []
+    for j, m in enumerate(sizes):  # m * lam_m + sum_t nu[t, m] - r <= 0
+        rows += [j] * (n + 2)
+        cols += [n, n + 1 + j] + nu[:, j].tolist()
+        vals += [-1.0, float(m)] + [1.0] * n
+        upper.append(0.0)
+    for t in range(n):  # -pi_t - lam_m - nu[t, m] <= -a[t, m]
+        for j in range(count):
+            rows += [len(upper)] * 3
+            cols += [t, n + 1 + j, nu[t, j]]
+            vals += [-1.0, -1.0, -1.0]
+            upper.append(-best_mean[t, j])
+    for t in np.flatnonzero(free):  # -pi_t - r <= -alone_t
+        rows += [len(upper)] * 2
+        cols += [t, n]
+        vals += [-1.0, -1.0]
+        upper.append(-alone[t])
+    objective = np.zeros(n + 1 + count + n * count)
+    objective[:n], objective[n] = 1.0, max_sets
+    matrix = coo_matrix((vals, (rows, cols)), shape=(len(upper), len(objective)))
+    bounds = [(None, None)] * n + [(0, None)] * (1 + count + n * count)
+    result = linprog(objective, A_ub=matrix, b_ub=upper, bounds=bounds, method="highs-ds", options=LP_OPTIONS)
+    if result.status != 0:
+        return np.inf
+    pi = result.x[:n]  # re-evaluate the bound for these duals exactly, not trusting tolerances
+    gains = np.sort(np.maximum(best_mean - pi[:, None], 0.0), axis=0)[::-1]
+    rho = max(np.cumsum(gains, axis=0)[sizes - 1, np.arange(count)].max(),
+              max((alone - pi)[free], default=0.0), 0.0)
+    return float(pi.sum() + max_sets * rho)
+
+
+def _pair_weights(solution, n):
+    """(n, n): total weight of the columns serving both tasks."""
+    members = mask_members(solution.masks, n).astype(float)
+    return members.T @ (solution.weights[:, None] * members)
+
+
+def _fractional_pair(solution, n):
+    """The pair (a, b) whose shared weight is nearest 1/2, or None if integral."""
+    weights = _pair_weights(solution, n)
+    closeness = np.minimum(weights, 1.0 - weights)
+    np.fill_diagonal(closeness, 0.0)
+    a, b = np.unravel_index(np.argmax(closeness), closeness.shape)
+    return (int(a), int(b)) if closeness[a, b] > 1e-6 else None
+
+
+class _Search:
+    """State of one branch-and-price run."""
+
+    MAX_NEW_COLUMNS_PER_TASK = 2
+    FINAL_SHARE = 0.1  # of the time, kept for a last integer programme if unproven
+
+    def __init__(self, off_gain, alone, max_sets, deadline):
+        self.off_gain, self.alone, self.max_sets = off_gain, alone, max_sets
+        self.final_deadline = deadline
+        self.deadline = deadline - self.FINAL_SHARE * (deadline - time.monotonic())
+        self.n = len(alone)
+        pricer = EnumeratedPricer if self.n <= ENUMERATION_LIMIT else SearchPricer
+        self.pricer = pricer(off_gain, alone, PENALTY)
+        self.master = _Master(self.n, max_sets)
+        self.best_sets, self.best_value = None, -np.inf
+
+    def offer(self, sets):
+        """Polish a partition by local search and keep it if it beats the incumbent."""
+        sets = improve(self.off_gain, self.alone, sets, self.max_sets)
+        values = column_values(self.off_gain, self.alone, sets, PENALTY)
+        self.master.add(zip(sets, values))
+        value = float(values.sum())
+        if value > self.best_value:
+            self.best_sets, self.best_value = tuple(sorted(sets)), value
+
+    def _time_left(self):
+        return self.deadline - time.monotonic()
+
+    def column_generation(self, branching):
+        """(master solution, proven bound on the node, whether pricing converged)."""
+        bound = np.inf
+        while True:
+            solution = self.master.solve(branching)
+            threshold = solution.cardinality_dual + REDUCED_COST_TOLERANCE
+            in_use = [m for m, w in zip(solution.masks, solution.weights) if w > 1e-9]
+            columns, price_bound = self.pricer.price(
+                solution.duals, threshold, branching, self.deadline,
+                self.MAX_NEW_COLUMNS_PER_TASK * self.n, in_use)
+            bound = min(bound, float(solution.duals.sum()) + self.max_sets * price_bound)
+            new = [(m, v) for m, v in columns if m not in self.master.columns]
+            if not new or bound <= self.best_value + PRUNE_TOLERANCE or self._time_left() <= 0:
+                # Columns already in the master only come back through the linear
+                # programme's tolerances: the master is then optimal.
+                return solution, bound, not new and (bool(columns) or price_bound <= threshold)
+            self.master.add(new)
+
+    def run(self):
+        """Best-bound-first branch and price; returns the Partition found."""
+        self.offer([(1 << self.n) - 1])
+        counter = itertools.count()
+        root = Branching()
+        open_nodes = [(-np.inf, next(counter), root)]
+        while open_nodes and self._time_left() > 0:
+            node_bound, _, branching = heapq.heappop(open_nodes)
+            if -node_bound <= self.best_value + PRUNE_TOLERANCE:
+                open_nodes = []
+                break
+            start = feasible_partition(self.n, branching, self.max_sets)
+            if start is None:
+                continue
+            self.master.add(zip(start, column_values(self.off_gain, self.alone, start, PENALTY)))
+            solution, bound, converged = self.column_generation(branching)
+            if branching == root:
+                root_sets = self.master.best_integer(min(self._time_left(), 10.0))
+                if root_sets:
+                    self.offer(root_sets)
+            if not converged:
+                if bound > self.best_value + PRUNE_TOLERANCE:
+                    heapq.heappush(open_nodes, (-bound, next(counter), branching))
+                continue
+            pair = _fractional_pair(solution, self.n)
+            if pair is None:
+                self.offer([m for m, w in zip(solution.masks, solution.weights) if w > 0.5])
+            elif bound > self.best_value + PRUNE_TOLERANCE:
+                for same in (True, False):
+                    heapq.heappush(open_nodes, (-bound, next(counter), branching.with_pair(*pair, same)))
+        upper = max([self.best_value] + [-b for b, _, _ in open_nodes])
+        if upper > self.best_value + PRUNE_TOLERANCE:
+            upper = min(upper, relaxed_upper_bound(self.off_gain, self.alone, self.max_sets))
+            final_sets = self.master.best_integer(self.final_deadline - time.monotonic())
+            if final_sets:
+                self.offer(final_sets)
+        return Partition(self.best_sets, self.best_value, max(upper, self.best_value))
+
+
+def solve_partition(off_gain, alone, max_sets, deadline):
+    """Best partition of range(n) into at most ``max_sets`` served sets.
+
+    off_gain: (n, n) gains (maximised) with zero diagonal, scaled so that
+    max |gain| is about 1; alone: (n,) singleton values (-inf: forbidden);
+    deadline: a ``time.monotonic()`` instant. Returns a ``Partition``.
+    """
+    return _Search(off_gain, alone, max_sets, deadline).run()

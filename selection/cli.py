@@ -1,0 +1,94 @@
+"""Command line: ``python -m selection groups ...`` and ``... networks ...``.
+
+groups: --scores FILE (JSON: a dict of dicts {t: {u: score onto t from u}},
+or tag_jax's affinity.json, whose "matrix[source][target]" orientation is
+transposed automatically), --max-groups K [K ...], --minimize, --transpose
+(flip the dict-of-dicts form), --singletons forbid|diagonal, --time-limit S,
+--json.
+
+networks: --networks FILE.csv (format in ``selection.networks``), --budget B,
+--hoa (apply the higher-order approximation first), --test FILE.csv (report
+the selection's total on those values too), --json.
+
+A bad file or value prints one line on stderr and exits with status 2.
+"""
+
+import argparse
+import json
+import sys
+
+from .groups import select_groups
+from .networks import hoa_approximation, load_networks, rescore, select_networks, task_order, total_loss
+from .scores import load_scores
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m selection", description="Choose which tasks to train together.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    groups = commands.add_parser("groups", help="groups from a pairwise score table")
+    groups.add_argument("--scores", required=True, help="JSON score table or affinity.json")
+    groups.add_argument("--max-groups", required=True, type=int, nargs="+", help="one or more values of k")
+    groups.add_argument("--minimize", action="store_true", help="scores are errors or losses")
+    groups.add_argument("--transpose", action="store_true", help="the dict of dicts is {source: {target: score}}")
+    groups.add_argument("--singletons", choices=("forbid", "diagonal"), default="forbid")
+    groups.add_argument("--time-limit", type=float, default=60.0, help="seconds per value of k")
+    groups.add_argument("--json", action="store_true", help="machine-readable output")
+    networks = commands.add_parser("networks", help="budgeted choice among trained networks")
+    networks.add_argument("--networks", required=True, help="CSV of networks (selection values)")
+    networks.add_argument("--budget", required=True, type=float)
+    networks.add_argument("--hoa", action="store_true", help="apply the higher-order approximation first")
+    networks.add_argument("--test", help="CSV of the same networks with test values")
+    networks.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _groups_report(k, selection):
+    status = "proven optimal" if selection.gap == 0 else f"gap {selection.gap:.6g}: not proven optimal"
+    lines = [f"max groups {k}: score {selection.score:.6g} ({status})"]
+    lines += [f"  group {i + 1}: {', '.join(g)}" for i, g in enumerate(selection.groups)]
+    lines += [f"  {t} -> group {selection.groups.index(g) + 1}" for t, g in selection.assignment.items()]
+    return "\n".join(lines)
+
+
+def _run_groups(args):
+    table = load_scores(args.scores, transpose=args.transpose)
+    objective = "minimize" if args.minimize else "maximize"
+    results = [(k, select_groups(table, max_groups=k, objective=objective, singletons=args.singletons,
+                                 time_limit=args.time_limit)) for k in args.max_groups]
+    if args.json:
+        return json.dumps([{"max_groups": k, **s.to_dict()} for k, s in results], indent=1)
+    return "\n".join(_groups_report(k, s) for k, s in results)
+
+
+def _network_dict(network):
+    return {"tasks": list(network.tasks), "cost": network.cost, "losses": dict(network.losses)}
+
+
+def _run_networks(args):
+    networks = load_networks(args.networks)
+    tasks = task_order(networks)
+    candidates = hoa_approximation(networks) if args.hoa else networks
+    chosen = select_networks(candidates, budget=args.budget, tasks=tasks)
+    result = {"budget": args.budget, "networks": [_network_dict(n) for n in chosen],
+              "total": total_loss(chosen, tasks)}
+    if args.test:
+        result["test_total"] = rescore(chosen, load_networks(args.test), tasks)
+    if args.json:
+        return json.dumps(result, indent=1)
+    lines = [f"budget {args.budget:g}: total {result['total']:.6g}"
+             + (f", test total {result['test_total']:.6g}" if args.test else "")]
+    lines += [f"  {'+'.join(n.tasks)} (cost {n.cost:g})" for n in chosen]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        output = _run_groups(args) if args.command == "groups" else _run_networks(args)
+    except (OSError, ValueError) as error:
+        message = " ".join(str(error).split())
+        print(f"python -m selection {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    print(output)
+    return 0

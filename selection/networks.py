@@ -1,0 +1,209 @@
+"""Standley et al. (ICML 2020): choosing trained networks under a budget.
+
+Each candidate ``Network`` outputs some tasks, with a loss for each, and has a
+cost (1 for a full-size network, 0.5 for a half-size single-task one). A
+selection is a set of networks of total cost <= budget; its total is the SUM
+over tasks of the lowest loss any selected network reaches on the task, a task
+no selected network outputs counting ``UNCOVERED_LOSS`` (99, as in their code).
+Selections are made on validation losses and reported on test losses:
+``rescore`` looks each selected network up among the test networks (same tasks,
+same cost) and recomputes every task's best loss there.
+
+CSV format (``load_networks``): a header with ``tasks``, ``cost`` and one column
+per task name; each row is a network, ``tasks`` its task names joined by '+'
+(or '|'), then its cost, then its loss in the column of each task it outputs
+and an empty cell in the others. Example::
+
+    tasks,cost,depth,normal
+    depth,0.5,0.17,
+    depth+normal,1,0.16,0.09
+"""
+
+import csv
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+UNCOVERED_LOSS = 99.0
+COST_TOLERANCE = 1e-9
+TIE_TOLERANCE = 1e-12  # slack on bounds, which add up losses in another order
+
+
+@dataclass(frozen=True)
+class Network:
+    """A trained network: the tasks it outputs, its loss on each, its cost."""
+
+    tasks: tuple
+    losses: Mapping = field(hash=False)
+    cost: float = 1.0
+
+    def __post_init__(self):
+        tasks = tuple(self.tasks)
+        if not tasks or len(set(tasks)) != len(tasks) or not all(isinstance(t, str) for t in tasks):
+            raise ValueError(f"network tasks must be distinct names, got {self.tasks!r}")
+        if set(self.losses) != set(tasks):
+            raise ValueError(f"network {'+'.join(tasks)} needs a loss for exactly its tasks, "
+                             f"got {sorted(self.losses)}")
+        losses = {t: float(self.losses[t]) for t in tasks}
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise ValueError(f"network {'+'.join(tasks)} has a loss that is not a finite number")
+        if not (math.isfinite(self.cost) and self.cost > 0):
+            raise ValueError(f"network {'+'.join(tasks)} needs a positive cost, got {self.cost!r}")
+        object.__setattr__(self, "tasks", tasks)
+        object.__setattr__(self, "losses", MappingProxyType(losses))
+        object.__setattr__(self, "cost", float(self.cost))
+
+
+def task_order(networks):
+    """Every task output by some network, in order of first appearance."""
+    return tuple(dict.fromkeys(t for network in networks for t in network.tasks))
+
+
+def best_losses(networks, tasks):
+    """{task: lowest loss among ``networks`` on it, or UNCOVERED_LOSS}."""
+    return {t: min([n.losses[t] for n in networks if t in n.losses] + [UNCOVERED_LOSS]) for t in tasks}
+
+
+def total_loss(networks, tasks):
+    """Sum over ``tasks`` (in that order) of their best loss among ``networks``."""
+    return sum(best_losses(networks, tasks).values())
+
+
+def _search_order(networks, tasks):
+    """Network indices, best rank on some task first (rank 0 = lowest loss on
+    that task among all networks): the bound then tightens early."""
+    by_task = {t: sorted(n.losses[t] for n in networks if t in n.losses) for t in tasks}
+
+    def rank(i):
+        return min((by_task[t].index(networks[i].losses[t]) for t in networks[i].tasks if t in by_task),
+                   default=len(networks))
+
+    return sorted(range(len(networks)), key=rank)
+
+
+def select_networks(networks, *, budget, tasks=None):
+    """The networks (a sub-list, input order) of total cost <= budget with the
+    lowest total loss over ``tasks`` (default: every task output).
+
+    Exact depth-first branch and bound: networks are tried best-ranked first
+    (see ``_search_order``); a network is only added if it lowers some task's best
+    loss (otherwise it can never matter); a branch is cut when the current
+    best losses, lowered by every network still to be tried, cannot beat the
+    incumbent. Ties in the total go to fewer networks, then to the first found.
+    No selected network is redundant.
+    """
+    networks = list(networks)
+    tasks = task_order(networks) if tasks is None else tuple(tasks)
+    if not budget >= 0:
+        raise ValueError(f"budget must be a non-negative number, got {budget!r}")
+    order = _search_order(networks, tasks)
+    losses = [tuple(networks[i].losses.get(t, UNCOVERED_LOSS) for t in tasks) for i in order]
+    costs = [networks[i].cost for i in order]
+    still_reachable = [(UNCOVERED_LOSS,) * len(tasks)]
+    for row in reversed(losses):
+        still_reachable.insert(0, tuple(map(min, row, still_reachable[0])))
+    best_key, best_chosen = (len(tasks) * UNCOVERED_LOSS, 0), ()
+    stack = [(0, (), (UNCOVERED_LOSS,) * len(tasks), 0.0)]  # depth first, "add" branch first
+    while stack:
+        position, chosen, current, spent = stack.pop()
+        key = (sum(current), len(chosen))
+        if key < best_key:
+            best_key, best_chosen = key, chosen
+        if position == len(order):
+            continue
+        reachable = sum(map(min, current, still_reachable[position])) - TIE_TOLERANCE
+        if (reachable, len(chosen) + 1) >= best_key:
+            continue
+        stack.append((position + 1, chosen, current, spent))
+        lowered = tuple(map(min, current, losses[position]))
+        if spent + costs[position] <= budget + COST_TOLERANCE and lowered != current:
+            stack.append((position + 1, chosen + (position,), lowered, spent + costs[position]))
+    return [networks[i] for i in sorted(order[p] for p in best_chosen)]
+
+
+def hoa_approximation(networks):
+    """Standley et al.'s higher-order approximation: every network of >= 3
+    tasks gets, for each task t, the mean of t's loss in the pair networks
+    {t, u}, u another of its tasks (summed in its task order). Other networks
+    are returned unchanged. Needs exactly one two-task network per pair used."""
+    pairs = {}
+    for network in networks:
+        if len(network.tasks) == 2:
+            key = frozenset(network.tasks)
+            if key in pairs:
+                raise ValueError(f"several pair networks for {'+'.join(network.tasks)}")
+            pairs[key] = network
+
+    def pair_loss(t, u):
+        if frozenset((t, u)) not in pairs:
+            raise ValueError(f"no pair network for {t}+{u}, needed by the approximation")
+        return pairs[frozenset((t, u))].losses[t]
+
+    def approximated(network):
+        if len(network.tasks) < 3:
+            return network
+        losses = {t: sum(pair_loss(t, u) for u in network.tasks if u != t) / (len(network.tasks) - 1)
+                  for t in network.tasks}
+        return Network(network.tasks, losses, network.cost)
+
+    return [approximated(n) for n in networks]
+
+
+def matching_networks(selected, candidates):
+    """For each selected network, the candidate with the same tasks and cost
+    (e.g. its test-set counterpart); ValueError if none or several."""
+
+    def match(network):
+        same = [c for c in candidates
+                if set(c.tasks) == set(network.tasks) and abs(c.cost - network.cost) <= COST_TOLERANCE]
+        if len(same) != 1:
+            raise ValueError(f"{len(same)} networks match {'+'.join(network.tasks)} (cost {network.cost:g})")
+        return same[0]
+
+    return [match(n) for n in selected]
+
+
+def rescore(selected, test_networks, tasks=None):
+    """Total loss of a selection recomputed on other (test) values: each
+    selected network is replaced by its match in ``test_networks``."""
+    tasks = task_order(test_networks) if tasks is None else tuple(tasks)
+    return total_loss(matching_networks(selected, test_networks), tasks)
+
+
+def _network_from_row(row, task_columns, line):
+    """A Network from one CSV row (a dict), or ValueError naming the line."""
+    names = [t.strip() for t in re.split(r"[+|]", row.get("tasks") or "") if t.strip()]
+    unknown = [t for t in names if t not in task_columns]
+    if not names or unknown:
+        raise ValueError(f"line {line}: unknown or missing task names {unknown or row.get('tasks')!r}")
+    filled = {t for t in task_columns if (row.get(t) or "").strip()}
+    if filled != set(names):
+        raise ValueError(f"line {line}: losses given for {sorted(filled)} but tasks are {names}")
+    try:
+        losses = {t: float(row[t]) for t in names}
+        cost = float(row.get("cost") or "")
+    except ValueError as error:
+        raise ValueError(f"line {line}: {error}") from None
+    try:
+        return Network(tuple(names), losses, cost)
+    except ValueError as error:
+        raise ValueError(f"line {line}: {error}") from None
+
+
+def load_networks(path):
+    """Networks from a CSV file (format in the module docstring).
+
+    Raises OSError if unreadable and ValueError if malformed.
+    """
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        if "tasks" not in header or "cost" not in header:
+            raise ValueError(f"{path}: the header needs 'tasks' and 'cost' columns, got {header}")
+        task_columns = [c for c in header if c not in ("tasks", "cost")]
+        networks = [_network_from_row(row, task_columns, reader.line_num) for row in reader]
+    if not networks:
+        raise ValueError(f"{path}: no networks")
+    return networks

@@ -1,0 +1,146 @@
+"""Reading and validating pairwise score tables.
+
+Orientation used throughout this package: ``matrix[i][j]`` (or
+``scores[t][u]``) is the score ONTO task i (t) FROM task j (u), as in the
+network-selection notebooks. tag_jax's ``affinity.json`` stores the opposite,
+``matrix[source][target]``: use ``from_affinity_matrix`` (or ``load_scores``,
+which reads the file's ``orientation`` field) to transpose it.
+"""
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+SOURCE_TARGET = "matrix[source][target]"
+TARGET_SOURCE = "matrix[target][source]"
+
+
+def _checked_tasks(tasks):
+    """The task names as a tuple of distinct strings."""
+    tasks = tuple(tasks)
+    if not tasks:
+        raise ValueError("no tasks given")
+    if not all(isinstance(t, str) for t in tasks):
+        raise ValueError("task names must be strings")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError("task names must be distinct")
+    return tasks
+
+
+def _as_array(matrix):
+    """A float array, or ValueError if ``matrix`` is not a numeric table."""
+    try:
+        return np.array(matrix, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"score matrix is not numeric: {error}") from None
+
+
+def _checked_matrix(tasks, matrix):
+    """(n, n) float array; off-diagonal entries must be finite numbers."""
+    array = _as_array(matrix)
+    n = len(tasks)
+    if array.shape != (n, n):
+        raise ValueError(f"score matrix has shape {array.shape}, expected ({n}, {n}) for {n} tasks")
+    off_diagonal = ~np.eye(n, dtype=bool)
+    if not np.isfinite(array[off_diagonal]).all():
+        i, j = np.argwhere(~np.isfinite(array) & off_diagonal)[0]
+        raise ValueError(f"score onto {tasks[i]!r} from {tasks[j]!r} is not a finite number")
+    return array
+
+
+def _table_from_mapping(scores):
+    """(tasks, matrix) from ``scores[t][u]``; a missing diagonal becomes NaN."""
+    tasks = _checked_tasks(scores)
+    index = {t: i for i, t in enumerate(tasks)}
+    matrix = np.full((len(tasks), len(tasks)), np.nan)
+    for t, row in scores.items():
+        if not isinstance(row, Mapping):
+            raise ValueError(f"scores[{t!r}] must map task names to scores")
+        for u, value in row.items():
+            if u not in index:
+                raise ValueError(f"scores[{t!r}] names unknown task {u!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"score onto {t!r} from {u!r} is not a number: {value!r}")
+            matrix[index[t], index[u]] = value
+        missing = [u for u in tasks if u != t and u not in row]
+        if missing:
+            raise ValueError(f"missing score onto {t!r} from {missing[0]!r}")
+    return tasks, _checked_matrix(tasks, matrix)
+
+
+def score_table(scores):
+    """Validate ``scores`` into (tasks, matrix), matrix[i][j] onto i from j.
+
+    ``scores`` is a mapping ``scores[t][u]`` (onto t from u) or a pair
+    ``(tasks, matrix)`` in the same orientation. Every off-diagonal entry must
+    be a finite number; the diagonal (single-task values) may be absent or
+    NaN. Raises ValueError naming the offending entry.
+    """
+    if isinstance(scores, Mapping):
+        return _table_from_mapping(scores)
+    if isinstance(scores, Sequence) and not isinstance(scores, str) and len(scores) == 2:
+        tasks = _checked_tasks(scores[0])
+        return tasks, _checked_matrix(tasks, scores[1])
+    raise ValueError("scores must be a mapping scores[t][u] or a pair (tasks, matrix)")
+
+
+def from_affinity_matrix(tasks, matrix_source_target):
+    """(tasks, matrix onto-from) from a ``matrix[source][target]`` table (tag_jax's
+    affinity.json), i.e. the transpose."""
+    tasks = _checked_tasks(tasks)
+    return tasks, _checked_matrix(tasks, _as_array(matrix_source_target).T)
+
+
+def transposed(table):
+    """The (tasks, matrix) table with rows and columns swapped."""
+    tasks, matrix = table
+    return tasks, matrix.T.copy()
+
+
+def _nulls_to_nan(rows):
+    """Nested lists with None (JSON null) replaced by NaN."""
+    if isinstance(rows, list):
+        return [_nulls_to_nan(r) for r in rows]
+    return math.nan if rows is None else rows
+
+
+def parse_scores(document, *, transpose=False):
+    """(tasks, matrix onto-from) from a decoded JSON document.
+
+    Either tag_jax's affinity.json (``tasks``, ``matrix`` and an
+    ``orientation`` of "matrix[source][target]", transposed here, or
+    "matrix[target][source]") or a dict of dicts ``{t: {u: score onto t from
+    u}}``; ``transpose`` flips the dict-of-dicts form only.
+    """
+    if not isinstance(document, dict):
+        raise ValueError("scores JSON must be an object")
+    if "matrix" not in document:
+        table = score_table(document)
+        return transposed(table) if transpose else table
+    if transpose:
+        raise ValueError("an affinity file states its own orientation; do not transpose it")
+    orientation = document.get("orientation")
+    tasks, matrix = document.get("tasks"), _nulls_to_nan(document["matrix"])
+    if not isinstance(tasks, list):
+        raise ValueError("affinity file has no list of tasks")
+    if orientation == SOURCE_TARGET:
+        return from_affinity_matrix(tasks, matrix)
+    if orientation == TARGET_SOURCE:
+        return score_table((tasks, matrix))
+    raise ValueError(f"affinity file orientation must be {SOURCE_TARGET!r} or {TARGET_SOURCE!r}, "
+                     f"got {orientation!r}")
+
+
+def load_scores(path, *, transpose=False):
+    """(tasks, matrix onto-from) from a JSON file, as ``parse_scores``.
+
+    Raises OSError if unreadable and ValueError if malformed.
+    """
+    with open(path, encoding="utf-8") as handle:
+        try:
+            document = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+    return parse_scores(document, transpose=transpose)

@@ -1,0 +1,148 @@
+"""The ``python -m selection`` command line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from selection import select_groups
+from selection.cli import main
+
+TASKS = ["a", "b", "c", "d", "e"]
+# Rows are SOURCES here (affinity.json layout); strongly asymmetric so that
+# reading it the wrong way round changes the answer.
+SOURCE_TARGET = [[0.0, 0.9, 0.8, -0.5, -0.4],
+                 [-0.9, 0.0, 0.7, -0.3, -0.6],
+                 [-0.8, -0.7, 0.0, 0.6, 0.5],
+                 [0.2, 0.4, -0.2, 0.0, 0.9],
+                 [0.1, 0.3, -0.9, -0.8, 0.0]]
+
+
+def run(argv, capsys):
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture
+def affinity_file(tmp_path):
+    path = tmp_path / "affinity.json"
+    path.write_text(json.dumps({"method": "tag", "tasks": TASKS, "orientation": "matrix[source][target]",
+                                "matrix": SOURCE_TARGET, "per_epoch": [SOURCE_TARGET], "steps_recorded": 7}))
+    return path
+
+
+def onto_from():
+    return (TASKS, np.array(SOURCE_TARGET).T)
+
+
+def test_affinity_file_is_transposed(affinity_file, capsys):
+    status, out, _ = run(["groups", "--scores", affinity_file, "--max-groups", 2, "--json"], capsys)
+    assert status == 0
+    [result] = json.loads(out)
+    expected = select_groups(onto_from(), max_groups=2)
+    assert result == {"max_groups": 2, **expected.to_dict()}
+    wrong_way = select_groups((TASKS, np.array(SOURCE_TARGET)), max_groups=2)
+    assert wrong_way.groups != expected.groups, "the instance must tell the orientations apart"
+
+
+def test_dict_of_dicts_and_transpose_flag(tmp_path, capsys):
+    by_source = {s: {t: SOURCE_TARGET[i][j] for j, t in enumerate(TASKS) if i != j} for i, s in enumerate(TASKS)}
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(by_source))
+    _, out, _ = run(["groups", "--scores", path, "--max-groups", 2, "--json", "--transpose"], capsys)
+    assert json.loads(out)[0]["groups"] == [list(g) for g in select_groups(onto_from(), max_groups=2).groups]
+    _, out, _ = run(["groups", "--scores", path, "--max-groups", 2, "--json"], capsys)
+    as_given = select_groups((TASKS, np.array(SOURCE_TARGET)), max_groups=2)
+    assert json.loads(out)[0]["groups"] == [list(g) for g in as_given.groups]
+
+
+def test_several_max_groups_minimize_and_diagonal(tmp_path, capsys):
+    errors = np.abs(np.array(SOURCE_TARGET)) + np.eye(5) * 0.35
+    path = tmp_path / "errors.json"
+    path.write_text(json.dumps({t: {u: errors[i, j] for j, u in enumerate(TASKS)} for i, t in enumerate(TASKS)}))
+    _, out, _ = run(["groups", "--scores", path, "--max-groups", 2, 3, 4, "--minimize",
+                     "--singletons", "diagonal", "--json"], capsys)
+    results = json.loads(out)
+    assert [r["max_groups"] for r in results] == [2, 3, 4]
+    for r in results:
+        expected = select_groups((TASKS, errors), max_groups=r["max_groups"], objective="minimize",
+                                 singletons="diagonal")
+        assert r["score"] == pytest.approx(expected.score) and r["gap"] == 0.0
+    assert results[0]["score"] >= results[1]["score"] >= results[2]["score"]
+
+
+def test_text_report(affinity_file, capsys):
+    status, out, _ = run(["groups", "--scores", affinity_file, "--max-groups", 2], capsys)
+    expected = select_groups(onto_from(), max_groups=2)
+    assert status == 0
+    assert f"score {expected.score:.6g} (proven optimal)" in out
+    assert "  group 1: " + ", ".join(expected.groups[0]) in out
+    assert len([line for line in out.splitlines() if " -> group " in line]) == 5
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "No such file"),
+    ("{not json", "not valid JSON"),
+    ('{"a": {"b": NaN}, "b": {"a": 1}}', "not a finite number"),
+    ('{"a": {"b": 1, "zz": 2}, "b": {"a": 1}}', "unknown task 'zz'"),
+    ('{"tasks": ["a", "b"], "orientation": "matrix[source][target]", "matrix": [[0, 1]]}', "shape"),
+    ('{"tasks": ["a", "b"], "matrix": [[0, 1], [1, 0]]}', "orientation"),
+    ("[1, 2]", "must be an object"),
+])
+def test_bad_score_files_exit_2_with_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "scores.json"
+    if content is not None:
+        path.write_text(content)
+    status, out, err = run(["groups", "--scores", path, "--max-groups", 2], capsys)
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+@pytest.fixture
+def network_files(tmp_path):
+    val = tmp_path / "val.csv"
+    val.write_text("tasks,cost,a,b,c\na,0.5,0.30,,\nb,0.5,,0.40,\nc,0.5,,,0.50\n"
+                   "a+b,1,0.20,0.35,\na+c,1,0.25,,0.45\nb+c,1,,0.30,0.60\na+b+c,1,0.50,0.50,0.50\n")
+    test = tmp_path / "test.csv"
+    test.write_text("tasks,cost,a,b,c\na,0.5,0.31,,\nb,0.5,,0.41,\nc,0.5,,,0.51\n"
+                    "a+b,1,0.21,0.36,\na+c,1,0.26,,0.46\nb+c,1,,0.31,0.61\na+b+c,1,0.51,0.51,0.51\n")
+    return val, test
+
+
+def test_networks_command(network_files, capsys):
+    val, test = network_files
+    status, out, _ = run(["networks", "--networks", val, "--budget", 1.5, "--test", test, "--json"], capsys)
+    assert status == 0
+    result = json.loads(out)
+    assert [n["tasks"] for n in result["networks"]] == [["c"], ["a", "b"]]
+    assert result["total"] == pytest.approx(0.50 + 0.20 + 0.35)
+    assert result["test_total"] == pytest.approx(0.51 + 0.21 + 0.36)
+
+
+def test_networks_command_with_hoa(network_files, capsys):
+    val, _ = network_files
+    _, out, _ = run(["networks", "--networks", val, "--budget", 1, "--hoa", "--json"], capsys)
+    result = json.loads(out)
+    # HOA replaces a+b+c by pair means: a (0.20+0.25)/2, b (0.35+0.30)/2, c (0.45+0.60)/2.
+    assert result["networks"][0]["losses"] == pytest.approx({"a": 0.225, "b": 0.325, "c": 0.525})
+    assert result["total"] == pytest.approx(0.225 + 0.325 + 0.525)
+
+
+def test_bad_network_file_exits_2(tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    path.write_text("tasks,cost,a\na,1,\n")
+    status, _, err = run(["networks", "--networks", path, "--budget", 1], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "line 2" in err
+
+
+def test_python_dash_m_entry_point(affinity_file):
+    completed = subprocess.run([sys.executable, "-m", "selection", "groups", "--scores", str(affinity_file),
+                                "--max-groups", "2", "--json"], capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parents[1])
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)[0]["groups"] == [list(g) for g in
+                                                        select_groups(onto_from(), max_groups=2).groups]

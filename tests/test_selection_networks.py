@@ -1,0 +1,174 @@
+"""Budgeted network selection: the published Standley et al. tables, brute force, CSV."""
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from selection import (
+    UNCOVERED_LOSS,
+    Network,
+    hoa_approximation,
+    load_networks,
+    matching_networks,
+    rescore,
+    select_networks,
+    total_loss,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "standley_selection"
+TASKS = tuple(str(t) for t in range(5))
+needs_data = pytest.mark.skipif(not (DATA / "index.json").exists(),
+                                reason=f"Standley et al. tables not found at {DATA}")
+
+
+def networks_by_id(models):
+    """{id: Network} from a data file's model list (tasks named '0'..'4')."""
+    return {m["id"]: Network(tuple(str(t) for t in m["tasks"]),
+                             {str(t): m["losses"][t] for t in m["tasks"]}, m["cost"])
+            for m in models}
+
+
+def cases():
+    if not (DATA / "index.json").exists():
+        return []
+    files = [f for f in json.loads((DATA / "index.json").read_text())["file_list"]
+             if f.startswith("setting") and not f.endswith("baselines_monte_carlo.json")]
+    return [(f, i) for f in files for i in range(9)]
+
+
+@needs_data
+@pytest.mark.parametrize("file, case", cases())
+def test_standley_selection_and_test_totals(file, case):
+    data = json.loads((DATA / file).read_text())
+    expected = data["expected"][case]
+    inputs = data["inputs"]
+    if "raw_validation_models" in inputs:  # HOA: select on our own approximation
+        raw = networks_by_id(inputs["raw_validation_models"])
+        candidates = dict(zip(raw, hoa_approximation(list(raw.values()))))
+    else:
+        candidates = networks_by_id(inputs["selection_models"])
+    evaluation = list(networks_by_id(inputs["evaluation_models"]).values())
+    chosen = select_networks(list(candidates.values()), budget=expected["budget"], tasks=TASKS)
+
+    ids = {id(n): key for key, n in candidates.items()}
+    chosen_ids = sorted(ids[id(n)] for n in chosen)
+    alternatives = {tuple(sorted(a["selected_ids"])): a["test_total"]
+                    for a in expected.get("val_tied_alternatives", [])}
+    alternatives.setdefault(tuple(sorted(expected["selected_ids"])), expected["test_total"])
+    assert tuple(chosen_ids) in alternatives
+    assert total_loss(chosen, TASKS) == pytest.approx(expected["val_total_of_selection"], abs=1e-12)
+    assert rescore(chosen, evaluation, TASKS) == pytest.approx(alternatives[tuple(chosen_ids)], abs=1e-12)
+    assert sum(n.cost for n in chosen) <= expected["budget"]
+    if tuple(chosen_ids) == tuple(sorted(expected["selected_ids"])):
+        assert rescore(chosen, evaluation, TASKS) == pytest.approx(expected["test_total"], abs=1e-12)
+
+
+@needs_data
+@pytest.mark.parametrize("setting", [1, 2, 3, 4])
+def test_hoa_approximation_matches_published_models(setting):
+    inputs = json.loads((DATA / f"setting{setting}_hoa.json").read_text())["inputs"]
+    raw = list(networks_by_id(inputs["raw_validation_models"]).values())
+    expected = list(networks_by_id(inputs["selection_models"]).values())
+    approximated = hoa_approximation(raw)
+    assert [(n.tasks, n.cost) for n in approximated] == [(n.tasks, n.cost) for n in expected]
+    for mine, theirs in zip(approximated, expected):
+        for t in mine.tasks:
+            assert mine.losses[t] == pytest.approx(theirs.losses[t], abs=1e-12)
+    assert sum(len(n.tasks) >= 3 for n in raw) == 16
+    assert all(a is b for a, b in zip(approximated, raw) if len(b.tasks) < 3)
+
+
+def test_hoa_approximation_is_the_pair_mean():
+    pairs = [Network(("a", "b"), {"a": 1.0, "b": 2.0}), Network(("a", "c"), {"a": 3.0, "c": 4.0}),
+             Network(("b", "c"), {"b": 5.0, "c": 6.0})]
+    triple = Network(("a", "b", "c"), {"a": 0.0, "b": 0.0, "c": 0.0})
+    approximated = hoa_approximation(pairs + [triple])[-1]
+    assert dict(approximated.losses) == {"a": 2.0, "b": 3.5, "c": 5.0}
+    with pytest.raises(ValueError, match="no pair network for b\\+c"):
+        hoa_approximation(pairs[:2] + [triple])
+
+
+def brute_force(networks, budget, tasks):
+    """(lowest total, fewest networks reaching it) over every affordable subset."""
+    best = (len(tasks) * UNCOVERED_LOSS, 0)
+    for count in range(1, len(networks) + 1):
+        for subset in itertools.combinations(networks, count):
+            if sum(n.cost for n in subset) <= budget + 1e-9:
+                total = sum(min([n.losses[t] for n in subset if t in n.tasks] + [UNCOVERED_LOSS])
+                            for t in tasks)
+                best = min(best, (total, count))
+    return best
+
+
+@st.composite
+def network_sets(draw):
+    tasks = ("a", "b", "c", "d")[: draw(st.integers(2, 4))]
+    networks = []
+    for _ in range(draw(st.integers(1, 9))):
+        members = draw(st.lists(st.sampled_from(tasks), min_size=1, max_size=len(tasks), unique=True))
+        losses = {t: draw(st.integers(1, 9)) / 10 for t in members}
+        networks.append(Network(tuple(members), losses, draw(st.sampled_from([0.5, 1.0, 1.5]))))
+    return networks, draw(st.sampled_from([0.5, 1.0, 2.0, 2.5, 4.0])), tasks
+
+
+@settings(max_examples=80, deadline=None)
+@given(network_sets())
+def test_select_networks_matches_brute_force(instance):
+    networks, budget, tasks = instance
+    chosen = select_networks(networks, budget=budget, tasks=tasks)
+    assert (total_loss(chosen, tasks), len(chosen)) == pytest.approx(brute_force(networks, budget, tasks), abs=1e-12)
+    assert sum(n.cost for n in chosen) <= budget + 1e-9
+    for n in chosen:  # no redundant network
+        assert total_loss([m for m in chosen if m is not n], tasks) > total_loss(chosen, tasks)
+    positions = [next(i for i, m in enumerate(networks) if m is n) for n in chosen]
+    assert positions == sorted(positions), "input order"
+
+
+def test_uncovered_tasks_count_99():
+    networks = [Network(("a",), {"a": 0.2}, 1.0), Network(("b",), {"b": 0.3}, 1.0)]
+    chosen = select_networks(networks, budget=1.0)
+    assert chosen == [networks[0]]
+    assert total_loss(chosen, ("a", "b")) == pytest.approx(0.2 + UNCOVERED_LOSS)
+
+
+def test_matching_networks_needs_one_match():
+    half = Network(("a",), {"a": 0.1}, 0.5)
+    full = Network(("a",), {"a": 0.2}, 1.0)
+    assert matching_networks([half], [full, Network(("a",), {"a": 0.3}, 0.5)])[0].losses["a"] == 0.3
+    with pytest.raises(ValueError, match="0 networks match"):
+        matching_networks([half], [full])
+
+
+def test_load_networks_reads_the_csv_format(tmp_path):
+    path = tmp_path / "networks.csv"
+    path.write_text("tasks,cost,depth,normal\ndepth,0.5,0.17,\ndepth+normal,1,0.16,0.09\nnormal|depth,2,0.1,0.08\n")
+    networks = load_networks(path)
+    assert networks == [Network(("depth",), {"depth": 0.17}, 0.5),
+                        Network(("depth", "normal"), {"depth": 0.16, "normal": 0.09}, 1.0),
+                        Network(("normal", "depth"), {"depth": 0.1, "normal": 0.08}, 2.0)]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tasks,depth\ndepth,0.1\n", "'tasks' and 'cost'"),
+    ("tasks,cost,depth\nsky,1,0.1\n", "unknown or missing task names"),
+    ("tasks,cost,depth,normal\ndepth,1,0.1,0.2\n", "losses given for"),
+    ("tasks,cost,depth\ndepth,1,nan\n", "not a finite number"),
+    ("tasks,cost,depth\ndepth,cheap,0.1\n", "line 2"),
+    ("tasks,cost,depth\n", "no networks"),
+])
+def test_load_networks_rejects_bad_files(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_networks(path)
+
+
+def test_network_validates_its_fields():
+    with pytest.raises(ValueError, match="exactly its tasks"):
+        Network(("a", "b"), {"a": 0.1})
+    with pytest.raises(ValueError, match="positive cost"):
+        Network(("a",), {"a": 0.1}, 0.0)
