@@ -39,6 +39,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.bn_epsilon = 1e-3  # TF reference; the PyTorch reference uses 1e-5
   config.model.bn_momentum = 0.99  # running-average decay (TF default)
   config.model.num_classes = 2  # logits per task head
+  # Compute dtype: 'float32' or 'bfloat16' (parameters, optimizer state and losses stay float32).
+  config.dtype = "float32"
 
   config.batch_size = 256  # global batch
   config.eval_batch_size = 256

@@ -63,20 +63,9 @@ class Trunk(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
-    bn_mask = None if mask is None else mask.astype(bool)[:, None, None, None]
-
-    def norm(y):
-      return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                          epsilon=self.bn_epsilon)(y, mask=bn_mask if train else None)
-
-    x = nn.relu(norm(Conv3x3(self.width, self.conv)(x)))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-    residual = x
-    x = nn.relu(norm(Conv3x3(self.width, self.conv)(x)))
-    x = norm(Conv3x3(self.width, self.conv)(x))
-    x = nn.relu(x + residual)
-    x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-    return x.reshape(x.shape[0], -1)
+    norm = masked_batch_norm(train, mask, self.bn_epsilon, self.bn_momentum)
+    return residual_tail_layers(stem_layers(x, self.width, self.conv, norm), self.width,
+                                self.conv, norm)
 
 
 class TaskHeads(nn.Module):
@@ -102,13 +91,14 @@ class MultiTaskNet(nn.Module):
   conv: str = "xla"
   bn_epsilon: float = 1e-3
   bn_momentum: float = 0.99
+  dtype: str = "float32"  # compute dtype; parameters and losses stay float32
 
   def setup(self):
     self.shared = Trunk(self.width, self.conv, self.bn_epsilon, self.bn_momentum)
     self.heads = TaskHeads(self.num_tasks, self.num_classes)
 
   def __call__(self, image, *, train: bool, mask=None):
-    return self.heads(self.shared(image, train=train, mask=mask))
+    return self.heads(self.shared(image.astype(self.dtype), train=train, mask=mask))
 
 
 def create_model(config, num_tasks: int) -> MultiTaskNet:
@@ -119,6 +109,7 @@ def create_model(config, num_tasks: int) -> MultiTaskNet:
       conv=resolve_conv_impl(config.model.conv),
       bn_epsilon=config.model.bn_epsilon,
       bn_momentum=config.model.bn_momentum,
+      dtype=config.dtype,
   )
 
 
@@ -132,3 +123,55 @@ def per_task_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array
   """Mean softmax cross-entropy per task over real examples (mask (B,) in {0, 1}) -> (T,)."""
   nll = softmax_nll(logits, labels)
   return (nll * mask[:, None]).sum(0) / jnp.maximum(mask.sum(), 1.0)
+
+
+# Trunk = stem -> residual tail. The layer functions below create their modules inside the
+# calling module's compact scope, so Trunk keeps its flat parameter names (Conv3x3_0..2,
+# BatchNorm_0..2) while Stem and ResidualTail hold the same layers split in two.
+
+
+def masked_batch_norm(train: bool, mask, epsilon: float, momentum: float) -> Callable:
+  """norm(y): a new BatchNorm in the calling module; training statistics over real rows (mask (B,)).
+
+  Statistics are computed in float32; the output keeps y's dtype (bfloat16 compute stays bfloat16).
+  """
+  bn_mask = None if mask is None or not train else mask.astype(bool)[:, None, None, None]
+
+  def norm(y):
+    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon)(
+        y, mask=bn_mask).astype(y.dtype)
+  return norm
+
+
+def stem_layers(x, width: int, conv: str, norm: Callable):
+  """conv-BN-ReLU-maxpool(3, s2): (B, S, S, C) -> (B, S', S', width), S' = (S - 3) // 2 + 1."""
+  x = nn.relu(norm(Conv3x3(width, conv)(x)))
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+
+
+def residual_tail_layers(x, width: int, conv: str, norm: Callable):
+  """residual block -> ReLU -> avgpool(2, s2) -> flatten: (B, S', S', width) -> (B, F)."""
+  residual = x
+  x = nn.relu(norm(Conv3x3(width, conv)(x)))
+  x = norm(Conv3x3(width, conv)(x))
+  x = nn.relu(x + residual)
+  x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  return x.reshape(x.shape[0], -1)
+
+
+class Stem(Trunk):
+  """The first part of Trunk (same fields): conv-BN-ReLU-maxpool, (B, S, S, C) -> (B, S', S', width)."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, mask=None):
+    norm = masked_batch_norm(train, mask, self.bn_epsilon, self.bn_momentum)
+    return stem_layers(x, self.width, self.conv, norm)
+
+
+class ResidualTail(Trunk):
+  """The rest of Trunk (same fields): Stem output (B, S', S', width) -> features (B, F)."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, mask=None):
+    norm = masked_batch_norm(train, mask, self.bn_epsilon, self.bn_momentum)
+    return residual_tail_layers(x, self.width, self.conv, norm)

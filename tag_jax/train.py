@@ -31,6 +31,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.optimizer.schedule not in optim.SCHEDULES:
     raise UserError(f"unknown config.optimizer.schedule {config.optimizer.schedule!r}; "
                     f"choose one of {optim.SCHEDULES}")
+  if config.dtype not in ("float32", "bfloat16"):
+    raise UserError(f"unknown config.dtype {config.dtype!r}; choose 'float32' or 'bfloat16'")
   if config.model.conv not in models.CONV_IMPLS:
     raise UserError(f"unknown config.model.conv {config.model.conv!r}; choose one of {models.CONV_IMPLS}")
   methods.validate(config)

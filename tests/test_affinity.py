@@ -171,3 +171,23 @@ def test_measured_step_records_lookahead_and_updates_like_plain_step(tiny_config
   plain_state, _ = plain(state, batch)
   for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(plain_state.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_affinities_close():
+  """bfloat16 activations: finite affinities within 2% of the largest float32 entry."""
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.uniform(size=(16, 8, 8, 3)), jnp.float32),
+           "labels": jnp.asarray(rng.integers(0, 2, (16, 3)), jnp.int32),
+           "mask": jnp.ones(16, jnp.float32)}
+  matrices = {}
+  for dtype in ("float32", "bfloat16"):
+    model = models.MultiTaskNet(num_tasks=3, width=8, conv="im2col", dtype=dtype)
+    variables = model.init(jax.random.key(1), batch["image"], train=False)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+    losses_fn = steps.shared_losses_fn(model, variables["params"], variables["batch_stats"])
+    assert losses_fn(variables["params"]["shared"], batch).dtype == jnp.float32
+    matrices[dtype] = np.asarray(jax.jit(lambda p: affinity.lookahead_affinity(
+        losses_fn, p, batch, learning_rate=0.1))(variables["params"]["shared"]))
+  assert np.isfinite(matrices["bfloat16"]).all()
+  np.testing.assert_allclose(matrices["bfloat16"], matrices["float32"],
+                             atol=0.02 * np.abs(matrices["float32"]).max())
