@@ -38,6 +38,13 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA))
 
 
+def jit_train_step(step_fn, state_sharding, mesh):
+  """jit of (state, batch) -> (state, metrics): state as `state_sharding`, batch split over
+  'data', metrics replicated, the input state donated."""
+  return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh)),
+                 out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+
+
 def global_batch(local_batch: dict, mesh) -> dict:
   """This process's rows (numpy) -> global jax.Arrays sharded over 'data'."""
   sharding = batch_sharding(mesh)

@@ -118,12 +118,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     reporting.truncate_jsonl(metrics_path, int(state.step))
 
-  def compile_step(step_fn):
-    return jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-
-  plain_step = compile_step(method.train_step)
-  measured_step = method.measured_step and compile_step(method.measured_step)
+  plain_step = sharding.jit_train_step(method.train_step, state_sharding, mesh)
+  measured_step = method.measured_step and sharding.jit_train_step(method.measured_step,
+                                                                   state_sharding, mesh)
   eval_step = jax.jit(method.eval_step, out_shardings=sharding.replicated(mesh))
   writer = reporting.create_writer(workdir)
   total_steps = config.num_epochs * steps_per_epoch
