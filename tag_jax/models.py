@@ -160,7 +160,7 @@ def residual_tail_layers(x, width: int, conv: str, norm: Callable):
 
 
 class Stem(Trunk):
-  """The first part of Trunk (same fields): conv-BN-ReLU-maxpool, (B, S, S, C) -> (B, S', S', width)."""
+  """Trunk's first part (same fields): conv-BN-ReLU-maxpool, (B, S, S, C) -> (B, S', S', width)."""
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):

@@ -1,0 +1,322 @@
+"""'dmtg': one-shot differentiable task grouping (Gao et al., ICML 2024; REFERENCE §6).
+
+The network has K group branches (each a full `models.Trunk`, or a
+`models.ResidualTail` after one `models.Stem` they share) and K x N heads, plus
+task-to-group logits Θ (N, K), initialised to ones and trained with everything
+else by the one optimizer. All branches and the K copies of every head start
+as identical copies; only the Gumbel noise breaks the symmetry.
+
+Every step draws ONE Gumbel sample g (N, K) from fold_in(key(config.seed), step)
+(so a resumed run draws the same noise) and weighs the loss of head (k, n) on
+branch k, ℓ[k, n], by y = softmax((Θ + g) / τ) over groups (straight-through
+with config.dmtg.hard):
+    loss = Σ_n Σ_k y[n, k] ℓ[k, n] + entropy_weight · mean_n H(softmax(Θ[n])).
+With config.dmtg.finetune_epochs = F > 0 the last F of config.num_epochs
+fine-tune the chosen network: from step (num_epochs - F) · steps_per_epoch on,
+y is the one-hot of argmax Θ, the entropy term is off and Θ stays frozen, so
+only the chosen branches and heads learn (the others get zero gradients; all K
+branches are still computed, since the choice is data, not shape).
+
+Read-out: task n -> group argmax_k Θ[n, k], empty groups dropped. eval_step
+scores, for task n, head (argmax Θ[n], n) on that branch. The grouping is the
+final Θ (state.params), not the early-stopping best.
+
+Outputs: `groups.json` (the TAG/CS selection format, plus `probabilities`
+softmax(Θ) (N, K) and `probabilities_per_epoch`), `dmtg_assignment.png`.
+"""
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tag_jax import models, optim, plots, reporting, steps
+from tag_jax.errors import UserError
+from tag_jax.methods import Method
+
+BRANCH_STRATEGIES = ("auto", "vmap", "unrolled")
+SHARED_STEMS = ("none", "stem")
+TAU_SCHEDULES = ("constant", "exponential", "linear")
+
+
+def validate(config) -> None:
+  cfg = config.dmtg
+  for key, allowed in (("branch_strategy", BRANCH_STRATEGIES), ("shared_stem", SHARED_STEMS),
+                       ("tau_schedule", TAU_SCHEDULES)):
+    if cfg[key] not in allowed:
+      raise UserError(f"unknown config.dmtg.{key} {cfg[key]!r}; choose one of {allowed}")
+  if cfg.num_groups < 1:
+    raise UserError(f"config.dmtg.num_groups must be >= 1, got {cfg.num_groups}")
+  taus = ("tau",) if cfg.tau_schedule == "constant" else ("tau_start", "tau_end")
+  for key in taus:
+    if not cfg[key] > 0:
+      raise UserError(f"config.dmtg.{key} must be > 0, got {cfg[key]}")
+  if not 0 <= cfg.finetune_epochs < config.num_epochs:
+    raise UserError(f"config.dmtg.finetune_epochs must be in [0, config.num_epochs) = "
+                    f"[0, {config.num_epochs}), got {cfg.finetune_epochs}")
+
+
+def build(config, task_names, image_shape, steps_per_epoch) -> Method:
+  net = create_grouped_net(config, len(task_names))
+  optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch)
+  search_steps = (config.num_epochs - config.dmtg.finetune_epochs) * steps_per_epoch
+  return Method(
+      init_state=lambda rng: steps.init_train_state(net, optimizer, rng, image_shape),
+      train_step=make_dmtg_step(net, optimizer, seed=config.seed,
+                                temperature=temperature_schedule(config.dmtg, search_steps),
+                                hard=config.dmtg.hard, entropy_weight=config.dmtg.entropy_weight,
+                                search_steps=search_steps),
+      eval_step=steps.make_eval_step(net),
+      on_epoch_end=record_probabilities,
+      finish=lambda workdir, state, meta: write_dmtg_outputs(
+          workdir, task_names, state.params["group_logits"], meta))
+
+
+# --- the K-branch network ---
+
+
+def resolve_branch_strategy(name: str) -> str:
+  """'auto' -> 'unrolled' on CPU (vmapped convolutions over a parameter axis are slow there),
+  'vmap' elsewhere."""
+  if name == "auto":
+    return "unrolled" if jax.default_backend() == "cpu" else "vmap"
+  return name
+
+
+def map_branches(fn: Callable, strategy: str, *stacked):
+  """fn(*slices) for every slice of the stacked (K, ...) pytrees; outputs stacked on a new axis 0.
+
+  'vmap': one jax.vmap; 'unrolled': K calls in a Python loop, then stacked.
+  """
+  if strategy == "vmap":
+    return jax.vmap(fn)(*stacked)
+  num_branches = jax.tree.leaves(stacked)[0].shape[0]
+  outputs = [fn(*jax.tree.map(lambda a, k=k: a[k], stacked)) for k in range(num_branches)]
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
+
+
+def tile(tree, copies: int):
+  """Every leaf repeated on a new leading axis: (...) -> (copies, ...), identical copies."""
+  return jax.tree.map(lambda a: jnp.repeat(a[None], copies, axis=0), tree)
+
+
+def apply_with_stats(module: nn.Module, params, batch_stats, x, *, train: bool, mask=None):
+  """(module(x), batch statistics): updated from the batch's real rows (mask (B,)) when training,
+  else unchanged."""
+  variables = {"params": params, "batch_stats": batch_stats}
+  if not train:
+    return module.apply(variables, x, train=False), batch_stats
+  out, updates = module.apply(variables, x, train=True, mask=mask, mutable=["batch_stats"])
+  return out, updates["batch_stats"]
+
+
+def assignment(group_logits: jax.Array) -> jax.Array:
+  """Group of every task, argmax_k Θ[n, k]: (N, K) -> (N,) int."""
+  return jnp.argmax(group_logits, axis=-1)
+
+
+def assigned_logits(logits: jax.Array, groups: jax.Array) -> jax.Array:
+  """Task n's logits of head (groups[n], n): logits (K, B, N, C), groups (N,) -> (B, N, C)."""
+  return jnp.moveaxis(logits[groups, :, jnp.arange(groups.shape[0])], 0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupedNet:
+  """K branches `trunk` (after one shared `stem`, if any), K x N `heads`, group logits Θ (N, K).
+
+  params: {'stem' (with a stem), 'trunks': trunk params stacked (K, ...), 'heads': TaskHeads
+  params stacked (K, N, ...), 'group_logits': Θ (N, K)}; batch_stats: {'stem', 'trunks'}.
+  `init` and `apply` have the Flax signatures steps.init_train_state and steps.make_eval_step use.
+  """
+
+  trunk: nn.Module
+  heads: models.TaskHeads
+  num_groups: int
+  strategy: str  # 'vmap' | 'unrolled'
+  stem: Optional[nn.Module] = None
+
+  def init(self, rng, image, *, train: bool = False) -> dict:
+    """One branch and one head set initialised, then tiled K times; Θ = ones (N, K)."""
+    del train
+    stem_rng, trunk_rng, heads_rng = jax.random.split(rng, 3)
+    params, batch_stats = {}, {}
+    if self.stem is not None:
+      stem_vars = self.stem.init(stem_rng, image, train=False)
+      params["stem"], batch_stats["stem"] = stem_vars["params"], stem_vars["batch_stats"]
+      image = self.stem.apply(stem_vars, image, train=False)
+    trunk_vars = self.trunk.init(trunk_rng, image, train=False)
+    heads_params = self.heads.init(heads_rng, self.trunk.apply(trunk_vars, image, train=False))
+    params.update(trunks=tile(trunk_vars["params"], self.num_groups),
+                  heads=tile(heads_params["params"], self.num_groups),
+                  group_logits=jnp.ones((self.heads.num_tasks, self.num_groups)))
+    batch_stats["trunks"] = tile(trunk_vars["batch_stats"], self.num_groups)
+    return {"params": params, "batch_stats": batch_stats}
+
+  def branch_logits(self, params, batch_stats, image, *, train: bool, mask=None):
+    """Logits of every head on its branch (K, B, N, C) and the (updated) batch statistics."""
+    new_stats = {}
+    if self.stem is not None:
+      image, new_stats["stem"] = apply_with_stats(self.stem, params["stem"], batch_stats["stem"],
+                                                  image, train=train, mask=mask)
+
+    def one_branch(trunk_params, trunk_stats, heads_params):
+      features, stats = apply_with_stats(self.trunk, trunk_params, trunk_stats, image,
+                                         train=train, mask=mask)
+      return self.heads.apply({"params": heads_params}, features), stats
+
+    logits, new_stats["trunks"] = map_branches(one_branch, self.strategy, params["trunks"],
+                                               batch_stats["trunks"], params["heads"])
+    return logits, new_stats
+
+  def apply(self, variables, image, *, train: bool = False):
+    """Inference forward: for task n, head (argmax Θ[n], n) on that branch -> (B, N, C)."""
+    if train:
+      raise ValueError("GroupedNet.apply is inference only; training uses branch_logits")
+    params = variables["params"]
+    logits, _ = self.branch_logits(params, variables["batch_stats"], image, train=False)
+    return assigned_logits(logits, assignment(params["group_logits"]))
+
+
+def create_grouped_net(config, num_tasks: int) -> GroupedNet:
+  part = dict(width=config.model.width, conv=models.resolve_conv_impl(config.model.conv),
+              bn_epsilon=config.model.bn_epsilon, bn_momentum=config.model.bn_momentum)
+  with_stem = config.dmtg.shared_stem == "stem"
+  return GroupedNet(
+      trunk=models.ResidualTail(**part) if with_stem else models.Trunk(**part),
+      heads=models.TaskHeads(num_tasks, config.model.num_classes),
+      num_groups=config.dmtg.num_groups,
+      strategy=resolve_branch_strategy(config.dmtg.branch_strategy),
+      stem=models.Stem(**part) if with_stem else None)
+
+
+# --- sampling and the objective ---
+
+
+def temperature_schedule(dmtg_config, search_steps: int) -> optax.Schedule:
+  """τ(step): constant `tau`, or `tau_start` -> `tau_end` over the search steps (then held)."""
+  cfg = dmtg_config
+  if cfg.tau_schedule == "constant":
+    return optax.constant_schedule(cfg.tau)
+  if cfg.tau_schedule == "linear":
+    return optax.linear_schedule(cfg.tau_start, cfg.tau_end, search_steps)
+  return optax.exponential_decay(cfg.tau_start, search_steps, cfg.tau_end / cfg.tau_start,
+                                 end_value=cfg.tau_end)
+
+
+def gumbel_softmax(group_logits, noise, tau, *, hard: bool):
+  """y = softmax((Θ + g) / τ) over groups, (N, K) -> (N, K).
+
+  hard: straight-through, the one-hot of y's argmax forward and y's gradient backward.
+  """
+  soft = jax.nn.softmax((group_logits + noise) / tau, axis=-1)
+  if not hard:
+    return soft
+  one_hot = jax.nn.one_hot(jnp.argmax(soft, axis=-1), soft.shape[-1], dtype=soft.dtype)
+  return one_hot + (soft - jax.lax.stop_gradient(soft))
+
+
+def mean_assignment_entropy(group_logits) -> jax.Array:
+  """Mean over tasks of the entropy (nats) of softmax(Θ[n]): (N, K) -> ()."""
+  log_p = jax.nn.log_softmax(group_logits, axis=-1)
+  return -(jnp.exp(log_p) * log_p).sum(-1).mean()
+
+
+def grouped_objective(pair_losses, weights, group_logits, entropy_weight):
+  """(loss (), task losses (N,)) from pair_losses ℓ (K, N) and weights (N, K).
+
+  Task n's loss is Σ_k weights[n, k] ℓ[k, n]; loss = their sum + entropy_weight · mean entropy.
+  """
+  task_losses = (weights * pair_losses.T).sum(-1)
+  return task_losses.sum() + entropy_weight * mean_assignment_entropy(group_logits), task_losses
+
+
+def pair_losses_fn(net: GroupedNet, batch_stats, batch):
+  """losses(params) -> (ℓ (K, N), batch stats); ℓ[k, n]: masked mean cross-entropy of head (k, n)
+  on branch k, in training mode."""
+  def losses(params):
+    logits, new_stats = net.branch_logits(params, batch_stats, batch["image"], train=True,
+                                          mask=batch["mask"])
+    per_branch = jax.vmap(models.per_task_cross_entropy, in_axes=(0, None, None))
+    return per_branch(logits, batch["labels"], batch["mask"]), new_stats
+  return losses
+
+
+def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.Schedule,
+                   hard: bool, entropy_weight: float, search_steps: int):
+  """DMTG step: Gumbel-weighted loss before `search_steps`, then the arg-max heads with Θ frozen.
+
+  metrics: loss (), task_losses (N,) (each task's weighted loss).
+  """
+  def train_step(state: steps.TrainState, batch):
+    searching = state.step < search_steps
+    theta = state.params["group_logits"]
+    noise = jax.random.gumbel(jax.random.fold_in(jax.random.key(seed), state.step), theta.shape)
+    losses = pair_losses_fn(net, state.batch_stats, batch)
+
+    def total_loss(params):
+      pair_losses, batch_stats = losses(params)
+      logits = params["group_logits"]
+      weights = jnp.where(searching,
+                          gumbel_softmax(logits, noise, temperature(state.step), hard=hard),
+                          jax.nn.one_hot(assignment(logits), net.num_groups))
+      loss, task_losses = grouped_objective(pair_losses, weights, logits,
+                                            jnp.where(searching, entropy_weight, 0.0))
+      return loss, (task_losses, batch_stats)
+
+    (loss, (task_losses, batch_stats)), grads = jax.value_and_grad(total_loss, has_aux=True)(
+        state.params)
+    state = steps.apply_gradients(state, optimizer, grads, batch_stats)
+    frozen = jnp.where(searching, state.params["group_logits"], theta)
+    state = state.replace(params={**state.params, "group_logits": frozen})
+    return state, {"loss": loss, "task_losses": task_losses}
+  return train_step
+
+
+# --- read-out and outputs ---
+
+
+def probabilities(group_logits) -> np.ndarray:
+  """softmax(Θ) over groups: (N, K)."""
+  return np.asarray(jax.nn.softmax(jnp.asarray(group_logits, jnp.float32), axis=-1))
+
+
+def record_probabilities(state, meta):
+  """Appends softmax(Θ) (N, K) to meta['probabilities_per_epoch'] (saved with the checkpoint)."""
+  meta.setdefault("probabilities_per_epoch", []).append(
+      probabilities(state.params["group_logits"]).tolist())
+  return state
+
+
+def groups_from_logits(task_names, group_logits) -> list:
+  """Tasks grouped by argmax_k Θ[n, k]; groups in order of their first task, empty ones dropped."""
+  chosen = np.argmax(np.asarray(group_logits), axis=-1)
+  return [[name for name, g in zip(task_names, chosen) if g == k] for k in dict.fromkeys(chosen)]
+
+
+def groups_record(task_names, group_logits, probabilities_per_epoch) -> dict:
+  """groups.json: the TAG/CS selection format (one selection, max_groups = K) plus softmax(Θ)."""
+  groups = groups_from_logits(task_names, group_logits)
+  return {
+      "method": "dmtg",
+      "tasks": list(task_names),
+      "selections": [{"max_groups": int(np.shape(group_logits)[-1]), "groups": groups,
+                      "score": None,
+                      "assignment": {name: next(g for g in groups if name in g)
+                                     for name in task_names},
+                      "gap": None}],
+      "probabilities": probabilities(group_logits).tolist(),
+      "probabilities_per_epoch": list(probabilities_per_epoch),
+  }
+
+
+def write_dmtg_outputs(workdir, task_names, group_logits, meta) -> dict:
+  """groups.json and dmtg_assignment.png in workdir."""
+  record = groups_record(task_names, group_logits, meta.get("probabilities_per_epoch", []))
+  reporting.write_json_atomic(os.path.join(workdir, "groups.json"), record)
+  plots.assignment_probabilities(record, os.path.join(workdir, "dmtg_assignment.png"))
+  return {"groups": record}

@@ -1,0 +1,340 @@
+"""DMTG: sampler, objective, K-branch network, fine-tune phase, read-out, end-to-end runs."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from tag_jax import data, models, steps, train
+from tag_jax.data import synthetic
+from tag_jax.errors import UserError
+from tag_jax.methods import dmtg
+
+from conftest import load_config
+from test_train import final_params
+
+NUM_TASKS = 3
+
+
+def numpy_softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def tiny_net(strategy="unrolled", shared_stem="none", num_groups=3):
+  config = load_config("tiny_test")
+  config.model.conv = "im2col"
+  config.dmtg.num_groups = num_groups
+  config.dmtg.branch_strategy = strategy
+  config.dmtg.shared_stem = shared_stem
+  return dmtg.create_grouped_net(config, NUM_TASKS)
+
+
+def tiny_batch(batch_size=6, size=8):
+  image_key, label_key = jax.random.split(jax.random.key(7))
+  return {"image": jax.random.normal(image_key, (batch_size, size, size, 3)),
+          "labels": jax.random.randint(label_key, (batch_size, NUM_TASKS), 0, 2),
+          "mask": jnp.ones((batch_size,)).at[-1].set(0.0)}
+
+
+def initial_variables(net):
+  return jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+@jax.jit
+def distinct_branches(variables):
+  """The variables with every stacked (K, ...) parameter changed differently per branch."""
+  def perturb(path, leaf):
+    if path[0].key not in ("trunks", "heads"):
+      return leaf
+    pattern = jnp.sin(jnp.arange(leaf.size, dtype=leaf.dtype).reshape(leaf.shape))
+    return leaf + 0.1 * pattern * jnp.arange(leaf.shape[0]).reshape((-1,) + (1,) * (leaf.ndim - 1))
+  return {"params": jax.tree_util.tree_map_with_path(perturb, variables["params"]),
+          "batch_stats": variables["batch_stats"]}
+
+
+ASSIGNED = (1, 0, 1)  # arg-max groups of ASSIGNING_LOGITS
+ASSIGNING_LOGITS = jnp.array([[0.0, 2.0, 1.0], [3.0, 1.0, 1.0], [0.0, 2.0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def net():
+  return tiny_net()
+
+
+@pytest.fixture(scope="module")
+def initial(net):
+  return initial_variables(net)
+
+
+@pytest.fixture(scope="module")
+def stem_initial():
+  return initial_variables(tiny_net(shared_stem="stem"))
+
+
+@pytest.fixture(scope="module")
+def assigned_variables(initial):
+  """Distinct branches (K = 3) and logits assigning the three tasks to groups ASSIGNED."""
+  variables = distinct_branches(initial)
+  variables["params"]["group_logits"] = ASSIGNING_LOGITS
+  return variables
+
+
+# --- sampler and objective ---
+
+
+def test_relaxed_sample_is_softmax_of_noisy_logits_over_tau():
+  rng = np.random.default_rng(0)
+  theta, noise = rng.normal(size=(4, 3)), rng.gumbel(size=(4, 3))
+  got = dmtg.gumbel_softmax(jnp.asarray(theta), jnp.asarray(noise), 2.5, hard=False)
+  np.testing.assert_allclose(got, numpy_softmax((theta + noise) / 2.5), rtol=1e-5)
+
+
+def test_sample_is_uniform_at_initialisation(initial):
+  theta = initial["params"]["group_logits"]
+  np.testing.assert_array_equal(theta, np.ones((NUM_TASKS, 3)))
+  np.testing.assert_allclose(dmtg.gumbel_softmax(theta, jnp.zeros_like(theta), 2.5, hard=False),
+                             1 / 3, rtol=1e-6)
+
+
+def test_straight_through_is_one_hot_forward_with_the_soft_gradient():
+  rng = np.random.default_rng(1)
+  theta, noise = jnp.asarray(rng.normal(size=(4, 3))), jnp.asarray(rng.gumbel(size=(4, 3)))
+  weights = jnp.asarray(rng.normal(size=(4, 3)))
+  hard = dmtg.gumbel_softmax(theta, noise, 2.0, hard=True)
+  soft = dmtg.gumbel_softmax(theta, noise, 2.0, hard=False)
+  np.testing.assert_array_equal(hard, jax.nn.one_hot(soft.argmax(-1), 3))
+  grads = [jax.grad(lambda t, h=h: (weights * dmtg.gumbel_softmax(t, noise, 2.0, hard=h)).sum())(
+      theta) for h in (True, False)]
+  np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
+
+
+def test_objective_and_its_logit_gradient_equal_a_hand_computation():
+  rng = np.random.default_rng(2)
+  num_groups, num_tasks, tau, entropy_weight = 3, 4, 2.5, 0.3
+  pair_losses = rng.uniform(0.1, 2.0, size=(num_groups, num_tasks))  # ℓ[k, n]
+  theta, noise = rng.normal(size=(num_tasks, num_groups)), rng.gumbel(size=(num_tasks, num_groups))
+
+  def loss(t):
+    weights = dmtg.gumbel_softmax(t, jnp.asarray(noise), tau, hard=False)
+    return dmtg.grouped_objective(jnp.asarray(pair_losses), weights, t, entropy_weight)
+
+  (value, task_losses), grad = jax.value_and_grad(loss, has_aux=True)(jnp.asarray(theta))
+  y = numpy_softmax((theta + noise) / tau)
+  p = numpy_softmax(theta)
+  entropy = -(p * np.log(p)).sum(-1)
+  np.testing.assert_allclose(task_losses, (y * pair_losses.T).sum(-1), rtol=1e-5)
+  np.testing.assert_allclose(value, (y * pair_losses.T).sum() + entropy_weight * entropy.mean(),
+                             rtol=1e-5)
+  # d/dΘ[n,k] Σ_j y[n,j] ℓ[j,n] = y[n,k] (ℓ[k,n] - Σ_j y[n,j] ℓ[j,n]) / τ;
+  # d/dΘ[n,k] H(p[n]) = -p[n,k] (log p[n,k] + H(p[n])).
+  expected_pairs = y * (pair_losses.T - (y * pair_losses.T).sum(-1, keepdims=True)) / tau
+  expected_entropy = -p * (np.log(p) + entropy[:, None]) / num_tasks
+  np.testing.assert_allclose(grad, expected_pairs + entropy_weight * expected_entropy,
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_temperature_schedules_run_from_start_to_end_over_the_search_steps():
+  config = ml_collections.ConfigDict({"tau_schedule": "constant", "tau": 2.5, "tau_start": 4.0,
+                                      "tau_end": 1.0})
+  assert float(dmtg.temperature_schedule(config, 100)(57)) == 2.5
+  config.tau_schedule = "linear"
+  linear = dmtg.temperature_schedule(config, 100)
+  np.testing.assert_allclose([linear(0), linear(50), linear(100), linear(150)], [4, 2.5, 1, 1])
+  config.tau_schedule = "exponential"
+  exponential = dmtg.temperature_schedule(config, 100)
+  np.testing.assert_allclose([exponential(0), exponential(50), exponential(100), exponential(150)],
+                             [4, 2, 1, 1], rtol=1e-5)
+
+
+# --- the K-branch network ---
+
+
+def test_trunk_equals_stem_then_residual_tail():
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  trunk, stem, tail = (cls(width=4, conv="im2col")
+                       for cls in (models.Trunk, models.Stem, models.ResidualTail))
+
+  @jax.jit
+  def whole_and_split(variables):
+    params, stats = variables["params"], variables["batch_stats"]
+    stem_vars = {"params": {"Conv3x3_0": params["Conv3x3_0"], "BatchNorm_0": params["BatchNorm_0"]},
+                 "batch_stats": {"BatchNorm_0": stats["BatchNorm_0"]}}
+    tail_vars = {"params": {"Conv3x3_0": params["Conv3x3_1"], "BatchNorm_0": params["BatchNorm_1"],
+                            "Conv3x3_1": params["Conv3x3_2"], "BatchNorm_1": params["BatchNorm_2"]},
+                 "batch_stats": {"BatchNorm_0": stats["BatchNorm_1"],
+                                 "BatchNorm_1": stats["BatchNorm_2"]}}
+    split = tail.apply(tail_vars, stem.apply(stem_vars, x, train=False), train=False)
+    return trunk.apply(variables, x, train=False), split
+  whole, split = whole_and_split(trunk.init(jax.random.key(1), x, train=False))
+  np.testing.assert_array_equal(split, whole)
+
+
+@pytest.mark.parametrize("variables_fixture", ["initial", "stem_initial"])
+def test_all_branches_and_head_copies_start_identical(variables_fixture, request):
+  variables = request.getfixturevalue(variables_fixture)
+  params = variables["params"]
+  assert ("stem" in params) == (variables_fixture == "stem_initial")
+  assert params["heads"]["kernel"].shape[:2] == (3, NUM_TASKS)
+  for tree in (params["trunks"], params["heads"], variables["batch_stats"]["trunks"]):
+    for leaf in jax.tree.leaves(tree):
+      assert leaf.shape[0] == 3
+      for k in (1, 2):
+        np.testing.assert_array_equal(leaf[k], leaf[0])
+
+
+def test_vmap_and_unrolled_branches_give_equal_losses_gradients_and_statistics(stem_initial):
+  batch = tiny_batch()
+  variables = distinct_branches(stem_initial)
+  theta = variables["params"]["group_logits"]
+  noise = jax.random.gumbel(jax.random.key(1), theta.shape)
+  results = []
+  for strategy in ("vmap", "unrolled"):
+    losses = dmtg.pair_losses_fn(tiny_net(strategy, "stem"), variables["batch_stats"], batch)
+
+    def total(params, losses=losses):
+      pair_losses, stats = losses(params)
+      weights = dmtg.gumbel_softmax(params["group_logits"], noise, 2.5, hard=False)
+      return dmtg.grouped_objective(pair_losses, weights, params["group_logits"], 0.0)[0], (
+          pair_losses, stats)
+    results.append(jax.jit(jax.value_and_grad(total, has_aux=True))(variables["params"]))
+  (vmap_loss, vmap_aux), vmap_grads = results[0]
+  (unrolled_loss, unrolled_aux), unrolled_grads = results[1]
+  np.testing.assert_allclose(vmap_loss, unrolled_loss, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves((vmap_aux, vmap_grads)),
+                  jax.tree.leaves((unrolled_aux, unrolled_grads))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(vmap_aux[0][0], vmap_aux[0][1])  # the branches do differ
+
+
+def test_inference_uses_the_arg_max_head_of_every_task(net, assigned_variables):
+  image = tiny_batch()["image"]
+
+  def both(variables):
+    all_logits, _ = net.branch_logits(variables["params"], variables["batch_stats"], image,
+                                      train=False)
+    return net.apply(variables, image), all_logits
+  got, all_logits = jax.jit(both)(assigned_variables)
+  for task, group in enumerate(ASSIGNED):
+    np.testing.assert_array_equal(got[:, task], all_logits[group, :, task])
+
+
+def test_finetune_phase_trains_only_the_arg_max_heads_with_logits_frozen(net, assigned_variables):
+  batch = tiny_batch()
+  optimizer = optax.sgd(0.1)
+  state = steps.TrainState(
+      step=jnp.array(5, jnp.int32), params=assigned_variables["params"],
+      batch_stats=assigned_variables["batch_stats"],
+      opt_state=optimizer.init(assigned_variables["params"]), best_params=None,
+      best_batch_stats=None, tracker={})
+  step = dmtg.make_dmtg_step(net, optimizer, seed=0, temperature=optax.constant_schedule(2.5),
+                             hard=False, entropy_weight=1.0, search_steps=5)
+
+  def step_and_pair_losses(state):
+    return step(state, batch), dmtg.pair_losses_fn(net, state.batch_stats, batch)(state.params)[0]
+  (new_state, metrics), pair_losses = jax.jit(step_and_pair_losses)(state)
+  chosen = pair_losses[jnp.array(ASSIGNED), jnp.arange(NUM_TASKS)]
+  np.testing.assert_allclose(metrics["task_losses"], chosen, rtol=1e-6)
+  np.testing.assert_allclose(metrics["loss"], chosen.sum(), rtol=1e-6)  # no entropy term
+  np.testing.assert_array_equal(new_state.params["group_logits"], ASSIGNING_LOGITS)
+  old_kernel, new_kernel = state.params["heads"]["kernel"], new_state.params["heads"]["kernel"]
+  moved = np.abs(np.asarray(new_kernel - old_kernel)).sum(axis=(2, 3)) > 0  # (K, N)
+  np.testing.assert_array_equal(moved, [[False, True, False], [True, False, True],
+                                        [False, False, False]])
+  unused_trunk = jax.tree.map(lambda a, b: a[2] - b[2], new_state.params["trunks"],
+                              state.params["trunks"])
+  assert not any(np.any(leaf) for leaf in jax.tree.leaves(unused_trunk))
+
+
+# --- read-out ---
+
+
+def test_groups_record_drops_empty_groups_and_lists_tasks_in_order():
+  names = ("a", "b", "c", "d")
+  theta = np.array([[0.0, 0.0, 2.0, 0.0], [1.0, 0.0, 0.0, 0.0],
+                    [0.0, 0.0, 3.0, 0.0], [2.0, 0.0, 0.0, 0.0]])  # groups 2, 0, 2, 0
+  record = dmtg.groups_record(names, theta, [])
+  assert record["method"] == "dmtg" and record["tasks"] == list(names)
+  (selection,) = record["selections"]
+  assert selection["max_groups"] == 4
+  assert selection["groups"] == [["a", "c"], ["b", "d"]]
+  assert selection["assignment"] == {"a": ["a", "c"], "b": ["b", "d"], "c": ["a", "c"],
+                                     "d": ["b", "d"]}
+  assert selection["score"] is None and selection["gap"] is None
+  np.testing.assert_allclose(record["probabilities"], numpy_softmax(theta), rtol=1e-6)
+
+
+def test_bad_dmtg_values_are_user_errors(tiny_config):
+  tiny_config.method = "dmtg"
+  for key, value, message in [
+      ("dmtg.branch_strategy", "pmap", "unknown config.dmtg.branch_strategy"),
+      ("dmtg.shared_stem", "all", "unknown config.dmtg.shared_stem"),
+      ("dmtg.tau_schedule", "cosine", "unknown config.dmtg.tau_schedule"),
+      ("dmtg.num_groups", 0, "num_groups must be >= 1"),
+      ("dmtg.tau", 0.0, "dmtg.tau must be > 0"),
+      ("dmtg.finetune_epochs", 2, "finetune_epochs must be in")]:
+    config = tiny_config.copy_and_resolve_references()
+    config.update_from_flattened_dict({key: value})
+    with pytest.raises(UserError, match=message):
+      train.validate_config(config)
+
+
+# --- end to end ---
+
+
+def test_recovers_the_planted_groups(tmp_path):
+  config = load_config("synthetic_dmtg")
+  workdir = str(tmp_path / "planted")
+  train.train_and_evaluate(config, workdir)
+  record = json.load(open(os.path.join(workdir, "groups.json")))
+  (selection,) = record["selections"]
+  planted = synthetic.planted_groups(tuple(config.dataset.group_sizes))
+  assert sorted(map(tuple, selection["groups"])) == sorted(planted)
+  assert selection["max_groups"] == len(planted)
+  assert len(record["probabilities_per_epoch"]) == config.num_epochs
+  assert os.path.getsize(os.path.join(workdir, "dmtg_assignment.png")) > 1000
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path):
+  tiny_config.method = "dmtg"
+  tiny_config.dmtg.num_groups = 2
+  tiny_config.dmtg.finetune_epochs = 1
+  tiny_config.optimizer.name = "adam"
+  tiny_config.checkpoint_every_steps = 2
+  tiny_config.early_stopping.patience = 0
+  whole = str(tmp_path / "whole")
+  expected = train.train_and_evaluate(tiny_config, whole)
+  parts = str(tmp_path / "parts")
+  tiny_config.max_steps = 4  # stops in the middle of epoch 2, the fine-tune epoch
+  assert train.train_and_evaluate(tiny_config, parts) == {"stopped_at_step": 4}
+  tiny_config.max_steps = -1
+  resumed = train.train_and_evaluate(tiny_config, parts)
+  for a, b in zip(final_params(whole), final_params(parts)):
+    np.testing.assert_array_equal(a, b)
+  assert resumed["test"] == expected["test"]
+  groups = [json.load(open(os.path.join(w, "groups.json"))) for w in (whole, parts)]
+  assert groups[0] == groups[1]
+  assert len(groups[0]["probabilities_per_epoch"]) == 2
+  assert os.path.exists(os.path.join(parts, "dmtg_assignment.png"))
+
+
+def test_celeba_config_builds_the_published_network_on_mock_data():
+  from tag_jax.data import celeba
+  config = load_config("celeba_dmtg")
+  with celeba.mock_celeba(4):
+    dataset = data.load_dataset(config)
+  assert len(dataset.task_names) == 9 and dataset.image_shape == (64, 64, 3)
+  train.validate_config(config)
+  method = dmtg.build(config, dataset.task_names, dataset.image_shape, steps_per_epoch=636)
+  state = jax.eval_shape(method.init_state, jax.random.key(0))
+  assert state.params["heads"]["kernel"].shape == (3, 9, 14400, 2)
+  assert state.params["group_logits"].shape == (9, 3)
+  batch = {"image": jnp.zeros((256, 64, 64, 3)), "labels": jnp.zeros((256, 9), jnp.int32),
+           "mask": jnp.ones((256,))}
+  _, metrics = jax.eval_shape(method.train_step, state, batch)
+  assert metrics["task_losses"].shape == (9,)
