@@ -1,0 +1,97 @@
+"""The grouping study: stage plan, a tiny study end to end (paused, resumed, skipped), the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tag_jax import methods, study, train
+from tag_jax.errors import UserError
+
+from conftest import REPO, load_config
+
+TASKS = ("g0_t0", "g0_t1", "g1_t0", "g1_t1")
+
+
+def test_plan_stages_entries_and_unregistered_methods(monkeypatch, tmp_path):
+  config = load_config("tiny_study")
+  config.study.methods = ("mtl", "single", "tag", "hoa", "random", "uw", "dmtg")
+  config.study.max_groups = (2, 3)
+  monkeypatch.setattr(methods, "METHODS", tuple(m for m in methods.METHODS if m != "dmtg"))
+  stages, entries, notes = study.plan(config, TASKS, str(tmp_path))
+  assert [s.name for s in stages] == ["mtl", "single", "tag", "tag_k2", "tag_k3", "hoa", "hoa_k2",
+                                      "hoa_k3", "random_k2", "random_k3", "uw"]
+  assert notes == ["dmtg: not registered in tag_jax.methods, skipped"]
+  by_name = {s.name: s for s in stages}
+  assert by_name["single"].settings["groups.groups"] == tuple((t,) for t in TASKS)
+  assert by_name["hoa"].settings == {"method": "pairs", "selection.max_groups": (2, 3)}
+  assert by_name["hoa"].search and not by_name["hoa_k3"].search
+  assert by_name["hoa_k3"].settings["groups.groups_file"] == str(tmp_path / "hoa" / "groups.json")
+  assert [(e.label, e.k, e.stages) for e in entries if e.label == "tag"] == [
+      ("tag", 2, ("tag", "tag_k2")), ("tag", 3, ("tag", "tag_k3"))]
+  config.study.epochs_search, config.study.epochs_train = 5, 7
+  assert study.stage_config(config, by_name["hoa"]).num_epochs == 5
+  assert study.stage_config(config, by_name["hoa_k3"]).groups.max_groups == 3
+  assert study.stage_config(config, by_name["hoa_k3"]).num_epochs == 7
+
+
+def test_bad_study_config_is_a_user_error(tmp_path):
+  config = load_config("tiny_study")
+  config.study.methods = ("mtl", "nope")
+  with pytest.raises(UserError, match="config.study.methods"):
+    study.run_study(config, str(tmp_path))
+
+
+def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch):
+  config = load_config("tiny_study")
+  config.study.methods = ("hoa", "random")
+  workdir = str(tmp_path / "study")
+  config.max_steps = 2  # pauses inside the first stage, 'hoa' (3 steps)
+  assert study.run_study(config, workdir) is None
+  config.max_steps = -1
+  report = study.run_study(config, workdir)
+
+  rows = {(r["label"], r["k"]): r for r in report["rows"]}
+  assert sorted(rows) == [("hoa", 2), ("random", 2)]
+  results = {name: json.load(open(os.path.join(workdir, name, "results.json")))
+             for name in ("hoa", "hoa_k2", "random_k2")}
+  hoa = rows[("hoa", 2)]
+  hoa_groups = json.load(open(os.path.join(workdir, "hoa_k2", "groups_trained.json")))["groups"]
+  assert hoa["groups"] == hoa_groups
+  assert hoa["recovers_planted"] == (sorted(hoa_groups) == [list(TASKS[:2]), list(TASKS[2:])])
+  assert hoa["test_total_error"] == results["hoa_k2"]["test"]["total_error"]
+  assert hoa["trunk_passes"] == (results["hoa"]["steps"] * 10
+                                 + results["hoa_k2"]["steps"] * len(hoa_groups))
+  assert rows[("random", 2)]["trunk_passes"] == 2 * results["random_k2"]["steps"]
+  books = json.load(open(os.path.join(workdir, "study_stages.json")))
+  assert books["hoa"]["invocations"] == 2 and books["hoa_k2"]["invocations"] == 1
+  assert hoa["seconds"] == pytest.approx(books["hoa"]["seconds"] + books["hoa_k2"]["seconds"])
+  for name in ("report.md", "report.json", "total_error_vs_compute.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  assert "| hoa | 2 |" in open(os.path.join(workdir, "report.md")).read()
+
+  def no_training(*args):
+    raise AssertionError(f"a finished stage was trained again: {args[1]}")
+  monkeypatch.setattr(train, "train_and_evaluate", no_training)
+  assert study.run_study(config, workdir) == json.load(open(os.path.join(workdir, "report.json")))
+
+
+@pytest.mark.slow
+def test_tiny_study_with_every_method(tmp_path):
+  config = load_config("tiny_study")
+  report = study.run_study(config, str(tmp_path))
+  labels = {r["label"] for r in report["rows"]}
+  assert labels == {"mtl", "single", "tag", "cs", "hoa", "random", "uw", "gradnorm", "pcgrad",
+                    "dmtg", "dmtg one-shot"} - {n.split(":")[0] for n in report["notes"]}
+
+
+@pytest.mark.slow
+def test_cli_bad_study_method_exits_2_with_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "tag_jax.study", "--config", os.path.join(REPO, "configs/tiny_study.py"),
+       f"--workdir={tmp_path}", "--config.study.methods=('mtl', 'nope')"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("error: config.study.methods")
