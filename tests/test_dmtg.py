@@ -300,29 +300,6 @@ def test_recovers_the_planted_groups(tmp_path):
   assert os.path.getsize(os.path.join(workdir, "dmtg_assignment.png")) > 1000
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path):
-  tiny_config.method = "dmtg"
-  tiny_config.dmtg.num_groups = 2
-  tiny_config.dmtg.finetune_epochs = 1
-  tiny_config.optimizer.name = "adam"
-  tiny_config.checkpoint_every_steps = 2
-  tiny_config.early_stopping.patience = 0
-  whole = str(tmp_path / "whole")
-  expected = train.train_and_evaluate(tiny_config, whole)
-  parts = str(tmp_path / "parts")
-  tiny_config.max_steps = 4  # stops in the middle of epoch 2, the fine-tune epoch
-  assert train.train_and_evaluate(tiny_config, parts) == {"stopped_at_step": 4}
-  tiny_config.max_steps = -1
-  resumed = train.train_and_evaluate(tiny_config, parts)
-  for a, b in zip(final_params(whole), final_params(parts)):
-    np.testing.assert_array_equal(a, b)
-  assert resumed["test"] == expected["test"]
-  groups = [json.load(open(os.path.join(w, "groups.json"))) for w in (whole, parts)]
-  assert groups[0] == groups[1]
-  assert len(groups[0]["probabilities_per_epoch"]) == 2
-  assert os.path.exists(os.path.join(parts, "dmtg_assignment.png"))
-
-
 def test_celeba_config_builds_the_published_network_on_mock_data():
   from tag_jax.data import celeba
   config = load_config("celeba_dmtg")
