@@ -17,9 +17,6 @@ def get_config():
   config.method = "dmtg"
   config.dataset.group_sizes = (3, 3)
   config.dataset.num_train = 16384
-  config.dataset.num_validation = 512
-  config.dataset.num_test = 512
-  config.dataset.image_size = 16
   config.model.width = 2
   config.batch_size = 32
   config.eval_batch_size = 512
@@ -31,5 +28,4 @@ def get_config():
   config.early_stopping.restore_best = False  # report the network of the final grouping
   config.log_every_steps = 64
   config.dmtg.num_groups = len(config.dataset.group_sizes)
-  config.dmtg.tau = 2.5
   return config
