@@ -107,20 +107,21 @@ def total_error_vs_compute(rows: list, path: str) -> None:
   rows: report.json rows ('label', 'k', 'test_total_error', 'trunk_passes', 'seconds').
   """
   labels = sorted({r["label"] for r in rows})
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
   for ax, key, name in ((axes[0], "trunk_passes", "trunk passes"),
                         (axes[1], "seconds", "training seconds")):
     for i, label in enumerate(labels):
       mine = [r for r in rows if r["label"] == label]
       ax.scatter([r[key] for r in mine], [r["test_total_error"] for r in mine], color=f"C{i % 10}",
-                 label=label)
+                 marker="osD^v<>pX*h"[i % 11], label=label)
       for r in mine:
         ax.annotate(f"k={r['k']}", (r[key], r["test_total_error"]), fontsize=7,
                     textcoords="offset points", xytext=(3, 3))
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(f"{name} (log scale)")
   axes[0].set_ylabel("Total Error, test (sum of task error %)")
-  axes[1].legend(fontsize=7, loc="best")
+  axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   fig.suptitle("Total Error against compute (lower left is better)")
   fig.tight_layout()
   fig.savefig(path, dpi=100)

@@ -5,6 +5,11 @@ Runs every method of `config.study.methods` as stages, each one
 few keys changed (`plan`), then writes `report.md`, `report.json` and
 `total_error_vs_compute.png`:
 - 'mtl': all tasks in one network ('mtl'); 'single': every task alone ('groups').
+  With 'hoa' in the study (and equal search and training epochs) 'single' is
+  read from the HOA run instead: its single-task networks ARE these networks
+  (same initialisation, data order and per-network early stopping; the HOA run
+  serves every task from them), and the row gets their share 2 / (T + 1) of
+  that run's compute.
 - 'tag', 'cs', 'hoa': one grouping run ('tag', 'cs', 'pairs'; its groups.json
   has a selection for each k of config.study.max_groups), then for each k the
   chosen groups trained ('groups' on that groups.json) in `<method>_k<k>`.
@@ -62,20 +67,20 @@ class Stage:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """A report row: `stages` spent on it (compute), the last one's results reported."""
+  """A report row: `share` of the compute of `stages` spent on it, the last one's results reported."""
 
   label: str
   k: int
   stages: tuple
+  share: float = 1.0
 
 
 def plan(config, task_names, workdir) -> tuple[list, list, list]:
-  """(stages in run order, report entries, notes on skipped methods)."""
+  """(stages in run order, report entries, notes on skipped or reused runs)."""
   stages, entries, notes = [], [], []
   ks = tuple(config.study.max_groups)
 
-  def trained_groups(search: str, k: int, label: str, max_groups: int):
-    name = f"{search}_k{k}"
+  def trained_groups(name: str, search: str, k: int, label: str, max_groups: int):
     stages.append(Stage(name, {"method": "groups", "groups.max_groups": max_groups,
                                "groups.groups_file": os.path.join(workdir, search, "groups.json")}))
     entries.append(Entry(label, k, (search, name)))
@@ -86,6 +91,12 @@ def plan(config, task_names, workdir) -> tuple[list, list, list]:
     elif method == "mtl" or method in ("uw", "gradnorm", "pcgrad"):
       stages.append(Stage(method, {"method": method}))
       entries.append(Entry(method, 1, (method,)))
+    elif method == "single" and "hoa" in config.study.methods and (
+        config.study.epochs_search == config.study.epochs_train):
+      entries.append(Entry("single", len(task_names), ("hoa",), share=2 / (len(task_names) + 1)))
+      notes.append("single: read from the 'hoa' run, whose single-task networks are these networks "
+                   "(same initialisation, data order and per-network early stopping); compute: "
+                   "their share 2 / (T + 1) of that run")
     elif method == "single":
       stages.append(Stage("single", {"method": "groups",
                                      "groups.groups": tuple((t,) for t in task_names)}))
@@ -94,7 +105,7 @@ def plan(config, task_names, workdir) -> tuple[list, list, list]:
       stages.append(Stage(method, {"method": "pairs" if method == "hoa" else method,
                                    "selection.max_groups": ks}, search=True))
       for k in ks:
-        trained_groups(method, k, method, k)
+        trained_groups(f"{method}_k{k}", method, k, method, k)
     elif method == "random":
       for k in ks:
         stages.append(Stage(f"random_k{k}", {"method": "random", "groups.num_random_groups": k}))
@@ -103,7 +114,7 @@ def plan(config, task_names, workdir) -> tuple[list, list, list]:
       for k in ks:
         stages.append(Stage(f"dmtg_k{k}", {"method": "dmtg", "dmtg.num_groups": k}, search=True))
         entries.append(Entry("dmtg one-shot", k, (f"dmtg_k{k}",)))
-        trained_groups(f"dmtg_k{k}", k, "dmtg", 0)
+        trained_groups(f"dmtg_k{k}_groups", f"dmtg_k{k}", k, "dmtg", 0)
   return stages, entries, notes
 
 
@@ -206,8 +217,10 @@ def trunk_passes(method: str, results: dict, folder: str, stage_cfg) -> int:
 
 
 def reported_groups(method: str, results: dict, folder: str) -> list:
-  if method in ("groups", "random"):
-    return read_json(os.path.join(folder, "groups_trained.json"))["groups"]
+  """The trained groups that serve a task ('pairs': the single-task networks)."""
+  if method in ("groups", "random", "pairs"):
+    trained = read_json(os.path.join(folder, "groups_trained.json"))
+    return [g for g in trained["groups"] if g in trained["serving"].values()]
   if method == "dmtg":
     return read_json(os.path.join(folder, "groups.json"))["selections"][0]["groups"]
   return [list(results["tasks"])]
@@ -235,10 +248,10 @@ def build_report(config, task_names, stages, entries, notes, workdir) -> dict:
         "test_total_error": results["test"]["total_error"],
         "validation_total_error": results["validation"]["total_error"],
         "test_task_accuracy": dict(zip(results["tasks"], results["test"]["task_accuracy"])),
-        "seconds": sum(books[name]["seconds"] for name in entry.stages),
-        "trunk_passes": sum(trunk_passes(*row) for row in stage_rows),
-        "pass_formula": " + ".join(f"{name}: {PASS_FORMULAS[row[0]]}"
-                                   for name, row in zip(entry.stages, stage_rows)),
+        "seconds": entry.share * sum(books[name]["seconds"] for name in entry.stages),
+        "trunk_passes": round(entry.share * sum(trunk_passes(*row) for row in stage_rows)),
+        "pass_formula": (f"{entry.share:.3g} x " if entry.share != 1 else "") + " + ".join(
+            f"{name}: {PASS_FORMULAS[row[0]]}" for name, row in zip(entry.stages, stage_rows)),
     })
   return {"tasks": list(task_names), "planted_groups": planted, "rows": rows, "notes": notes,
           "pass_formulas": PASS_FORMULAS, "stages": books}

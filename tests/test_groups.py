@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
-from tag_jax import data, grouping, models, optim, steps, train
+from tag_jax import data, grouping, models, optim, sharding, steps, train
 from tag_jax.errors import UserError
 from tag_jax.methods import groups
 
@@ -217,18 +218,7 @@ def test_networks_sharded_over_the_mesh_equal_the_unsharded_run(tiny_config, tmp
   assert runs[2]["test"]["task_accuracy"] == runs[1]["test"]["task_accuracy"]
   trained = json.load(open(tmp_path / "d4n2" / "groups_trained.json"))
   assert trained["serving"]["g1_t0"] == NETWORKS[1] and trained["groups"] == NETWORKS
-
-
-def test_pairs_run_writes_pairs_json_consistent_with_results(tiny_config, tmp_path):
-  tiny_config.method = "pairs"
-  tiny_config.num_epochs = 1
-  tiny_config.selection.max_groups = (2,)
-  workdir = str(tmp_path / "pairs")
-  train.train_and_evaluate(tiny_config, workdir)
-  record = json.load(open(os.path.join(workdir, "pairs.json")))
-  results = final_results(workdir)  # tasks served by their single-task networks
-  for split in ("validation", "test"):
-    diagonal = [record[f"{split}_loss"][t][t] for t in TASKS]
-    np.testing.assert_allclose(diagonal, results[split]["task_loss"], rtol=1e-5)
-  selection = json.load(open(os.path.join(workdir, "groups.json")))
-  assert selection["method"] == "hoa" and selection["selections"][0]["max_groups"] == 2
+  method = groups.build(tiny_config, TASKS, (8, 8, 3), steps_per_epoch=3)
+  spec = method.state_sharding(sharding.create_mesh(tiny_config.mesh))
+  assert spec.params["shared"]["Conv3x3_0"]["kernel"].spec == P(sharding.NETWORKS)
+  assert spec.step.spec == P()

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tag_jax import methods, study, train
@@ -19,22 +20,32 @@ def test_plan_stages_entries_and_unregistered_methods(monkeypatch, tmp_path):
   config = load_config("tiny_study")
   config.study.methods = ("mtl", "single", "tag", "hoa", "random", "uw", "dmtg")
   config.study.max_groups = (2, 3)
-  monkeypatch.setattr(methods, "METHODS", tuple(m for m in methods.METHODS if m != "dmtg"))
+  monkeypatch.setattr(methods, "METHODS", tuple(m for m in methods.METHODS if m != "uw"))
   stages, entries, notes = study.plan(config, TASKS, str(tmp_path))
-  assert [s.name for s in stages] == ["mtl", "single", "tag", "tag_k2", "tag_k3", "hoa", "hoa_k2",
-                                      "hoa_k3", "random_k2", "random_k3", "uw"]
-  assert notes == ["dmtg: not registered in tag_jax.methods, skipped"]
+  assert [s.name for s in stages] == [
+      "mtl", "tag", "tag_k2", "tag_k3", "hoa", "hoa_k2", "hoa_k3", "random_k2", "random_k3",
+      "dmtg_k2", "dmtg_k2_groups", "dmtg_k3", "dmtg_k3_groups"]
+  assert notes[0].startswith("single: read from the 'hoa' run")
+  assert notes[1] == "uw: not registered in tag_jax.methods, skipped"
+  assert study.Entry("single", 4, ("hoa",), share=2 / 5) in entries
   by_name = {s.name: s for s in stages}
-  assert by_name["single"].settings["groups.groups"] == tuple((t,) for t in TASKS)
   assert by_name["hoa"].settings == {"method": "pairs", "selection.max_groups": (2, 3)}
   assert by_name["hoa"].search and not by_name["hoa_k3"].search
   assert by_name["hoa_k3"].settings["groups.groups_file"] == str(tmp_path / "hoa" / "groups.json")
   assert [(e.label, e.k, e.stages) for e in entries if e.label == "tag"] == [
       ("tag", 2, ("tag", "tag_k2")), ("tag", 3, ("tag", "tag_k3"))]
+  assert [(e.label, e.k, e.stages) for e in entries if e.label.startswith("dmtg")] == [
+      ("dmtg one-shot", 2, ("dmtg_k2",)), ("dmtg", 2, ("dmtg_k2", "dmtg_k2_groups")),
+      ("dmtg one-shot", 3, ("dmtg_k3",)), ("dmtg", 3, ("dmtg_k3", "dmtg_k3_groups"))]
+  assert by_name["dmtg_k3"].settings == {"method": "dmtg", "dmtg.num_groups": 3}
+  assert by_name["dmtg_k3_groups"].settings["groups.max_groups"] == 0
   config.study.epochs_search, config.study.epochs_train = 5, 7
   assert study.stage_config(config, by_name["hoa"]).num_epochs == 5
   assert study.stage_config(config, by_name["hoa_k3"]).groups.max_groups == 3
   assert study.stage_config(config, by_name["hoa_k3"]).num_epochs == 7
+  single = study.plan(config, TASKS, str(tmp_path))[0][1]  # HOA trains fewer epochs: own stage
+  assert single.name == "single"
+  assert single.settings["groups.groups"] == tuple((t,) for t in TASKS)
 
 
 def test_bad_study_config_is_a_user_error(tmp_path):
@@ -46,7 +57,7 @@ def test_bad_study_config_is_a_user_error(tmp_path):
 
 def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch):
   config = load_config("tiny_study")
-  config.study.methods = ("hoa", "random")
+  config.study.methods = ("single", "hoa", "random")
   workdir = str(tmp_path / "study")
   config.max_steps = 2  # pauses inside the first stage, 'hoa' (3 steps)
   assert study.run_study(config, workdir) is None
@@ -54,7 +65,7 @@ def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch)
   report = study.run_study(config, workdir)
 
   rows = {(r["label"], r["k"]): r for r in report["rows"]}
-  assert sorted(rows) == [("hoa", 2), ("random", 2)]
+  assert sorted(rows) == [("hoa", 2), ("random", 2), ("single", 4)]
   results = {name: json.load(open(os.path.join(workdir, name, "results.json")))
              for name in ("hoa", "hoa_k2", "random_k2")}
   hoa = rows[("hoa", 2)]
@@ -65,6 +76,14 @@ def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch)
   assert hoa["trunk_passes"] == (results["hoa"]["steps"] * 10
                                  + results["hoa_k2"]["steps"] * len(hoa_groups))
   assert rows[("random", 2)]["trunk_passes"] == 2 * results["random_k2"]["steps"]
+  single = rows[("single", 4)]  # the HOA run's single-task networks
+  assert single["groups"] == [[t] for t in TASKS]
+  assert single["test_total_error"] == results["hoa"]["test"]["total_error"]
+  assert single["trunk_passes"] == 4 * results["hoa"]["steps"]
+  pairs = json.load(open(os.path.join(workdir, "hoa", "pairs.json")))
+  for split in ("validation", "test"):  # 'pairs' serves every task from its single-task network
+    np.testing.assert_allclose([pairs[f"{split}_loss"][t][t] for t in TASKS],
+                               results["hoa"][split]["task_loss"], rtol=1e-5)
   books = json.load(open(os.path.join(workdir, "study_stages.json")))
   assert books["hoa"]["invocations"] == 2 and books["hoa_k2"]["invocations"] == 1
   assert hoa["seconds"] == pytest.approx(books["hoa"]["seconds"] + books["hoa_k2"]["seconds"])
