@@ -10,7 +10,9 @@ costs extra backward passes. `strategy` says how the T pulls and the S
 lookahead forwards are batched: 'unrolled' (a traced Python loop, fastest on
 XLA:CPU), 'vmap' (batched over the source axis; usually best on GPU/TPU) or
 'map' (`lax.map` in chunks of `chunk_size`, bounded memory); 'auto' picks by
-backend. The benchmark `benchmarks/affinity_step.py` measures them.
+backend and size: on CPU 'unrolled' up to UNROLL_MAX_ON_CPU pulls or forwards,
+'map' beyond (unrolling 40 trunks compiles for minutes and runs slower); 'vmap'
+elsewhere. The benchmark `benchmarks/affinity_step.py` measures them.
 """
 
 import itertools
@@ -22,13 +24,17 @@ import numpy as np
 
 STRATEGIES = ("auto", "unrolled", "vmap", "map")
 ORDERS = ("singles", "1", "-1")
+UNROLL_MAX_ON_CPU = 16
 
 
-def resolve_strategy(strategy: str) -> str:
+def resolve_strategy(strategy: str, size: int) -> str:
+  """The batching of `size` per-task pulls or lookahead forwards ('auto' resolved)."""
   if strategy not in STRATEGIES:
     raise ValueError(f"affinity strategy must be one of {STRATEGIES}, got {strategy!r}")
+  if strategy == "auto" and jax.default_backend() == "cpu":
+    return "unrolled" if size <= UNROLL_MAX_ON_CPU else "map"
   if strategy == "auto":
-    return "unrolled" if jax.default_backend() == "cpu" else "vmap"
+    return "vmap"
   return strategy
 
 
@@ -68,7 +74,7 @@ def per_task_gradients(vjp_fn: Callable, num_tasks: int, *, strategy: str = "aut
                        chunk_size: int | None = None):
   """Gradients of each of the T losses: pytree with leaves (T, *param_shape)."""
   eye = jnp.eye(num_tasks, dtype=jnp.float32)
-  return _map_over(lambda e: vjp_fn(e)[0], eye, resolve_strategy(strategy), chunk_size)
+  return _map_over(lambda e: vjp_fn(e)[0], eye, resolve_strategy(strategy, num_tasks), chunk_size)
 
 
 def affinity_from_task_gradients(losses_fn: Callable, params, batch, base_losses, task_grads, *,
@@ -84,7 +90,7 @@ def affinity_from_task_gradients(losses_fn: Callable, params, batch, base_losses
       lambda p, g, d: p - learning_rate * (jnp.tensordot(weights, g, axes=1) + d),
       params, task_grads, direction)
   lookahead_losses = _map_over(lambda p: losses_fn(p, batch), lookahead_params,
-                               resolve_strategy(strategy), chunk_size)
+                               resolve_strategy(strategy, weights.shape[0]), chunk_size)
   ratio = 1.0 - lookahead_losses / base_losses[None, :]
   return ratio / learning_rate if scale_by_lr else ratio
 

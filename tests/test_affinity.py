@@ -122,6 +122,21 @@ def test_lookahead_matches_naive_loop_on_celeba_trunk(trunk_case, strategy):
   np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 
 
+def test_auto_strategy_unrolls_few_sources_and_maps_many_on_cpu():
+  few, many = affinity.UNROLL_MAX_ON_CPU, affinity.UNROLL_MAX_ON_CPU + 1
+  assert jax.default_backend() == "cpu"
+  assert affinity.resolve_strategy("auto", few) == "unrolled"
+  assert affinity.resolve_strategy("auto", many) == "map"
+  assert affinity.resolve_strategy("vmap", many) == "vmap"
+  with pytest.raises(ValueError, match="strategy must be one of"):
+    affinity.resolve_strategy("loop", few)
+  losses_fn, params, batch, _ = mlp_problem(num_tasks=many)  # 'auto' maps over the many sources
+  want = naive_lookahead(losses_fn, params, batch, learning_rate=0.1)
+  got = jax.jit(lambda p: affinity.lookahead_affinity(losses_fn, p, batch, learning_rate=0.1))(
+      params)
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5)
+
+
 def test_sources_for_order():
   assert affinity.sources_for_order(3, "singles") == [(0,), (1,), (2,)]
   assert affinity.sources_for_order(3, "1")[-1] == (0, 1, 2)
