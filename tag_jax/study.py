@@ -19,7 +19,8 @@ few keys changed (`plan`), then writes `report.md`, `report.json` and
   (skipped with a note otherwise); DMTG for each k: a search with
   dmtg.num_groups = k (reported as 'dmtg one-shot') and its groups retrained.
 Grouping runs take config.study.epochs_search epochs, the others
-config.study.epochs_train (0 = config.num_epochs).
+config.study.epochs_train (0 = config.num_epochs). config.study.overrides.<method>
+changes the config of that method's own runs (not of the groups it selected).
 
 Resumable: a stage whose results.json exists is skipped; an interrupted one
 resumes from its checkpoints. Training seconds (a stage's
@@ -58,11 +59,13 @@ PASS_FORMULAS = {
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One run: its folder name, config changes (flattened keys) and whether it is a grouping run."""
+  """One run: its folder name, config changes (flattened keys), whether it is a grouping run and
+  the study method whose config.study.overrides apply ('' = none)."""
 
   name: str
   settings: dict
   search: bool = False
+  method: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +92,7 @@ def plan(config, task_names, workdir) -> tuple[list, list, list]:
     if method in OPTIONAL_METHODS and method not in methods.METHODS:
       notes.append(f"{method}: not registered in tag_jax.methods, skipped")
     elif method == "mtl" or method in ("uw", "gradnorm", "pcgrad"):
-      stages.append(Stage(method, {"method": method}))
+      stages.append(Stage(method, {"method": method}, method=method))
       entries.append(Entry(method, 1, (method,)))
     elif method == "single" and "hoa" in config.study.methods and (
         config.study.epochs_search == config.study.epochs_train):
@@ -99,20 +102,23 @@ def plan(config, task_names, workdir) -> tuple[list, list, list]:
                    "their share 2 / (T + 1) of that run")
     elif method == "single":
       stages.append(Stage("single", {"method": "groups",
-                                     "groups.groups": tuple((t,) for t in task_names)}))
+                                     "groups.groups": tuple((t,) for t in task_names)},
+                          method="single"))
       entries.append(Entry("single", len(task_names), ("single",)))
     elif method in ("tag", "cs", "hoa"):
       stages.append(Stage(method, {"method": "pairs" if method == "hoa" else method,
-                                   "selection.max_groups": ks}, search=True))
+                                   "selection.max_groups": ks}, search=True, method=method))
       for k in ks:
         trained_groups(f"{method}_k{k}", method, k, method, k)
     elif method == "random":
       for k in ks:
-        stages.append(Stage(f"random_k{k}", {"method": "random", "groups.num_random_groups": k}))
+        stages.append(Stage(f"random_k{k}", {"method": "random", "groups.num_random_groups": k},
+                            method="random"))
         entries.append(Entry("random", k, (f"random_k{k}",)))
     elif method == "dmtg":
       for k in ks:
-        stages.append(Stage(f"dmtg_k{k}", {"method": "dmtg", "dmtg.num_groups": k}, search=True))
+        stages.append(Stage(f"dmtg_k{k}", {"method": "dmtg", "dmtg.num_groups": k}, search=True,
+                            method="dmtg"))
         entries.append(Entry("dmtg one-shot", k, (f"dmtg_k{k}",)))
         trained_groups(f"dmtg_k{k}_groups", f"dmtg_k{k}", k, "dmtg", 0)
   return stages, entries, notes
@@ -123,18 +129,33 @@ def validate(config) -> None:
   if unknown or not config.study.methods:
     raise UserError(f"config.study.methods {tuple(config.study.methods)} must be a non-empty "
                     f"subset of {STUDY_METHODS}")
+  unknown = [m for m in config.study.overrides if m not in STUDY_METHODS]
+  if unknown:
+    raise UserError(f"config.study.overrides has {unknown}; its keys must be study methods "
+                    f"{STUDY_METHODS}")
   if not config.study.max_groups or min(config.study.max_groups) < 1:
     raise UserError(f"config.study.max_groups must be k values >= 1, got "
                     f"{tuple(config.study.max_groups)}")
 
 
 def stage_config(config, stage: Stage):
-  """The config with the stage's settings and epochs."""
+  """The config with the stage's settings, epochs and (last) its method's overrides."""
   result = config.copy_and_resolve_references()
   result.update_from_flattened_dict(stage.settings)
   epochs = config.study.epochs_search if stage.search else config.study.epochs_train
   if epochs:
     result.num_epochs = epochs
+  if stage.method in config.study.overrides:
+    was_locked = result.is_locked
+    result.lock()  # an override may change keys, not add them
+    try:
+      result.update(config.study.overrides[stage.method].to_dict())
+    except (KeyError, TypeError) as e:
+      reason = str(e).strip("'\"").splitlines()[0].split(". Other fields")[0]
+      raise UserError(f"config.study.overrides.{stage.method} does not fit the config: {reason}; "
+                      "use existing keys with values of their type") from e
+    if not was_locked:
+      result.unlock()
   return result
 
 

@@ -55,6 +55,32 @@ def test_bad_study_config_is_a_user_error(tmp_path):
     study.run_study(config, str(tmp_path))
 
 
+def test_overrides_change_the_method_runs_only():
+  config = load_config("celeba_study")  # DMTG searches with its published Adam, no early stop
+  stages = {s.name: s for s in study.plan(config, TASKS, "w")[0]}
+  dmtg_search = study.stage_config(config, stages["dmtg_k3"])
+  assert (dmtg_search.optimizer.name, dmtg_search.optimizer.learning_rate) == ("adam", 8e-4)
+  assert dmtg_search.early_stopping.patience == 0 and dmtg_search.dmtg.num_groups == 3
+  for name in ("dmtg_k3_groups", "tag", "tag_k3", "mtl"):
+    other = study.stage_config(config, stages[name])
+    assert (other.optimizer.name, other.optimizer.learning_rate) == ("sgd", 5e-4), name
+    assert other.early_stopping.patience == 10
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"dmtg": {"optimizer": {"nmae": "adam"}}}, "overrides.dmtg does not fit the config: Key"),
+    ({"dmtg": {"optimizer": {"learning_rate": "fast"}}}, "overrides.dmtg does not fit the config"),
+    ({"dmgt": {"seed": 1}}, r"overrides has \['dmgt'\]"),
+])
+def test_bad_override_is_a_user_error_before_any_stage_runs(tmp_path, override, message):
+  config = load_config("tiny_study")
+  config.study.methods = ("mtl", "dmtg")
+  config.study.overrides = override
+  with pytest.raises(UserError, match=message):
+    study.run_study(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "mtl")
+
+
 def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch):
   config = load_config("tiny_study")
   config.study.methods = ("single", "hoa", "random")
