@@ -1,10 +1,15 @@
-"""The grouping study on the offline synthetic dataset (quick-start setting), k = 2 and 3."""
+"""The grouping study on the offline synthetic dataset (quick-start setting), k = 2 and 3.
+
+Six epochs per run (the quick start trains eight) keep the whole study, whose HOA stage alone
+trains 45 networks, within about 12 minutes on 2 CPU cores.
+"""
 
 from tag_jax import default_config
 
 
 def get_config():
   config = default_config.get_synthetic_config()
+  config.num_epochs = 6
   config.study.methods = ("mtl", "single", "tag", "cs", "hoa", "random", "uw", "gradnorm",
                           "pcgrad", "dmtg")
   config.study.max_groups = (2, 3)
