@@ -5,8 +5,9 @@ Runs every method of `config.study.methods` as stages, each one
 few keys changed (`plan`), then writes `report.md`, `report.json` and
 `total_error_vs_compute.png`:
 - 'mtl': all tasks in one network ('mtl'); 'single': every task alone ('groups').
-  With 'hoa' in the study (and equal search and training epochs) 'single' is
-  read from the HOA run instead: its single-task networks ARE these networks
+  With 'hoa' in the study (equal search and training epochs, no overrides
+  for either) 'single' is read from the HOA run instead: its single-task
+  networks ARE these networks
   (same initialisation, data order and per-network early stopping; the HOA run
   serves every task from them), and the row gets their share 2 / (T + 1) of
   that run's compute.
@@ -95,7 +96,8 @@ def plan(config, task_names, workdir) -> tuple[list, list, list]:
       stages.append(Stage(method, {"method": method}, method=method))
       entries.append(Entry(method, 1, (method,)))
     elif method == "single" and "hoa" in config.study.methods and (
-        config.study.epochs_search == config.study.epochs_train):
+        config.study.epochs_search == config.study.epochs_train) and not (
+            {"single", "hoa"} & set(config.study.overrides.keys())):
       entries.append(Entry("single", len(task_names), ("hoa",), share=2 / (len(task_names) + 1)))
       notes.append("single: read from the 'hoa' run, whose single-task networks are these networks "
                    "(same initialisation, data order and per-network early stopping); compute: "

@@ -46,6 +46,9 @@ def test_plan_stages_entries_and_unregistered_methods(monkeypatch, tmp_path):
   single = study.plan(config, TASKS, str(tmp_path))[0][1]  # HOA trains fewer epochs: own stage
   assert single.name == "single"
   assert single.settings["groups.groups"] == tuple((t,) for t in TASKS)
+  config.study.epochs_search = config.study.epochs_train
+  config.study.overrides = {"hoa": {"seed": 1}}  # HOA's networks differ: own stage too
+  assert study.plan(config, TASKS, str(tmp_path))[0][1].name == "single"
 
 
 def test_bad_study_config_is_a_user_error(tmp_path):
