@@ -7,9 +7,15 @@ import pytest
 
 from tag_jax import affinity, models, steps
 
-jax.config.update("jax_default_matmul_precision", "highest")
-
 STRATEGIES = ("unrolled", "vmap", "map")
+
+
+@pytest.fixture
+def highest_precision():
+  """float32 matmuls at full precision (no TF32 / bfloat16 passes on accelerators) for the tests
+  that compare against a reference computed another way; scoped to the test, not the session."""
+  with jax.default_matmul_precision("highest"):
+    yield
 
 
 def naive_lookahead(losses_fn, params, batch, *, learning_rate, momentum=0.0, trace=None,
@@ -56,6 +62,7 @@ VARIANTS = {
 }
 
 
+@pytest.mark.usefixtures("highest_precision")
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_lookahead_matches_naive_loop_on_mlp(variant, strategy):
@@ -102,7 +109,8 @@ TRUNK_KW = dict(learning_rate=0.05, momentum=1.0, weight_decay=0.01,
 
 @pytest.fixture(scope="module")
 def trunk_case():
-  """The trunk problem and its naive (one source at a time) affinity, computed once."""
+  """The trunk problem and its naive (one source at a time) affinity, computed once (at full
+  precision: module fixtures are set up before the function-scoped highest_precision)."""
   model, variables, batch = trunk_problem()
   losses_fn = steps.shared_losses_fn(model, variables["params"], variables["batch_stats"])
   shared = variables["params"]["shared"]
@@ -110,10 +118,12 @@ def trunk_case():
   leaves, treedef = jax.tree.flatten(shared)
   flat = lambda tree: dict(enumerate(jax.tree.leaves(tree)))  # noqa: E731
   flat_losses = jax.jit(lambda f, b: losses_fn(jax.tree.unflatten(treedef, list(f.values())), b))
-  want = naive_lookahead(flat_losses, flat(shared), batch, trace=flat(trace), **TRUNK_KW)
+  with jax.default_matmul_precision("highest"):
+    want = naive_lookahead(flat_losses, flat(shared), batch, trace=flat(trace), **TRUNK_KW)
   return losses_fn, shared, trace, batch, want
 
 
+@pytest.mark.usefixtures("highest_precision")
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_lookahead_matches_naive_loop_on_celeba_trunk(trunk_case, strategy):
   losses_fn, shared, trace, batch, want = trunk_case
@@ -122,6 +132,7 @@ def test_lookahead_matches_naive_loop_on_celeba_trunk(trunk_case, strategy):
   np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.usefixtures("highest_precision")
 def test_auto_strategy_unrolls_few_sources_and_maps_many_on_cpu():
   few, many = affinity.UNROLL_MAX_ON_CPU, affinity.UNROLL_MAX_ON_CPU + 1
   assert jax.default_backend() == "cpu"
@@ -141,10 +152,11 @@ def test_sources_for_order():
   assert affinity.sources_for_order(3, "singles") == [(0,), (1,), (2,)]
   assert affinity.sources_for_order(3, "1")[-1] == (0, 1, 2)
   assert len(affinity.sources_for_order(4, "-1")) == 15
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="affinity order must be one of .*got '2'"):
     affinity.sources_for_order(3, "2")
 
 
+@pytest.mark.usefixtures("highest_precision")
 def test_cosine_matches_numpy_and_is_symmetric_with_unit_diagonal():
   losses_fn, params, batch, _ = mlp_problem()
   got = np.asarray(affinity.gradient_cosine_similarity(losses_fn, params, batch))
@@ -161,6 +173,7 @@ def test_cosine_matches_numpy_and_is_symmetric_with_unit_diagonal():
   assert not np.allclose(with_bias, got)
 
 
+@pytest.mark.usefixtures("highest_precision")
 def test_measured_step_records_lookahead_and_updates_like_plain_step(tiny_config):
   model, variables, batch = trunk_problem()
   import optax
