@@ -137,7 +137,7 @@ def test_unknown_task_is_a_user_error_listing_valid_names():
 
 
 def test_missing_data_is_a_one_line_user_error_naming_the_dir(tmp_path):
-  with pytest.raises(UserError) as error:
+  with pytest.raises(UserError, match="prepare_celeba") as error:
     load_dataset(celeba_config(data_dir=str(tmp_path)))
   message = str(error.value)
   assert "\n" not in message and str(tmp_path) in message
@@ -236,7 +236,7 @@ def test_prepared_labels_equal_the_original_attribute_file(prepared):
 def test_prepare_names_missing_original_files_in_one_line(tmp_path):
   (tmp_path / "list_attr_celeba.txt").write_text("1\n")
   with mock.patch.object(tfds.core.DatasetBuilder, "url_infos", registered_url_infos()):
-    with pytest.raises(UserError) as error:
+    with pytest.raises(UserError, match="img_align_celeba.zip is missing") as error:
       prepare_celeba.prepare(str(tmp_path), str(tmp_path / "tfds"))
   message = str(error.value)
   assert "\n" not in message and "img_align_celeba.zip is missing" in message

@@ -43,7 +43,7 @@ def test_process_shards_partition_the_global_batch():
   parts = [list(ds.batches("train", process_index=p, process_count=2, **kw)) for p in range(2)]
   for b, (p0, p1) in enumerate(zip(*parts)):
     np.testing.assert_array_equal(np.concatenate([p0["image"], p1["image"]]), whole[b]["image"])
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="batch size 4 is not divisible by 3 processes"):
     list(ds.batches("train", process_count=3, **kw))
 
 
