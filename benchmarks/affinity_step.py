@@ -15,9 +15,8 @@ import time
 
 import jax
 import numpy as np
-import optax
 
-from tag_jax import default_config, models, steps
+from tag_jax import default_config, methods, models
 
 
 def parse_args(argv=None):
@@ -57,23 +56,22 @@ def time_step(step_fn, state, batch, repeats):
 
 
 def measure(num_tasks, strategy, args):
-  config = default_config.get_base_config()
-  config.model.width, config.model.conv = args.width, args.conv
-  config.affinity.strategy = strategy
-  model = models.create_model(config, num_tasks)
-  optimizer = optax.sgd(0.01, momentum=0.9)
-  tracker = steps.init_affinity_tracker(num_tasks, num_tasks)
-  state = steps.init_train_state(model, optimizer, jax.random.key(0),
-                                 (args.image_size, args.image_size, 3), tracker)
+  """Each of mtl, tag, cs built as the training loop builds it (tag/cs: their measured step)."""
+  shape = (args.image_size, args.image_size, 3)
   batch = random_batch(num_tasks, args.image_size, args.batch_size)
-  tag = steps.make_measured_step(model, optimizer,
-                                 steps.make_tag_measure(model, lambda s: 0.01, config.affinity),
-                                 strategy=strategy)
-  cs = steps.make_measured_step(model, optimizer, steps.make_cs_measure(config.affinity),
-                                strategy=strategy)
-  return {name: time_step(fn, state, batch, args.repeats)
-          for name, fn in [("plain", steps.make_mtl_step(model, optimizer)), ("tag", tag),
-                           ("cs", cs)]}
+  timings = {}
+  for name in ("mtl", "tag", "cs"):
+    config = default_config.get_base_config()
+    config.method = name
+    config.model.width, config.model.conv = args.width, args.conv
+    config.affinity.strategy = strategy
+    config.optimizer.learning_rate = 0.01
+    methods.validate(config)
+    method = methods.build(config, [f"t{i}" for i in range(num_tasks)], shape, steps_per_epoch=100)
+    state = jax.jit(method.init_state)(jax.random.key(0))
+    timings["plain" if name == "mtl" else name] = time_step(
+        method.measured_step or method.train_step, state, batch, args.repeats)
+  return timings
 
 
 def main(argv=None):

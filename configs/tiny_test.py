@@ -8,7 +8,7 @@ def get_config():
   config.dataset.num_train = 96
   config.dataset.num_validation = 32
   config.dataset.num_test = 32
-  config.dataset.image_size = 8
+  config.image_size = 8
   config.dataset.group_sizes = (2, 2)
   config.model.width = 4
   config.batch_size = 32

@@ -7,12 +7,10 @@ Every source is computed inside one traced function. Per-task gradients come
 from ONE vjp of the (T,) loss vector and T cotangent pulls; a multi-task
 source's gradient is the sum of its members' (linearity), so `sources` never
 costs extra backward passes. `strategy` says how the T pulls and the S
-lookahead forwards are batched: 'unrolled' (a traced Python loop, fastest on
-XLA:CPU), 'vmap' (batched over the source axis; usually best on GPU/TPU) or
-'map' (`lax.map` in chunks of `chunk_size`, bounded memory); 'auto' picks by
-backend and size: on CPU 'unrolled' up to UNROLL_MAX_ON_CPU pulls or forwards,
-'map' beyond (unrolling 40 trunks compiles for minutes and runs slower); 'vmap'
-elsewhere. The benchmark `benchmarks/affinity_step.py` measures them.
+lookahead forwards are batched: 'unrolled', 'vmap', 'map' (`lax.map` in chunks
+of `chunk_size`) or 'auto' (tag_jax.stacking.resolve: on CPU unrolled up to 16
+pulls or forwards and mapped beyond, vmap on GPU/TPU). The benchmark
+`benchmarks/affinity_step.py` measures them.
 """
 
 import itertools
@@ -22,20 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-STRATEGIES = ("auto", "unrolled", "vmap", "map")
+from tag_jax import stacking
+
 ORDERS = ("singles", "1", "-1")
-UNROLL_MAX_ON_CPU = 16
-
-
-def resolve_strategy(strategy: str, size: int) -> str:
-  """The batching of `size` per-task pulls or lookahead forwards ('auto' resolved)."""
-  if strategy not in STRATEGIES:
-    raise ValueError(f"affinity strategy must be one of {STRATEGIES}, got {strategy!r}")
-  if strategy == "auto" and jax.default_backend() == "cpu":
-    return "unrolled" if size <= UNROLL_MAX_ON_CPU else "map"
-  if strategy == "auto":
-    return "vmap"
-  return strategy
 
 
 def sources_for_order(num_tasks: int, order: str) -> list[tuple[int, ...]]:
@@ -59,22 +46,13 @@ def source_weights(num_tasks: int, sources: Sequence[Sequence[int]] | None) -> n
   return weights
 
 
-def _map_over(fn: Callable, stacked, strategy: str, chunk_size: int | None):
-  """fn over the leading axis of the pytree `stacked`, results stacked on axis 0."""
-  if strategy == "vmap":
-    return jax.vmap(fn)(stacked)
-  if strategy == "map":
-    return jax.lax.map(fn, stacked, batch_size=chunk_size)
-  size = jax.tree.leaves(stacked)[0].shape[0]
-  outs = [fn(jax.tree.map(lambda x, i=i: x[i], stacked)) for i in range(size)]
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-
-
 def per_task_gradients(vjp_fn: Callable, num_tasks: int, *, strategy: str = "auto",
                        chunk_size: int | None = None):
   """Gradients of each of the T losses: pytree with leaves (T, *param_shape)."""
   eye = jnp.eye(num_tasks, dtype=jnp.float32)
-  return _map_over(lambda e: vjp_fn(e)[0], eye, resolve_strategy(strategy, num_tasks), chunk_size)
+  return stacking.map_stacked(lambda e: vjp_fn(e)[0], eye,
+                              strategy=stacking.resolve(strategy, num_tasks),
+                              chunk_size=chunk_size)
 
 
 def affinity_from_task_gradients(losses_fn: Callable, params, batch, base_losses, task_grads, *,
@@ -89,8 +67,9 @@ def affinity_from_task_gradients(losses_fn: Callable, params, batch, base_losses
   lookahead_params = jax.tree.map(
       lambda p, g, d: p - learning_rate * (jnp.tensordot(weights, g, axes=1) + d),
       params, task_grads, direction)
-  lookahead_losses = _map_over(lambda p: losses_fn(p, batch), lookahead_params,
-                               resolve_strategy(strategy, weights.shape[0]), chunk_size)
+  lookahead_losses = stacking.map_stacked(
+      lambda p: losses_fn(p, batch), lookahead_params,
+      strategy=stacking.resolve(strategy, weights.shape[0]), chunk_size=chunk_size)
   ratio = 1.0 - lookahead_losses / base_losses[None, :]
   return ratio / learning_rate if scale_by_lr else ratio
 

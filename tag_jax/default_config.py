@@ -7,12 +7,13 @@ below) and change what they need; `--config.key=value` overrides anything.
 
 import ml_collections
 
+from tag_jax import methods
+
 
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # 'mtl' (all tasks, sum of losses), 'tag' (lookahead affinity), 'cs' (gradient cosine).
-  config.method = "mtl"
+  config.method = "mtl"  # a name of tag_jax.methods.METHODS
   # Task names to train on, in this order; empty = every task of the dataset.
   config.tasks = ()
 
@@ -23,14 +24,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.num_train = 4096  # synthetic sizes
   config.dataset.num_validation = 512
   config.dataset.num_test = 512
-  config.dataset.image_size = 16  # synthetic: side of the generated images.
   config.dataset.group_sizes = (3, 3, 3)  # synthetic: planted task groups.
   config.dataset.noise = 0.5  # synthetic: pixel noise std.
   config.dataset.task_noise = 0.05  # synthetic: std of each task's own noise on its group factor.
   config.dataset.label_noise = 0.02  # synthetic: fraction of flipped labels.
   config.dataset.data_seed = 0  # synthetic: generator seed (independent of config.seed).
   config.dataset.num_workers = 4  # celeb_a: reader threads.
-  # Side of the (square) model input; celeb_a images are resized to it.
+  # Side of the (square) images: synthetic ones are generated at it, celeb_a ones resized to it
+  # (npz files keep their own size).
   config.image_size = 64
 
   config.model = ml_collections.ConfigDict()
@@ -61,43 +62,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.early_stopping.patience = 10  # epochs without a better summed validation loss; 0 = off
   config.early_stopping.restore_best = True
 
-  config.affinity = ml_collections.ConfigDict()
-  # Record the affinity every this many steps (paper: 10; TAG CelebA code: 1).
-  config.affinity.every_n_steps = 10
-  # Sources: 'singles' (T tasks), '1' (T tasks + all tasks together), '-1' (every task subset).
-  config.affinity.order = "singles"
-  # Lookahead step: 'sgd' (paper: theta - lr g_s) or 'momentum' (the optimizer's next step,
-  # theta - lr (g_s + momentum * trace), as the TAG CelebA code).
-  config.affinity.lookahead = "sgd"
-  # Trace coefficient for lookahead='momentum'. The CelebA code uses 1.0 (a flag mix-up: its
-  # optimizer's momentum is 0.9); set it to config.optimizer.momentum for the true next step.
-  config.affinity.momentum = 1.0
-  config.affinity.weight_decay = 0.0  # Taskonomy code: the optimizer's weight decay
-  config.affinity.scale_by_lr = False  # paper: False; both reference codes divide by lr
-  config.affinity.strategy = "auto"  # 'unrolled' | 'vmap' | 'map' | 'auto' (see affinity.py)
-  config.affinity.chunk_size = 0  # 'map' strategy: sources per chunk (0 = all at once)
-  config.affinity.kernels_only = True  # CS: only conv/dense kernels, as the reference
-
-  config.selection = ml_collections.ConfigDict()
-  config.selection.max_groups = (2, 3)  # after TAG/CS: select groups for each of these k
-  config.selection.time_limit = 60.0  # seconds per k before reporting a bound gap
-
-  # MTL baselines of the TAG CelebA code: 'uw', 'gradnorm', 'pcgrad' (tag_jax/methods/baselines.py).
-  config.baselines = ml_collections.ConfigDict()
-  config.baselines.gradnorm_alpha = 0.1  # GradNorm asymmetry alpha (reference: 0.1)
-  config.baselines.pcgrad_uncertainty = True  # PCGrad on uncertainty-weighted losses (reference)
-  config.baselines.strategy = "auto"  # per-task gradient pulls, as config.affinity.strategy
-
-  # One network per task group, all in one run (tag_jax/methods/groups.py): 'groups' (given
-  # groups), 'pairs' (HOA: every pair and single task), 'random' (a random partition).
-  config.groups = ml_collections.ConfigDict()
-  config.groups.groups = ()  # 'groups': tuple of task-name tuples, or else groups_file:
-  config.groups.groups_file = ""  # 'groups': a groups.json (TAG, CS, HOA, DMTG) ...
-  config.groups.max_groups = 0  # ... and its selection with this k; 0 = its only selection
-  config.groups.num_random_groups = 3  # 'random': k non-empty groups
-  config.groups.random_seed = 0  # 'random': seed of the partition
-  config.groups.hoa_score = "loss"  # 'pairs': HOA selects on validation 'loss' or 'error'
-  config.groups.network_strategy = "auto"  # 'vmap' | 'unrolled' | 'auto' (unrolled on CPU)
+  # Method-owned blocks: config.affinity, selection, baselines, groups, dmtg (defaults and
+  # meanings in the method modules, tag_jax.methods.CONFIG_BLOCKS).
+  for key, block in methods.CONFIG_BLOCKS.items():
+    config[key] = block()
 
   # The grouping study (python -m tag_jax.study): one stage per run, each in workdir/<stage>.
   config.study = ml_collections.ConfigDict()
@@ -115,22 +83,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1  # devices on the batch axis; -1 = all (divided by mesh.networks)
   config.mesh.networks = 1  # devices on the stacked-network axis (group/pair training)
 
-  # DMTG (tag_jax/methods/dmtg.py): K branches, K x N heads, task-to-group logits (N, K).
-  config.dmtg = ml_collections.ConfigDict()
-  config.dmtg.num_groups = 3  # K, an upper bound: groups no task picks are dropped
-  config.dmtg.tau_schedule = "constant"  # 'constant' (reference) | 'exponential' | 'linear'
-  config.dmtg.tau = 2.5  # 'constant' Gumbel-softmax temperature (CelebA 2.5, Taskonomy 4.0)
-  config.dmtg.tau_start = 5.0  # annealed schedules: tau_start -> tau_end over the search steps
-  config.dmtg.tau_end = 0.5
-  config.dmtg.hard = False  # straight-through (one-hot forward, soft gradient); reference: soft
-  # + weight x mean over tasks of entropy(softmax(logits)): > 0 sharpens the assignment, < 0
-  # keeps it spread; 0 = off (reference default).
-  config.dmtg.entropy_weight = 0.0
-  config.dmtg.shared_stem = "none"  # 'none' (K full trunks) | 'stem' (conv-BN-ReLU-pool shared)
-  config.dmtg.branch_strategy = "auto"  # 'vmap' | 'unrolled' | 'auto' (unrolled on CPU)
-  # Last this many of config.num_epochs: train only the arg-max heads and branches, logits frozen.
-  config.dmtg.finetune_epochs = 0
-
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0 = checkpoint at the end of every epoch only
   config.keep_checkpoints = 2
@@ -141,7 +93,7 @@ def get_synthetic_config() -> ml_collections.ConfigDict:
   """The quick-start setting: the offline synthetic dataset, a narrow trunk, a few minutes on CPU."""
   config = get_base_config()
   config.dataset.name = "synthetic"
-  config.dataset.image_size = 16
+  config.image_size = 16
   config.model.width = 16
   config.batch_size = 64
   config.eval_batch_size = 256

@@ -113,18 +113,6 @@ def create_model(config, num_tasks: int) -> MultiTaskNet:
   )
 
 
-def softmax_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Softmax cross-entropy of every example and task: logits (B, T, C), labels (B, T) -> (B, T)."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-
-
-def per_task_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy per task over real examples (mask (B,) in {0, 1}) -> (T,)."""
-  nll = softmax_nll(logits, labels)
-  return (nll * mask[:, None]).sum(0) / jnp.maximum(mask.sum(), 1.0)
-
-
 # Trunk = stem -> residual tail. The layer functions below create their modules inside the
 # calling module's compact scope, so Trunk keeps its flat parameter names (Conv3x3_0..2,
 # BatchNorm_0..2) while Stem and ResidualTail hold the same layers split in two.

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tag_jax import affinity
-from tag_jax.models import per_task_cross_entropy, softmax_nll
+from tag_jax import affinity, losses
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -47,7 +46,7 @@ def task_losses(model: nn.Module, params, batch_stats, batch):
   """Training-mode forward: per-task losses (T,) and the updated batch statistics."""
   logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
                                 train=True, mask=batch["mask"], mutable=["batch_stats"])
-  return per_task_cross_entropy(logits, batch["labels"], batch["mask"]), updates["batch_stats"]
+  return losses.per_task_cross_entropy(logits, batch["labels"], batch["mask"]), updates["batch_stats"]
 
 
 def shared_losses_fn(model: nn.Module, params, batch_stats):
@@ -70,24 +69,27 @@ def make_mtl_step(model: nn.Module, optimizer):
   """Plain multi-task step on the sum of task losses. metrics: loss (), task_losses (T,)."""
   def train_step(state: TrainState, batch):
     def total_loss(params):
-      losses, batch_stats = task_losses(model, params, state.batch_stats, batch)
-      return losses.sum(), (losses, batch_stats)
-    grads, (losses, batch_stats) = jax.grad(total_loss, has_aux=True)(state.params)
+      task_loss, batch_stats = task_losses(model, params, state.batch_stats, batch)
+      return task_loss.sum(), (task_loss, batch_stats)
+    grads, (task_loss, batch_stats) = jax.grad(total_loss, has_aux=True)(state.params)
     state = apply_gradients(state, optimizer, grads, batch_stats)
-    return state, {"loss": losses.sum(), "task_losses": losses}
+    return state, {"loss": task_loss.sum(), "task_losses": task_loss}
   return train_step
 
 
+def eval_sums(model: nn.Module, params, batch_stats, batch) -> dict:
+  """Inference sums of one network on a padded batch: loss_sum (T,), correct (T,), count ()."""
+  logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+                       train=False)
+  return losses.eval_sums(logits, batch["labels"], batch["mask"])
+
+
 def make_eval_step(model: nn.Module):
-  """Sums for one padded batch: loss_sum (T,), correct (T,), count () over real examples."""
+  """The loop's eval_step of a single network: loss_sum (1, T), correct (1, T), count ()."""
   def eval_step(params, batch_stats, batch):
-    logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
-                         train=False)
-    mask = batch["mask"]
-    nll = softmax_nll(logits, batch["labels"])
-    correct = (logits.argmax(-1) == batch["labels"]).astype(jnp.float32)
-    return {"loss_sum": (nll * mask[:, None]).sum(0), "correct": (correct * mask[:, None]).sum(0),
-            "count": mask.sum()}
+    sums = eval_sums(model, params, batch_stats, batch)
+    return {"loss_sum": sums["loss_sum"][None], "correct": sums["correct"][None],
+            "count": sums["count"]}
   return eval_step
 
 
@@ -111,15 +113,15 @@ def make_measured_step(model: nn.Module, optimizer, measure, *, strategy: str, c
   task_grads: pytree like params with leaves (T, ...).
   """
   def train_step(state: TrainState, batch):
-    losses, vjp_fn, batch_stats = jax.vjp(
+    task_loss, vjp_fn, batch_stats = jax.vjp(
         lambda p: task_losses(model, p, state.batch_stats, batch), state.params, has_aux=True)
-    task_grads = affinity.per_task_gradients(vjp_fn, losses.shape[0], strategy=strategy,
+    task_grads = affinity.per_task_gradients(vjp_fn, task_loss.shape[0], strategy=strategy,
                                              chunk_size=chunk_size)
-    matrix = measure(state, batch, task_grads, losses)
+    matrix = measure(state, batch, task_grads, task_loss)
     grads = jax.tree.map(lambda g: g.sum(0), task_grads)
     state = state.replace(tracker=record_affinity(state.tracker, matrix))
     state = apply_gradients(state, optimizer, grads, batch_stats)
-    return state, {"loss": losses.sum(), "task_losses": losses}
+    return state, {"loss": task_loss.sum(), "task_losses": task_loss}
   return train_step
 
 
@@ -129,26 +131,27 @@ def momentum_trace(opt_state):
   return traces[0][1] if traces else None
 
 
-def make_tag_measure(model: nn.Module, learning_rate_fn, affinity_config):
-  """measure() for TAG: lookahead affinity (S, T) of the shared trunk at the current step."""
-  use_momentum = affinity_config.lookahead == "momentum"
+def make_tag_measure(model: nn.Module, learning_rate_fn, *, sources, lookahead: str,
+                     momentum: float, weight_decay: float, scale_by_lr: bool, strategy: str,
+                     chunk_size=None):
+  """measure() for TAG: lookahead affinity (S, T) of the shared trunk at the current step.
 
-  def measure(state, batch, task_grads, losses):
-    trace = momentum_trace(state.opt_state)["shared"] if use_momentum else None
+  lookahead 'sgd' (theta - lr g_s) or 'momentum' (adds momentum * the optimizer's trace);
+  the other arguments as affinity.lookahead_affinity.
+  """
+  def measure(state, batch, task_grads, task_loss):
+    trace = momentum_trace(state.opt_state)["shared"] if lookahead == "momentum" else None
     return affinity.affinity_from_task_gradients(
         shared_losses_fn(model, state.params, state.batch_stats), state.params["shared"], batch,
-        losses, task_grads["shared"], learning_rate=learning_rate_fn(state.step),
-        momentum=affinity_config.momentum, trace=trace,
-        weight_decay=affinity_config.weight_decay, scale_by_lr=affinity_config.scale_by_lr,
-        sources=affinity.sources_for_order(losses.shape[0], affinity_config.order),
-        strategy=affinity_config.strategy, chunk_size=affinity_config.chunk_size or None)
+        task_loss, task_grads["shared"], learning_rate=learning_rate_fn(state.step),
+        momentum=momentum, trace=trace, weight_decay=weight_decay, scale_by_lr=scale_by_lr,
+        sources=sources, strategy=strategy, chunk_size=chunk_size)
   return measure
 
 
-def make_cs_measure(affinity_config):
+def make_cs_measure(*, kernels_only: bool):
   """measure() for CS: (T, T) cosine of per-task gradients of the shared trunk."""
-  def measure(state, batch, task_grads, losses):
-    del state, batch, losses
-    return affinity.cosine_from_task_gradients(task_grads["shared"],
-                                               kernels_only=affinity_config.kernels_only)
+  def measure(state, batch, task_grads, task_loss):
+    del state, batch, task_loss
+    return affinity.cosine_from_task_gradients(task_grads["shared"], kernels_only=kernels_only)
   return measure

@@ -16,46 +16,31 @@ few keys changed (`plan`), then writes `report.md`, `report.json` and
   chosen groups trained ('groups' on that groups.json) in `<method>_k<k>`.
 - 'random': for each k, a random split into k groups ('random', seed
   config.groups.random_seed).
-- 'uw', 'gradnorm', 'pcgrad', 'dmtg': when registered in tag_jax.methods
-  (skipped with a note otherwise); DMTG for each k: a search with
+- 'uw', 'gradnorm', 'pcgrad': one run each; 'dmtg' for each k: a search with
   dmtg.num_groups = k (reported as 'dmtg one-shot') and its groups retrained.
+`PLANNERS` maps each study method to the function that adds its stages and rows.
 Grouping runs take config.study.epochs_search epochs, the others
 config.study.epochs_train (0 = config.num_epochs). config.study.overrides.<method>
 changes the config of that method's own runs (not of the groups it selected).
 
 Resumable: a stage whose results.json exists is skipped; an interrupted one
-resumes from its checkpoints. Training seconds (a stage's
-`train_seconds_this_run`, or the wall time of an invocation that ended without
-results) are summed over invocations in `study_stages.json`.
+resumes from its checkpoints. The report reads each stage's results.json only:
+its test metrics, the groups that served the tasks, and its compute (trunk
+passes counted by the loop, training seconds summed over resumes).
 """
 
 import dataclasses
 import json
 import os
-import sys
-import time
 
 import jax
-from absl import app, flags, logging
+from absl import logging
 
-from tag_jax import data, methods, plots, reporting, train
-from tag_jax import main as cli
+from tag_jax import cli, data, plots, reporting
 from tag_jax.data import synthetic
 from tag_jax.errors import UserError
 
-STUDY_METHODS = ("mtl", "single", "tag", "cs", "hoa", "random", "uw", "gradnorm", "pcgrad", "dmtg")
-OPTIONAL_METHODS = ("uw", "gradnorm", "pcgrad", "dmtg")  # run only when registered
 GROUPING_LABELS = ("tag", "cs", "hoa", "random", "dmtg", "dmtg one-shot")  # rows with a planted check
-BOOKKEEPING = "study_stages.json"
-
-# Trunk passes: a training step of one trunk (forward + backward) on one batch counts 1; a
-# lookahead forward or an extra per-task backward pull counts 1 more. Evaluation is not counted.
-# S = steps taken, T = tasks, G = networks, R = steps with a recorded affinity, N = affinity sources.
-PASS_FORMULAS = {
-    "mtl": "S", "uw": "S", "gradnorm": "S * (1 + T)", "pcgrad": "S * (1 + T)",
-    "tag": "S + R * (N + T)", "cs": "S + R * T", "groups": "S * G", "random": "S * G",
-    "pairs": "S * (T (T - 1) / 2 + T)", "dmtg": "S * K (K = dmtg.num_groups branches)",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,51 +64,101 @@ class Entry:
   share: float = 1.0
 
 
-def plan(config, task_names, workdir) -> tuple[list, list, list]:
-  """(stages in run order, report entries, notes on skipped or reused runs)."""
-  stages, entries, notes = [], [], []
-  ks = tuple(config.study.max_groups)
+@dataclasses.dataclass
+class Plan:
+  """Stages in run order, report entries, notes on reused runs."""
 
-  def trained_groups(name: str, search: str, k: int, label: str, max_groups: int):
-    stages.append(Stage(name, {"method": "groups", "groups.max_groups": max_groups,
-                               "groups.groups_file": os.path.join(workdir, search, "groups.json")}))
-    entries.append(Entry(label, k, (search, name)))
+  stages: list = dataclasses.field(default_factory=list)
+  entries: list = dataclasses.field(default_factory=list)
+  notes: list = dataclasses.field(default_factory=list)
 
+  def train_groups(self, name: str, search: str, k: int, label: str, max_groups: int, workdir):
+    """A stage training the groups.json selection `max_groups` of stage `search`; its row."""
+    self.stages.append(Stage(name, {"method": "groups", "groups.max_groups": max_groups,
+                                    "groups.groups_file": os.path.join(workdir, search,
+                                                                       "groups.json")}))
+    self.entries.append(Entry(label, k, (search, name)))
+
+
+def one_run(method: str):
+  """Planner of a study method that is one run of the training method of the same name."""
+  def add(plan: Plan, config, task_names, workdir):
+    del config, task_names, workdir
+    plan.stages.append(Stage(method, {"method": method}, method=method))
+    plan.entries.append(Entry(method, 1, (method,)))
+  return add
+
+
+def search_then_train(study_method: str, method: str):
+  """Planner: one grouping run (its groups.json has a selection for each k), then each k trained."""
+  def add(plan: Plan, config, task_names, workdir):
+    del task_names
+    ks = tuple(config.study.max_groups)
+    plan.stages.append(Stage(study_method, {"method": method, "selection.max_groups": ks},
+                             search=True, method=study_method))
+    for k in ks:
+      plan.train_groups(f"{study_method}_k{k}", study_method, k, study_method, k, workdir)
+  return add
+
+
+def add_single(plan: Plan, config, task_names, workdir):
+  """Every task alone; read from the HOA run when its single-task networks are these networks."""
+  del workdir
+  if "hoa" in config.study.methods and (
+      config.study.epochs_search == config.study.epochs_train) and not (
+          {"single", "hoa"} & set(config.study.overrides.keys())):
+    plan.entries.append(Entry("single", len(task_names), ("hoa",),
+                              share=2 / (len(task_names) + 1)))
+    plan.notes.append("single: read from the 'hoa' run, whose single-task networks are these "
+                      "networks (same initialisation, data order and per-network early stopping);"
+                      " compute: their share 2 / (T + 1) of that run")
+    return
+  plan.stages.append(Stage("single", {"method": "groups",
+                                      "groups.groups": tuple((t,) for t in task_names)},
+                           method="single"))
+  plan.entries.append(Entry("single", len(task_names), ("single",)))
+
+
+def add_random(plan: Plan, config, task_names, workdir):
+  del task_names, workdir
+  for k in config.study.max_groups:
+    plan.stages.append(Stage(f"random_k{k}", {"method": "random", "groups.num_random_groups": k},
+                             method="random"))
+    plan.entries.append(Entry("random", k, (f"random_k{k}",)))
+
+
+def add_dmtg(plan: Plan, config, task_names, workdir):
+  """For each k: a search with dmtg.num_groups = k ('dmtg one-shot'), then its groups retrained."""
+  del task_names
+  for k in config.study.max_groups:
+    plan.stages.append(Stage(f"dmtg_k{k}", {"method": "dmtg", "dmtg.num_groups": k}, search=True,
+                             method="dmtg"))
+    plan.entries.append(Entry("dmtg one-shot", k, (f"dmtg_k{k}",)))
+    plan.train_groups(f"dmtg_k{k}_groups", f"dmtg_k{k}", k, "dmtg", 0, workdir)
+
+
+# Study method -> planner(plan, config, task_names, workdir) adding its stages and rows.
+PLANNERS = {
+    "mtl": one_run("mtl"),
+    "single": add_single,
+    "tag": search_then_train("tag", "tag"),
+    "cs": search_then_train("cs", "cs"),
+    "hoa": search_then_train("hoa", "pairs"),
+    "random": add_random,
+    "uw": one_run("uw"),
+    "gradnorm": one_run("gradnorm"),
+    "pcgrad": one_run("pcgrad"),
+    "dmtg": add_dmtg,
+}
+STUDY_METHODS = tuple(PLANNERS)
+
+
+def plan(config, task_names, workdir) -> Plan:
+  """The stages and report rows of config.study.methods, in that order."""
+  result = Plan()
   for method in config.study.methods:
-    if method in OPTIONAL_METHODS and method not in methods.METHODS:
-      notes.append(f"{method}: not registered in tag_jax.methods, skipped")
-    elif method == "mtl" or method in ("uw", "gradnorm", "pcgrad"):
-      stages.append(Stage(method, {"method": method}, method=method))
-      entries.append(Entry(method, 1, (method,)))
-    elif method == "single" and "hoa" in config.study.methods and (
-        config.study.epochs_search == config.study.epochs_train) and not (
-            {"single", "hoa"} & set(config.study.overrides.keys())):
-      entries.append(Entry("single", len(task_names), ("hoa",), share=2 / (len(task_names) + 1)))
-      notes.append("single: read from the 'hoa' run, whose single-task networks are these networks "
-                   "(same initialisation, data order and per-network early stopping); compute: "
-                   "their share 2 / (T + 1) of that run")
-    elif method == "single":
-      stages.append(Stage("single", {"method": "groups",
-                                     "groups.groups": tuple((t,) for t in task_names)},
-                          method="single"))
-      entries.append(Entry("single", len(task_names), ("single",)))
-    elif method in ("tag", "cs", "hoa"):
-      stages.append(Stage(method, {"method": "pairs" if method == "hoa" else method,
-                                   "selection.max_groups": ks}, search=True, method=method))
-      for k in ks:
-        trained_groups(f"{method}_k{k}", method, k, method, k)
-    elif method == "random":
-      for k in ks:
-        stages.append(Stage(f"random_k{k}", {"method": "random", "groups.num_random_groups": k},
-                            method="random"))
-        entries.append(Entry("random", k, (f"random_k{k}",)))
-    elif method == "dmtg":
-      for k in ks:
-        stages.append(Stage(f"dmtg_k{k}", {"method": "dmtg", "dmtg.num_groups": k}, search=True,
-                            method="dmtg"))
-        entries.append(Entry("dmtg one-shot", k, (f"dmtg_k{k}",)))
-        trained_groups(f"dmtg_k{k}_groups", f"dmtg_k{k}", k, "dmtg", 0)
-  return stages, entries, notes
+    PLANNERS[method](result, config, task_names, workdir)
+  return result
 
 
 def validate(config) -> None:
@@ -166,30 +201,16 @@ def read_json(path: str):
     return json.load(f)
 
 
-def add_seconds(workdir: str, stage: str, seconds: float) -> None:
-  """Adds one invocation's training seconds to the stage's total in study_stages.json."""
-  path = os.path.join(workdir, BOOKKEEPING)
-  books = read_json(path) if os.path.exists(path) else {}
-  entry = books.setdefault(stage, {"seconds": 0.0, "invocations": 0})
-  entry["seconds"] += seconds
-  entry["invocations"] += 1
-  reporting.write_json_atomic(path, books)
-
-
 def run_stage(config, stage: Stage, workdir: str):
   """The stage's results (read back if it already finished), or None if it stopped at max_steps."""
-  folder = os.path.join(workdir, stage.name)
-  path = os.path.join(folder, "results.json")
+  path = os.path.join(workdir, stage.name, "results.json")
   if os.path.exists(path):
     logging.info("Stage %s: done before, skipped.", stage.name)
     return read_json(path)
   logging.info("Stage %s: %s", stage.name, stage.settings)
-  start, results = time.time(), {}
-  try:
-    results = train.train_and_evaluate(stage_config(config, stage), folder)
-  finally:
-    if jax.process_index() == 0:
-      add_seconds(workdir, stage.name, results.get("train_seconds_this_run", time.time() - start))
+  from tag_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow, behind clu: slow)
+  results = train.train_and_evaluate(stage_config(config, stage),
+                                     os.path.join(workdir, stage.name))
   return results if "test" in results else None
 
 
@@ -198,15 +219,16 @@ def run_study(config, workdir: str):
   validate(config)
   os.makedirs(workdir, exist_ok=True)
   task_names = data.load_dataset(config).task_names
-  stages, entries, notes = plan(config, task_names, workdir)
-  for stage in stages:
+  study_plan = plan(config, task_names, workdir)
+  from tag_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow, behind clu: slow)
+  for stage in study_plan.stages:
     if "groups.groups_file" not in stage.settings:  # the others' groups.json is written later
       train.validate_config(stage_config(config, stage))
-  for stage in stages:
+  for stage in study_plan.stages:
     if run_stage(config, stage, workdir) is None:
       logging.info("Stage %s stopped at config.max_steps; re-run to continue.", stage.name)
       return None
-  report = build_report(config, task_names, stages, entries, notes, workdir)
+  report = build_report(config, task_names, study_plan, workdir)
   if jax.process_index() == 0:
     write_report(report, workdir)
   return report
@@ -224,60 +246,32 @@ def planted_groups(config, task_names):
   return [g for g in planted if g]
 
 
-def trunk_passes(method: str, results: dict, folder: str, stage_cfg) -> int:
-  """Trunk passes of one finished stage (PASS_FORMULAS)."""
-  steps, num_tasks = results["steps"], len(results["tasks"])
-  if method in ("tag", "cs"):
-    record = read_json(os.path.join(folder, "affinity.json"))
-    sources = len(record.get("sources", record["tasks"])) if method == "tag" else 0
-    return steps + record["steps_recorded"] * (sources + num_tasks)
-  if method in ("groups", "random"):
-    return steps * len(read_json(os.path.join(folder, "groups_trained.json"))["groups"])
-  per_step = {"mtl": 1, "uw": 1, "gradnorm": 1 + num_tasks, "pcgrad": 1 + num_tasks,
-              "pairs": num_tasks * (num_tasks - 1) // 2 + num_tasks,
-              "dmtg": stage_cfg.dmtg.num_groups}
-  return steps * per_step[method]
-
-
-def reported_groups(method: str, results: dict, folder: str) -> list:
-  """The trained groups that serve a task ('pairs': the single-task networks)."""
-  if method in ("groups", "random", "pairs"):
-    trained = read_json(os.path.join(folder, "groups_trained.json"))
-    return [g for g in trained["groups"] if g in trained["serving"].values()]
-  if method == "dmtg":
-    return read_json(os.path.join(folder, "groups.json"))["selections"][0]["groups"]
-  return [list(results["tasks"])]
-
-
-def build_report(config, task_names, stages, entries, notes, workdir) -> dict:
-  """report.json's content: one row per entry, with groups, test metrics and compute."""
-  by_name = {s.name: s for s in stages}
-  books = read_json(os.path.join(workdir, BOOKKEEPING))
+def build_report(config, task_names, study_plan: Plan, workdir) -> dict:
+  """report.json's content: one row per entry, with groups, test metrics and compute, all read
+  from the stages' results.json."""
+  results = {stage: read_json(os.path.join(workdir, stage, "results.json"))
+             for stage in dict.fromkeys(s for e in study_plan.entries for s in e.stages)}
   planted = planted_groups(config, task_names)
   rows = []
-  for entry in entries:
-    stage_rows = []
-    for name in entry.stages:
-      folder = os.path.join(workdir, name)
-      cfg = stage_config(config, by_name[name])
-      results = read_json(os.path.join(folder, "results.json"))
-      stage_rows.append((cfg.method, results, folder, cfg))
-    method, results, folder, _ = stage_rows[-1]
-    groups = reported_groups(method, results, folder)
+  for entry in study_plan.entries:
+    reported = results[entry.stages[-1]]
+    groups = reported["groups"]
     rows.append({
         "label": entry.label, "k": entry.k, "stages": list(entry.stages), "groups": groups,
         "recovers_planted": (None if planted is None or entry.label not in GROUPING_LABELS else
                              {frozenset(g) for g in groups} == {frozenset(g) for g in planted}),
-        "test_total_error": results["test"]["total_error"],
-        "validation_total_error": results["validation"]["total_error"],
-        "test_task_accuracy": dict(zip(results["tasks"], results["test"]["task_accuracy"])),
-        "seconds": entry.share * sum(books[name]["seconds"] for name in entry.stages),
-        "trunk_passes": round(entry.share * sum(trunk_passes(*row) for row in stage_rows)),
-        "pass_formula": (f"{entry.share:.3g} x " if entry.share != 1 else "") + " + ".join(
-            f"{name}: {PASS_FORMULAS[row[0]]}" for name, row in zip(entry.stages, stage_rows)),
+        "test_total_error": reported["test"]["total_error"],
+        "validation_total_error": reported["validation"]["total_error"],
+        "test_task_accuracy": dict(zip(reported["tasks"], reported["test"]["task_accuracy"])),
+        "seconds": entry.share * sum(results[s]["compute"]["train_seconds"]
+                                     for s in entry.stages),
+        "trunk_passes": round(entry.share * sum(results[s]["compute"]["trunk_passes"]
+                                                for s in entry.stages)),
     })
-  return {"tasks": list(task_names), "planted_groups": planted, "rows": rows, "notes": notes,
-          "pass_formulas": PASS_FORMULAS, "stages": books}
+  compute = {name: {"method": r["method"], "steps": r["steps"], **r["compute"]}
+             for name, r in results.items()}
+  return {"tasks": list(task_names), "planted_groups": planted, "rows": rows,
+          "notes": study_plan.notes, "stages": compute}
 
 
 def format_groups(groups) -> str:
@@ -292,7 +286,7 @@ def markdown(report: dict) -> str:
     lines.append(f"Planted groups: {format_groups(report['planted_groups'])}.")
   lines += ["", "Total Error = sum over tasks of test error % (lower is better). Compute: training "
             "seconds summed over resumes and the stages a row needs (grouping run + training), "
-            "and trunk passes (formulas below).", "",
+            "and trunk passes (below).", "",
             "| method | k | groups | Total Error (test) | val | planted? | seconds | trunk passes |",
             "|---|---|---|---|---|---|---|---|"]
   for r in rows:
@@ -308,9 +302,13 @@ def markdown(report: dict) -> str:
   lines += ["", "## Trunk passes", "",
             "One training step of one trunk (forward + backward) on one batch counts 1; each "
             "lookahead forward or extra per-task backward pull counts 1 more; evaluation is not "
-            "counted. S = steps, T = tasks, G = networks, R = recorded affinity steps, N = "
-            "affinity sources.", ""]
-  lines += [f"- {method}: {formula}" for method, formula in report["pass_formulas"].items()]
+            "counted. Each stage's steps as its run counted them:", ""]
+  for name, stage in report["stages"].items():
+    plain, measured = stage["trunk_passes_per_step"]
+    lines.append(f"- {name} ({stage['method']}): {stage['steps']:,} steps x {plain} passes"
+                 + (f", of which {stage['measured_steps']:,} measured steps x {measured}"
+                    if stage["measured_steps"] else "")
+                 + f" = {stage['trunk_passes']:,}")
   if report["notes"]:
     lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
   return "\n".join(lines) + "\n"
@@ -323,17 +321,5 @@ def write_report(report: dict, workdir: str) -> None:
   plots.total_error_vs_compute(report["rows"], os.path.join(workdir, "total_error_vs_compute.png"))
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(cli._QuietLibraries())  # pylint: disable=protected-access
-  cli.initialize_distributed()
-  try:
-    run_study(flags.FLAGS.config, flags.FLAGS.workdir)
-  except UserError as e:
-    print(f"error: {cli.one_line(e)}", file=sys.stderr)
-    sys.exit(e.exit_code)
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(run_study)

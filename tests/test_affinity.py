@@ -3,9 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from tag_jax import affinity, models, steps
+from tag_jax import affinity, models, stacking, steps
 
 STRATEGIES = ("unrolled", "vmap", "map")
 
@@ -133,14 +134,9 @@ def test_lookahead_matches_naive_loop_on_celeba_trunk(trunk_case, strategy):
 
 
 @pytest.mark.usefixtures("highest_precision")
-def test_auto_strategy_unrolls_few_sources_and_maps_many_on_cpu():
-  few, many = affinity.UNROLL_MAX_ON_CPU, affinity.UNROLL_MAX_ON_CPU + 1
-  assert jax.default_backend() == "cpu"
-  assert affinity.resolve_strategy("auto", few) == "unrolled"
-  assert affinity.resolve_strategy("auto", many) == "map"
-  assert affinity.resolve_strategy("vmap", many) == "vmap"
-  with pytest.raises(ValueError, match="strategy must be one of"):
-    affinity.resolve_strategy("loop", few)
+def test_auto_strategy_with_more_sources_than_unrolled_on_cpu():
+  many = stacking.UNROLL_MAX_ON_CPU + 1
+  assert stacking.resolve("auto", many) == "map"
   losses_fn, params, batch, _ = mlp_problem(num_tasks=many)  # 'auto' maps over the many sources
   want = naive_lookahead(losses_fn, params, batch, learning_rate=0.1)
   got = jax.jit(lambda p: affinity.lookahead_affinity(losses_fn, p, batch, learning_rate=0.1))(
@@ -174,9 +170,8 @@ def test_cosine_matches_numpy_and_is_symmetric_with_unit_diagonal():
 
 
 @pytest.mark.usefixtures("highest_precision")
-def test_measured_step_records_lookahead_and_updates_like_plain_step(tiny_config):
+def test_measured_step_records_lookahead_and_updates_like_plain_step():
   model, variables, batch = trunk_problem()
-  import optax
   optimizer = optax.sgd(0.05, momentum=0.9)
   state = steps.init_train_state(model, optimizer, jax.random.key(1), (8, 8, 3),
                                  steps.init_affinity_tracker(3, 3))
@@ -185,9 +180,10 @@ def test_measured_step_records_lookahead_and_updates_like_plain_step(tiny_config
   # one plain step so that the momentum trace is non-zero
   plain = jax.jit(steps.make_mtl_step(model, optimizer))
   state, _ = plain(state, batch)
-  config = tiny_config.affinity
-  config.lookahead, config.momentum, config.scale_by_lr = "momentum", 1.0, True
-  measure = steps.make_tag_measure(model, lambda step: 0.05, config)
+  measure = steps.make_tag_measure(
+      model, lambda step: 0.05, sources=affinity.sources_for_order(3, "singles"),
+      lookahead="momentum", momentum=1.0, weight_decay=0.0, scale_by_lr=True,
+      strategy="unrolled")
   measured = jax.jit(steps.make_measured_step(model, optimizer, measure, strategy="unrolled"))
   new_state, _ = measured(state, batch)
   want = affinity.lookahead_affinity(

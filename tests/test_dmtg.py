@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -267,6 +268,21 @@ def test_groups_record_drops_empty_groups_and_lists_tasks_in_order():
                                      "d": ["b", "d"]}
   assert selection["score"] is None and selection["gap"] is None
   np.testing.assert_allclose(record["probabilities"], numpy_softmax(theta), rtol=1e-6)
+
+
+def test_reported_grouping_is_the_evaluated_parameters_theta(tmp_path):
+  """groups.json follows the Θ the run evaluates (e.g. the early-stopping best), not the final."""
+  names = ("a", "b", "c")
+  final_theta = np.array([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])  # {a, b} {c}
+  best_theta = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])  # {a} {b, c}
+  state = types.SimpleNamespace(params={"group_logits": final_theta})
+  final = types.SimpleNamespace(params={"group_logits": best_theta})
+  context = types.SimpleNamespace(workdir=str(tmp_path), task_names=names)
+  dmtg.write_dmtg_outputs(context, state, {"probabilities_per_epoch": []}, final)
+  (selection,) = json.load(open(tmp_path / "groups.json"))["selections"]
+  assert selection["groups"] == [["a"], ["b", "c"]]
+  method = dmtg.build(load_config("tiny_test"), names, (8, 8, 3), steps_per_epoch=3)
+  assert method.served_groups(final.params) == [["a"], ["b", "c"]]
 
 
 def test_bad_dmtg_values_are_user_errors(tiny_config):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -88,20 +89,20 @@ def test_serving_rule_and_uncovered_tasks():
     groups.check_groups([["g0_t0", "nope"], ["g0_t1", "g1_t0", "g1_t1"]], TASKS)
 
 
-def test_serving_eval_step_takes_each_task_from_its_network(tiny_config):
+def test_eval_sums_of_every_network_equal_each_network_alone(tiny_config):
   dataset, batches, model, _ = tiny_problem(tiny_config)
   nets = groups.StackedNets(model, len(NETWORKS), "vmap")
   variables = nets.init(jax.random.key(0), batches[0]["image"])
   params = jax.tree.map(lambda a: a * jnp.arange(1.0, 3.0).reshape((2,) + (1,) * (a.ndim - 1)),
                         variables["params"])  # make the two networks differ
   every = nets.eval_sums(params, variables["batch_stats"], batches[0])
-  serving = np.array([1, 0, 1, 0])
-  served = groups.make_serving_eval_step(nets, serving)(params, variables["batch_stats"],
-                                                        batches[0])
-  np.testing.assert_allclose(served["loss_sum"], every["loss_sum"][serving, np.arange(4)],
-                             rtol=1e-6)
-  np.testing.assert_array_equal(served["correct"], every["correct"][serving, np.arange(4)])
-  assert float(served["count"]) == 32
+  for g in range(2):
+    alone = steps.eval_sums(model, jax.tree.map(lambda a, g=g: a[g], params),
+                            jax.tree.map(lambda a, g=g: a[g], variables["batch_stats"]),
+                            batches[0])
+    np.testing.assert_allclose(every["loss_sum"][g], alone["loss_sum"], rtol=1e-6)
+    np.testing.assert_array_equal(every["correct"][g], alone["correct"])
+  assert float(every["count"]) == 32
 
 
 def test_random_partition_is_seeded_covering_and_non_empty():
@@ -146,26 +147,6 @@ def test_config_errors(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
 
 
-def test_per_network_early_stopping_keeps_each_networks_best():
-  state = steps.TrainState(step=jnp.zeros(()), params={"w": jnp.zeros((2, 3))},
-                           batch_stats={}, opt_state=(), best_params={"w": jnp.zeros((2, 3))},
-                           best_batch_stats={},
-                           tracker={"best_params": {"w": jnp.zeros((2, 3))},
-                                    "best_batch_stats": {}})
-  meta = {"epoch": 0}
-  history = [(1.0, 1.0), (0.5, 2.0), (0.7, 0.1), (0.6, 0.2), (0.1, 0.0), (0.0, 0.5), (0.0, 0.5)]
-  for epoch, losses in enumerate(history):
-    meta["epoch"] = epoch
-    state = state.replace(params={"w": jnp.full((2, 3), float(epoch + 1))})
-    state = groups.keep_best_networks(state, meta, np.array(losses), patience=2)
-    assert meta["stopped_early"] == (epoch == 6)
-  # Network 0 is best at epoch 2 and stops after epoch 4 (patience 2): its later, lower losses
-  # are ignored, as in a separate run. Network 1 is best at epoch 5 and stops after epoch 7.
-  assert meta["network_best_epoch"] == [2, 5]
-  np.testing.assert_array_equal(state.best_params["w"][:, 0], [2.0, 5.0])
-  np.testing.assert_array_equal(state.tracker["best_params"]["w"][:, 0], [2.0, 5.0])
-
-
 def test_pairs_table_orientation_and_hoa_selection(tiny_config, tmp_path, monkeypatch):
   """A hand-made (G, T) evaluation: g0 tasks help each other, g1 tasks too, across hurts."""
   networks = groups.pair_networks(TASKS)
@@ -183,9 +164,10 @@ def test_pairs_table_orientation_and_hoa_selection(tiny_config, tmp_path, monkey
   original = grouping.select_for_each_k
   monkeypatch.setattr(grouping, "select_for_each_k",
                       lambda *args, **kwargs: calls.append((args, kwargs)) or original(*args, **kwargs))
-  tiny_config.selection.max_groups = (2,)
-  groups.write_pairs_outputs(str(tmp_path), tiny_config, TASKS, networks,
-                             {"validation": evaluation, "test": evaluation})
+  context = types.SimpleNamespace(workdir=str(tmp_path), task_names=TASKS)
+  final = types.SimpleNamespace(validation=evaluation, test=evaluation)
+  summary = groups.write_pairs_outputs(context, final, networks=networks,
+                                       score="validation_loss", max_groups=(2,), time_limit=10.0)
   record = json.load(open(tmp_path / "pairs.json"))
   assert record["validation_loss"]["g0_t0"]["g1_t0"] == pytest.approx(0.2)
   assert record["validation_loss"]["g1_t0"]["g0_t0"] == pytest.approx(across)
@@ -196,6 +178,7 @@ def test_pairs_table_orientation_and_hoa_selection(tiny_config, tmp_path, monkey
   assert kwargs["objective"] == "minimize" and kwargs["singletons"] == "diagonal"
   chosen = json.load(open(tmp_path / "groups.json"))["selections"][0]
   assert sorted(chosen["groups"]) == [["g0_t0", "g0_t1"], ["g1_t0", "g1_t1"]]
+  assert summary["selections"][0]["groups"] == chosen["groups"]
 
 
 def final_results(workdir):
@@ -218,7 +201,7 @@ def test_networks_sharded_over_the_mesh_equal_the_unsharded_run(tiny_config, tmp
   assert runs[2]["test"]["task_accuracy"] == runs[1]["test"]["task_accuracy"]
   trained = json.load(open(tmp_path / "d4n2" / "groups_trained.json"))
   assert trained["serving"]["g1_t0"] == NETWORKS[1] and trained["groups"] == NETWORKS
-  method = groups.build(tiny_config, TASKS, (8, 8, 3), steps_per_epoch=3)
+  method = groups.build_groups(tiny_config, TASKS, (8, 8, 3), steps_per_epoch=3)
   spec = method.state_sharding(sharding.create_mesh(tiny_config.mesh))
   assert spec.params["shared"]["Conv3x3_0"]["kernel"].spec == P(sharding.NETWORKS)
   assert spec.step.spec == P()

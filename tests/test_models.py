@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tag_jax import models
+from tag_jax import losses, models
 
 
 def test_celeba_trunk_has_14400_features_and_split_params():
@@ -54,7 +54,7 @@ def test_per_task_cross_entropy_matches_numpy_and_ignores_padding():
   logits = rng.normal(size=(5, 3, 2)).astype(np.float32)
   labels = rng.integers(0, 2, size=(5, 3))
   mask = np.array([1, 1, 1, 0, 0], np.float32)
-  got = models.per_task_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
+  got = losses.per_task_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   nll = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
   np.testing.assert_allclose(got, nll[:3].mean(0), rtol=1e-5)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tag_jax import methods, study, train
+from tag_jax import study, train
 from tag_jax.errors import UserError
 
 from conftest import REPO, load_config
@@ -16,17 +16,17 @@ from conftest import REPO, load_config
 TASKS = ("g0_t0", "g0_t1", "g1_t0", "g1_t1")
 
 
-def test_plan_stages_entries_and_unregistered_methods(monkeypatch, tmp_path):
+def test_plan_stages_entries_and_notes(tmp_path):
   config = load_config("tiny_study")
   config.study.methods = ("mtl", "single", "tag", "hoa", "random", "uw", "dmtg")
   config.study.max_groups = (2, 3)
-  monkeypatch.setattr(methods, "METHODS", tuple(m for m in methods.METHODS if m != "uw"))
-  stages, entries, notes = study.plan(config, TASKS, str(tmp_path))
+  plan = study.plan(config, TASKS, str(tmp_path))
+  stages, entries, notes = plan.stages, plan.entries, plan.notes
   assert [s.name for s in stages] == [
       "mtl", "tag", "tag_k2", "tag_k3", "hoa", "hoa_k2", "hoa_k3", "random_k2", "random_k3",
-      "dmtg_k2", "dmtg_k2_groups", "dmtg_k3", "dmtg_k3_groups"]
-  assert notes[0].startswith("single: read from the 'hoa' run")
-  assert notes[1] == "uw: not registered in tag_jax.methods, skipped"
+      "uw", "dmtg_k2", "dmtg_k2_groups", "dmtg_k3", "dmtg_k3_groups"]
+  assert len(notes) == 1 and notes[0].startswith("single: read from the 'hoa' run")
+  assert study.Entry("uw", 1, ("uw",)) in entries
   assert study.Entry("single", 4, ("hoa",), share=2 / 5) in entries
   by_name = {s.name: s for s in stages}
   assert by_name["hoa"].settings == {"method": "pairs", "selection.max_groups": (2, 3)}
@@ -43,12 +43,12 @@ def test_plan_stages_entries_and_unregistered_methods(monkeypatch, tmp_path):
   assert study.stage_config(config, by_name["hoa"]).num_epochs == 5
   assert study.stage_config(config, by_name["hoa_k3"]).groups.max_groups == 3
   assert study.stage_config(config, by_name["hoa_k3"]).num_epochs == 7
-  single = study.plan(config, TASKS, str(tmp_path))[0][1]  # HOA trains fewer epochs: own stage
+  single = study.plan(config, TASKS, str(tmp_path)).stages[1]  # HOA trains fewer epochs: own stage
   assert single.name == "single"
   assert single.settings["groups.groups"] == tuple((t,) for t in TASKS)
   config.study.epochs_search = config.study.epochs_train
   config.study.overrides = {"hoa": {"seed": 1}}  # HOA's networks differ: own stage too
-  assert study.plan(config, TASKS, str(tmp_path))[0][1].name == "single"
+  assert study.plan(config, TASKS, str(tmp_path)).stages[1].name == "single"
 
 
 def test_bad_study_config_is_a_user_error(tmp_path):
@@ -60,7 +60,7 @@ def test_bad_study_config_is_a_user_error(tmp_path):
 
 def test_overrides_change_the_method_runs_only():
   config = load_config("celeba_study")  # DMTG searches with its published Adam, no early stop
-  stages = {s.name: s for s in study.plan(config, TASKS, "w")[0]}
+  stages = {s.name: s for s in study.plan(config, TASKS, "w").stages}
   dmtg_search = study.stage_config(config, stages["dmtg_k3"])
   assert (dmtg_search.optimizer.name, dmtg_search.optimizer.learning_rate) == ("adam", 8e-4)
   assert dmtg_search.early_stopping.patience == 0 and dmtg_search.dmtg.num_groups == 3
@@ -102,6 +102,7 @@ def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch)
   assert hoa["groups"] == hoa_groups
   assert hoa["recovers_planted"] == (sorted(hoa_groups) == [list(TASKS[:2]), list(TASKS[2:])])
   assert hoa["test_total_error"] == results["hoa_k2"]["test"]["total_error"]
+  # 10 networks (4 singles + 6 pairs) per HOA step, then the k = 2 groups' networks
   assert hoa["trunk_passes"] == (results["hoa"]["steps"] * 10
                                  + results["hoa_k2"]["steps"] * len(hoa_groups))
   assert rows[("random", 2)]["trunk_passes"] == 2 * results["random_k2"]["steps"]
@@ -113,9 +114,9 @@ def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch)
   for split in ("validation", "test"):  # 'pairs' serves every task from its single-task network
     np.testing.assert_allclose([pairs[f"{split}_loss"][t][t] for t in TASKS],
                                results["hoa"][split]["task_loss"], rtol=1e-5)
-  books = json.load(open(os.path.join(workdir, "study_stages.json")))
-  assert books["hoa"]["invocations"] == 2 and books["hoa_k2"]["invocations"] == 1
-  assert hoa["seconds"] == pytest.approx(books["hoa"]["seconds"] + books["hoa_k2"]["seconds"])
+  assert hoa["seconds"] == pytest.approx(results["hoa"]["compute"]["train_seconds"]
+                                         + results["hoa_k2"]["compute"]["train_seconds"])
+  assert report["stages"]["hoa"]["trunk_passes_per_step"] == [10, 10]
   for name in ("report.md", "report.json", "total_error_vs_compute.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   assert "| hoa | 2 |" in open(os.path.join(workdir, "report.md")).read()
@@ -132,10 +133,13 @@ def test_tiny_study_with_every_method(tmp_path):
   report = study.run_study(config, str(tmp_path))
   labels = {r["label"] for r in report["rows"]}
   assert labels == {"mtl", "single", "tag", "cs", "hoa", "random", "uw", "gradnorm", "pcgrad",
-                    "dmtg", "dmtg one-shot"} - {n.split(":")[0] for n in report["notes"]}
+                    "dmtg", "dmtg one-shot"}
+  assert [n.split(":")[0] for n in report["notes"]] == ["single"]  # read from the HOA run
+  for row in report["rows"]:
+    stage = json.load(open(tmp_path / row["stages"][-1] / "results.json"))
+    assert row["groups"] == stage["groups"] and row["trunk_passes"] > 0
 
 
-@pytest.mark.slow
 def test_cli_bad_study_method_exits_2_with_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "tag_jax.study", "--config", os.path.join(REPO, "configs/tiny_study.py"),

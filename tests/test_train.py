@@ -94,8 +94,16 @@ def test_affinity_run_writes_affinity_json_and_plots(tiny_config, tmp_path, meth
   assert len(record["per_epoch"]) == 2
   # every_n_steps = 2 over 6 steps: steps 0, 2, 4
   assert record["steps_recorded"] == 3
-  np.testing.assert_allclose(np.mean(record["per_epoch"], axis=0)[0, 0], record["matrix"][0][0],
-                             rtol=0.5)  # epochs hold 2 and 1 of the 3 records
+  # epoch 1 holds the records of steps 0 and 2, epoch 2 that of step 4: the run mean weighs them
+  epochs = np.array(record["per_epoch"])
+  np.testing.assert_allclose((2 * epochs[0] + epochs[1]) / 3, record["matrix"], rtol=1e-5)
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  sources = 4 if method == "tag" else 0  # a TAG measured step: 1 + 4 lookaheads + 4 pulls
+  assert results["compute"] == {**results["compute"], "measured_steps": 3,
+                                "trunk_passes_per_step": [1, 1 + sources + 4],
+                                "trunk_passes": 3 + 3 * (1 + sources + 4)}
+  assert [s["groups"] for s in results["outputs"]["selections"]] == [
+      s["groups"] for s in json.load(open(os.path.join(workdir, "groups.json")))["selections"]]
   if method == "cs":
     np.testing.assert_allclose(np.diag(record["matrix"]), 1.0, rtol=1e-5)
   for picture in ("affinity.png", "affinity_over_time.png", "groups.png"):
@@ -107,6 +115,29 @@ def test_affinity_run_writes_affinity_json_and_plots(tiny_config, tmp_path, meth
     assert sorted(chosen["assignment"]) == sorted(record["tasks"])
     assert all(t in g for t, g in chosen["assignment"].items())
     assert chosen["gap"] == 0.0
+
+
+def test_every_metric_leaf_of_a_step_is_logged(tiny_config, tmp_path):
+  tiny_config.method = "gradnorm"  # metrics: loss, task_losses, gradnorm_loss, task_weights
+  tiny_config.num_epochs = 1
+  workdir = str(tmp_path / "gradnorm")
+  train.train_and_evaluate(tiny_config, workdir)
+  logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))
+            if "train/loss" in line]
+  assert [r["step"] for r in logged] == [2]
+  weights = [logged[0][f"train/task_weights/{t}"] for t in ("g0_t0", "g0_t1", "g1_t0", "g1_t1")]
+  assert sum(weights) == pytest.approx(4.0, rel=1e-5)  # GradNorm rescales them to sum to T
+  assert "train/gradnorm_loss" in logged[0] and "train/loss/g1_t1" in logged[0]
+
+
+def test_named_scalars_by_shape():
+  scalars = train.named_scalars("train", {"loss": np.float32(2.0),
+                                          "task_losses": np.array([1.0, 3.0]),
+                                          "network_loss": np.array([[4.0, 5.0, 6.0]])},
+                                ("a", "b"))
+  assert scalars == {"train/loss": 2.0, "train/loss/a": 1.0, "train/loss/b": 3.0,
+                     "train/network_loss/0": 4.0, "train/network_loss/1": 5.0,
+                     "train/network_loss/2": 6.0}
 
 
 def test_order_1_writes_the_all_tasks_source(tiny_config, tmp_path):

@@ -68,7 +68,7 @@ def load(config) -> ArrayDataset:
   ds = config.dataset
   sizes = {"train": ds.num_train, "validation": ds.num_validation, "test": ds.num_test}
   splits = {
-      split: generate(n, image_size=ds.image_size, group_sizes=tuple(ds.group_sizes),
+      split: generate(n, image_size=config.image_size, group_sizes=tuple(ds.group_sizes),
                       noise=ds.noise, task_noise=ds.task_noise, label_noise=ds.label_noise,
                       seed=ds.data_seed, split=split)
       for split, n in sizes.items()

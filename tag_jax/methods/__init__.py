@@ -1,56 +1,66 @@
-"""Training methods behind `config.method`: each builds a `Method` the shared loop in train.py runs.
+"""Training methods behind `config.method`, and the registry the loop builds them from.
 
-A method owns its model, optimizer and steps; the loop owns data, evaluation
-schedule, early stopping, checkpoints and metrics. To add one, write a module
-with `validate(config)` and `build(config, task_names, image_shape,
-steps_per_epoch) -> Method` and register it in `_MODULES`.
+Each entry names a builder `build(config, task_names, image_shape,
+steps_per_epoch) -> Method` (tag_jax.methods.base) and a `validate(config)` that
+raises UserError before any data is read. Builders read their config values and
+pass them down as plain arguments; nothing outside this registry compares
+config.method. Adding a method is one module and one line here
+(docs/adding_a_method.md). Config blocks owned by methods are listed in
+CONFIG_BLOCKS and assembled into the base config by tag_jax.default_config.
 """
 
 import dataclasses
-import importlib
-from typing import Callable, Optional
+from typing import Callable
 
+from tag_jax import grouping
 from tag_jax.errors import UserError
+from tag_jax.methods import affinity_methods, baselines, dmtg, groups, mtl
+from tag_jax.methods.base import Method
 
-# config.method -> module in tag_jax.methods
-_MODULES = {"mtl": "mtl", "tag": "affinity_methods", "cs": "affinity_methods",
-            "uw": "baselines", "gradnorm": "baselines", "pcgrad": "baselines",
-            "dmtg": "dmtg", "groups": "groups", "pairs": "groups", "random": "groups"}
-METHODS = tuple(_MODULES)
+
+def _no_settings(config) -> None:
+  del config
 
 
 @dataclasses.dataclass(frozen=True)
-class Method:
-  """What the loop needs from a method.
-
-  init_state(rng) -> steps.TrainState.
-  train_step(state, batch) -> (state, metrics); metrics has 'loss' () and 'task_losses' (T,).
-  eval_step(params, batch_stats, batch) -> {'loss_sum': (T,), 'correct': (T,), 'count': ()}.
-  measured_step: like train_step, run instead of it when step % measure_every == 0.
-  on_epoch_end(state, meta) -> state: host-side bookkeeping before the epoch checkpoint.
-  finish(workdir, state, meta) -> dict: writes the method's outputs (process 0), returns a summary.
-  state_sharding(mesh): sharding (pytree prefix) of the state; None = replicated everywhere.
-  """
-
-  init_state: Callable
-  train_step: Callable
-  eval_step: Callable
-  measured_step: Optional[Callable] = None
-  measure_every: int = 1
-  on_epoch_end: Optional[Callable] = None
-  finish: Optional[Callable] = None
-  state_sharding: Optional[Callable] = None
+class Registered:
+  build: Callable
+  validate: Callable = _no_settings
 
 
-def _module(name: str):
-  if name not in _MODULES:
+REGISTRY = {
+    "mtl": Registered(mtl.build),
+    "tag": Registered(affinity_methods.build_tag, affinity_methods.validate_tag),
+    "cs": Registered(affinity_methods.build_cs, affinity_methods.validate_cs),
+    "uw": Registered(baselines.build_uw, baselines.validate),
+    "gradnorm": Registered(baselines.build_gradnorm, baselines.validate),
+    "pcgrad": Registered(baselines.build_pcgrad, baselines.validate),
+    "dmtg": Registered(dmtg.build, dmtg.validate),
+    "groups": Registered(groups.build_groups, groups.validate_groups),
+    "pairs": Registered(groups.build_pairs, groups.validate_pairs),
+    "random": Registered(groups.build_random, groups.validate_random),
+}
+METHODS = tuple(REGISTRY)
+
+# config.<key> blocks and the functions that make their defaults.
+CONFIG_BLOCKS = {
+    "affinity": affinity_methods.default_config,
+    "selection": grouping.default_config,
+    "baselines": baselines.default_config,
+    "groups": groups.default_config,
+    "dmtg": dmtg.default_config,
+}
+
+
+def _registered(name: str) -> Registered:
+  if name not in REGISTRY:
     raise UserError(f"unknown config.method {name!r}; choose one of {METHODS}")
-  return importlib.import_module(f"tag_jax.methods.{_MODULES[name]}")
+  return REGISTRY[name]
 
 
 def validate(config) -> None:
-  _module(config.method).validate(config)
+  _registered(config.method).validate(config)
 
 
 def build(config, task_names, image_shape, steps_per_epoch: int) -> Method:
-  return _module(config.method).build(config, task_names, image_shape, steps_per_epoch)
+  return _registered(config.method).build(config, task_names, image_shape, steps_per_epoch)

@@ -6,45 +6,93 @@ config.affinity.order adds multi-task sources), `affinity.png`,
 `affinity_over_time.png`; then `groups.json` and `groups.png` (tag_jax.grouping).
 """
 
+import functools
 import os
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from tag_jax import affinity, grouping, models, optim, plots, reporting, steps
+from tag_jax import affinity, grouping, models, optim, plots, reporting, stacking, steps
 from tag_jax.errors import UserError
-from tag_jax.methods import Method
+from tag_jax.methods.base import Method, one_network
+
+LOOKAHEADS = ("sgd", "momentum")
 
 
-def validate(config) -> None:
+def default_config() -> ml_collections.ConfigDict:
+  """config.affinity: how TAG and CS measure the affinity."""
+  cfg = ml_collections.ConfigDict()
+  # Record the affinity every this many steps (paper: 10; TAG CelebA code: 1).
+  cfg.every_n_steps = 10
+  # Sources: 'singles' (T tasks), '1' (T tasks + all tasks together), '-1' (every task subset).
+  cfg.order = "singles"
+  # Lookahead step: 'sgd' (paper: theta - lr g_s) or 'momentum' (the optimizer's next step,
+  # theta - lr (g_s + momentum * trace), as the TAG CelebA code).
+  cfg.lookahead = "sgd"
+  # Trace coefficient for lookahead='momentum'. The CelebA code uses 1.0 (a flag mix-up: its
+  # optimizer's momentum is 0.9); set it to config.optimizer.momentum for the true next step.
+  cfg.momentum = 1.0
+  cfg.weight_decay = 0.0  # Taskonomy code: the optimizer's weight decay
+  cfg.scale_by_lr = False  # paper: False; both reference codes divide by lr
+  cfg.strategy = "auto"  # 'unrolled' | 'vmap' | 'map' | 'auto' (see tag_jax/stacking.py)
+  cfg.chunk_size = 0  # 'map' strategy: sources per chunk (0 = all at once)
+  cfg.kernels_only = True  # CS: only conv/dense kernels, as the reference
+  return cfg
+
+
+def validate_cs(config) -> None:
+  aff = config.affinity
+  if aff.strategy not in stacking.STRATEGIES:
+    raise UserError(f"unknown config.affinity.strategy {aff.strategy!r}; "
+                    f"choose one of {stacking.STRATEGIES}")
+  if aff.every_n_steps < 1:
+    raise UserError(f"config.affinity.every_n_steps must be >= 1, got {aff.every_n_steps}")
+  grouping.validate_selection(config.selection)
+
+
+def validate_tag(config) -> None:
+  validate_cs(config)
   aff = config.affinity
   if aff.order not in affinity.ORDERS:
     raise UserError(f"unknown config.affinity.order {aff.order!r}; choose one of {affinity.ORDERS}")
-  if aff.strategy not in affinity.STRATEGIES:
-    raise UserError(f"unknown config.affinity.strategy {aff.strategy!r}; "
-                    f"choose one of {affinity.STRATEGIES}")
-  if aff.lookahead not in ("sgd", "momentum"):
-    raise UserError(f"unknown config.affinity.lookahead {aff.lookahead!r}; choose 'sgd' or 'momentum'")
+  if aff.lookahead not in LOOKAHEADS:
+    raise UserError(f"unknown config.affinity.lookahead {aff.lookahead!r}; "
+                    f"choose one of {LOOKAHEADS}")
   if aff.lookahead == "momentum" and not (config.optimizer.name == "sgd"
                                           and config.optimizer.momentum):
     raise UserError("config.affinity.lookahead='momentum' needs config.optimizer.name='sgd' with "
                     "config.optimizer.momentum > 0; use lookahead='sgd' otherwise")
-  if aff.every_n_steps < 1:
-    raise UserError(f"config.affinity.every_n_steps must be >= 1, got {aff.every_n_steps}")
 
 
-def build(config, task_names, image_shape, steps_per_epoch) -> Method:
-  num_tasks = len(task_names)
-  model = models.create_model(config, num_tasks)
+def build_tag(config, task_names, image_shape, steps_per_epoch) -> Method:
+  aff = config.affinity
+  model = models.create_model(config, len(task_names))
+  sources = affinity.sources_for_order(len(task_names), aff.order)
+  measure = steps.make_tag_measure(
+      model, optim.learning_rate_schedule(config.optimizer, steps_per_epoch), sources=sources,
+      lookahead=aff.lookahead, momentum=aff.momentum, weight_decay=aff.weight_decay,
+      scale_by_lr=aff.scale_by_lr, strategy=aff.strategy, chunk_size=aff.chunk_size or None)
+  source_names = [[task_names[t] for t in members] for members in sources]
+  return _affinity_method("tag", config, task_names, image_shape, steps_per_epoch, model, measure,
+                          source_names, measured_passes=1 + len(sources) + len(task_names))
+
+
+def build_cs(config, task_names, image_shape, steps_per_epoch) -> Method:
+  model = models.create_model(config, len(task_names))
+  measure = steps.make_cs_measure(kernels_only=config.affinity.kernels_only)
+  return _affinity_method("cs", config, task_names, image_shape, steps_per_epoch, model, measure,
+                          [[t] for t in task_names], measured_passes=1 + len(task_names))
+
+
+def _affinity_method(name, config, task_names, image_shape, steps_per_epoch, model, measure,
+                     source_names, measured_passes) -> Method:
+  """The MTL network with `measure` recorded every config.affinity.every_n_steps steps."""
   optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch)
-  if config.method == "tag":
-    learning_rate_fn = optim.learning_rate_schedule(config.optimizer, steps_per_epoch)
-    measure = steps.make_tag_measure(model, learning_rate_fn, config.affinity)
-    num_sources = len(affinity.sources_for_order(num_tasks, config.affinity.order))
-  else:
-    measure = steps.make_cs_measure(config.affinity)
-    num_sources = num_tasks
-  tracker = steps.init_affinity_tracker(num_sources, num_tasks)
+  tracker = steps.init_affinity_tracker(len(source_names), len(task_names))
+  finish = functools.partial(write_outputs, name=name, source_names=source_names,
+                             max_groups=tuple(config.selection.max_groups),
+                             time_limit=config.selection.time_limit)
   return Method(
       init_state=lambda rng: steps.init_train_state(model, optimizer, rng, image_shape, tracker),
       train_step=steps.make_mtl_step(model, optimizer),
@@ -53,47 +101,55 @@ def build(config, task_names, image_shape, steps_per_epoch) -> Method:
                                              strategy=config.affinity.strategy,
                                              chunk_size=config.affinity.chunk_size or None),
       measure_every=config.affinity.every_n_steps,
+      trunk_passes=(1, measured_passes),
       on_epoch_end=close_affinity_epoch,
-      finish=lambda workdir, state, meta: finish(workdir, config, task_names, state, meta))
+      finish=finish,
+      **one_network(len(task_names)))
 
 
-def finish(workdir, config, task_names, state, meta) -> dict:
-  """affinity.json and plots, then groups.json for each k in config.selection.max_groups."""
-  record = write_affinity_outputs(workdir, config, task_names, state.tracker, meta)
-  return {"affinity": record,
-          "groups": grouping.groups_from_affinity(workdir, record, config.selection)}
-
-
-def close_affinity_epoch(state, meta):
-  """Appends the epoch's mean affinity (or None) to meta['affinity_per_epoch']; zeroes epoch sums."""
+def close_affinity_epoch(ctx, state, record):
+  """Appends the epoch's mean affinity (or None) to record['affinity_per_epoch']; zeroes the
+  epoch sums."""
+  del ctx
   tracker = state.tracker
   count = int(tracker["epoch_count"])
-  meta.setdefault("affinity_per_epoch", []).append(
-      (np.asarray(tracker["epoch_sum"]) / count).tolist() if count else None)
-  return state.replace(tracker={**tracker, "epoch_sum": jnp.zeros_like(tracker["epoch_sum"]),
-                                "epoch_count": jnp.zeros_like(tracker["epoch_count"])})
+  per_epoch = record.get("affinity_per_epoch", []) + [
+      (np.asarray(tracker["epoch_sum"]) / count).tolist() if count else None]
+  state = state.replace(tracker={**tracker, "epoch_sum": jnp.zeros_like(tracker["epoch_sum"]),
+                                 "epoch_count": jnp.zeros_like(tracker["epoch_count"])})
+  return state, {**record, "affinity_per_epoch": per_epoch}
 
 
-def write_affinity_outputs(workdir, config, task_names, tracker, meta) -> dict:
-  """affinity.json (run mean, per-epoch means, orientation stated) and its two plots."""
+def write_outputs(ctx, state, record, final, *, name, source_names, max_groups,
+                  time_limit) -> dict:
+  """affinity.json and plots, then groups.json for each k in max_groups; returns their summary."""
+  del final  # the affinity is a record of training, not of the reported parameters
+  affinity_record = affinity_json(name, ctx.task_names, source_names, state.tracker,
+                                  record.get("affinity_per_epoch", []))
+  reporting.write_json_atomic(os.path.join(ctx.workdir, "affinity.json"), affinity_record)
+  plots.affinity_heatmap(affinity_record, os.path.join(ctx.workdir, "affinity.png"))
+  plots.affinity_over_time(affinity_record, os.path.join(ctx.workdir, "affinity_over_time.png"))
+  groups = grouping.groups_from_affinity(ctx.workdir, affinity_record, max_groups, time_limit)
+  return {"steps_recorded": affinity_record["steps_recorded"],
+          "selections": grouping.selection_summary(groups)}
+
+
+def affinity_json(name, task_names, source_names, tracker, per_epoch) -> dict:
+  """affinity.json: run mean (source x target), per-epoch means, orientation stated."""
   count = int(tracker["run_count"])
   if not count:
     raise UserError("no affinity step was recorded; lower config.affinity.every_n_steps")
   full = np.asarray(tracker["run_sum"]) / count
   num_tasks = len(task_names)
   record = {
-      "method": config.method,
+      "method": name,
       "tasks": list(task_names),
       "orientation": "matrix[source][target]",
       "matrix": full[:num_tasks].tolist(),
-      "per_epoch": [None if m is None else m[:num_tasks] for m in meta["affinity_per_epoch"]],
+      "per_epoch": [None if m is None else m[:num_tasks] for m in per_epoch],
       "steps_recorded": count,
   }
   if full.shape[0] > num_tasks:
-    record["sources"] = [[task_names[t] for t in members]
-                         for members in affinity.sources_for_order(num_tasks, config.affinity.order)]
+    record["sources"] = source_names
     record["source_matrix"] = full.tolist()
-  reporting.write_json_atomic(os.path.join(workdir, "affinity.json"), record)
-  plots.affinity_heatmap(record, os.path.join(workdir, "affinity.png"))
-  plots.affinity_over_time(record, os.path.join(workdir, "affinity_over_time.png"))
   return record

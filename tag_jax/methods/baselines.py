@@ -24,48 +24,77 @@ Per-task gradients come from one vjp of the (T,) losses and T cotangent pulls
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-from tag_jax import affinity, models, optim, steps, weighting
+from tag_jax import affinity, models, optim, stacking, steps, weighting
 from tag_jax.errors import UserError
-from tag_jax.methods import Method
+from tag_jax.methods.base import Method, one_network
 
 LOG_SIGMA = "uw_log_sigma"  # params subtree of the uncertainty weights, beside 'shared', 'heads'
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """config.baselines: the MTL baselines of the TAG CelebA code."""
+  cfg = ml_collections.ConfigDict()
+  cfg.gradnorm_alpha = 0.1  # GradNorm asymmetry alpha (reference: 0.1)
+  cfg.pcgrad_uncertainty = True  # PCGrad on uncertainty-weighted losses (reference)
+  cfg.strategy = "auto"  # per-task gradient pulls, as config.affinity.strategy
+  return cfg
+
+
 def validate(config) -> None:
-  if config.baselines.strategy not in affinity.STRATEGIES:
+  if config.baselines.strategy not in stacking.STRATEGIES:
     raise UserError(f"unknown config.baselines.strategy {config.baselines.strategy!r}; "
-                    f"choose one of {affinity.STRATEGIES}")
-  if config.method == "gradnorm" and not config.baselines.gradnorm_alpha >= 0:
+                    f"choose one of {stacking.STRATEGIES}")
+  if not config.baselines.gradnorm_alpha >= 0:
     raise UserError(f"config.baselines.gradnorm_alpha must be >= 0, got "
                     f"{config.baselines.gradnorm_alpha}")
 
 
-def build(config, task_names, image_shape, steps_per_epoch) -> Method:
+def build_uw(config, task_names, image_shape, steps_per_epoch) -> Method:
+  model, optimizer = _model_and_optimizer(config, task_names, steps_per_epoch)
+  return _baseline(model, optimizer, image_shape, task_names, make_uw_step(model, optimizer),
+                   log_sigma=True, per_step_passes=1)
+
+
+def build_gradnorm(config, task_names, image_shape, steps_per_epoch) -> Method:
+  model, optimizer = _model_and_optimizer(config, task_names, steps_per_epoch)
+  step = make_gradnorm_step(model, optimizer, alpha=config.baselines.gradnorm_alpha,
+                            strategy=config.baselines.strategy)
+  return _baseline(model, optimizer, image_shape, task_names, step, gradnorm=True,
+                   per_step_passes=1 + len(task_names))
+
+
+def build_pcgrad(config, task_names, image_shape, steps_per_epoch) -> Method:
+  model, optimizer = _model_and_optimizer(config, task_names, steps_per_epoch)
+  uncertainty = config.baselines.pcgrad_uncertainty
+  step = make_pcgrad_step(model, optimizer, uncertainty=uncertainty,
+                          strategy=config.baselines.strategy)
+  return _baseline(model, optimizer, image_shape, task_names, step, log_sigma=uncertainty,
+                   per_step_passes=1 + len(task_names))
+
+
+def _model_and_optimizer(config, task_names, steps_per_epoch):
+  return (models.create_model(config, len(task_names)),
+          optim.create_optimizer(config.optimizer, steps_per_epoch))
+
+
+def _baseline(model, optimizer, image_shape, task_names, train_step, *, per_step_passes: int,
+              log_sigma=False, gradnorm=False) -> Method:
+  """One network trained by `train_step`; its state has log-sigmas and/or GradNorm weights."""
   num_tasks = len(task_names)
-  model = models.create_model(config, num_tasks)
-  optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch)
-  strategy = config.baselines.strategy
-  uses_log_sigma = config.method == "uw" or (config.method == "pcgrad"
-                                             and config.baselines.pcgrad_uncertainty)
 
   def init_state(rng):
-    tracker = init_gradnorm_tracker(optimizer, num_tasks) if config.method == "gradnorm" else None
+    tracker = init_gradnorm_tracker(optimizer, num_tasks) if gradnorm else None
     state = steps.init_train_state(model, optimizer, rng, image_shape, tracker)
-    if uses_log_sigma:
+    if log_sigma:
       state = with_extra_params(state, optimizer, {LOG_SIGMA: jnp.ones(num_tasks)})
     return state
 
-  if config.method == "uw":
-    train_step = make_uw_step(model, optimizer)
-  elif config.method == "gradnorm":
-    train_step = make_gradnorm_step(model, optimizer, alpha=config.baselines.gradnorm_alpha,
-                                    strategy=strategy)
-  else:
-    train_step = make_pcgrad_step(model, optimizer, uncertainty=uses_log_sigma, strategy=strategy)
   return Method(init_state=init_state, train_step=train_step,
-                eval_step=steps.make_eval_step(model))
+                eval_step=steps.make_eval_step(model), trunk_passes=(per_step_passes,) * 2,
+                **one_network(num_tasks))
 
 
 def with_extra_params(state: steps.TrainState, optimizer, extra: dict) -> steps.TrainState:

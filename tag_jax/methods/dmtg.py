@@ -18,8 +18,9 @@ only the chosen branches and heads learn (the others get zero gradients; all K
 branches are still computed, since the choice is data, not shape).
 
 Read-out: task n -> group argmax_k Θ[n, k], empty groups dropped. eval_step
-scores, for task n, head (argmax Θ[n], n) on that branch. The grouping is the
-final Θ (state.params), not the early-stopping best.
+scores, for task n, head (argmax Θ[n], n) on that branch. The grouping reported
+(groups.json, results.json) is the Θ of the parameters the run evaluates: the
+early-stopping best with config.early_stopping.restore_best, else the final.
 
 Outputs: `groups.json` (the TAG/CS selection format, plus `probabilities`
 softmax(Θ) (N, K) and `probabilities_per_epoch`), `dmtg_assignment.png`.
@@ -27,26 +28,45 @@ softmax(Θ) (N, K) and `probabilities_per_epoch`), `dmtg_assignment.png`.
 
 import dataclasses
 import os
-from typing import Callable, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
-from tag_jax import models, optim, plots, reporting, steps
+from tag_jax import losses, models, optim, plots, reporting, stacking, steps
 from tag_jax.errors import UserError
-from tag_jax.methods import Method
+from tag_jax.methods.base import Method, one_network
 
-BRANCH_STRATEGIES = ("auto", "vmap", "unrolled")
 SHARED_STEMS = ("none", "stem")
 TAU_SCHEDULES = ("constant", "exponential", "linear")
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """config.dmtg: K branches, K x N heads, task-to-group logits (N, K)."""
+  cfg = ml_collections.ConfigDict()
+  cfg.num_groups = 3  # K, an upper bound: groups no task picks are dropped
+  cfg.tau_schedule = "constant"  # 'constant' (reference) | 'exponential' | 'linear'
+  cfg.tau = 2.5  # 'constant' Gumbel-softmax temperature (CelebA 2.5, Taskonomy 4.0)
+  cfg.tau_start = 5.0  # annealed schedules: tau_start -> tau_end over the search steps
+  cfg.tau_end = 0.5
+  cfg.hard = False  # straight-through (one-hot forward, soft gradient); reference: soft
+  # + weight x mean over tasks of entropy(softmax(logits)): > 0 sharpens the assignment, < 0
+  # keeps it spread; 0 = off (reference default).
+  cfg.entropy_weight = 0.0
+  cfg.shared_stem = "none"  # 'none' (K full trunks) | 'stem' (conv-BN-ReLU-pool shared)
+  cfg.branch_strategy = "auto"  # 'vmap' | 'unrolled' | 'auto' (tag_jax/stacking.py)
+  # Last this many of config.num_epochs: train only the arg-max heads and branches, logits frozen.
+  cfg.finetune_epochs = 0
+  return cfg
+
+
 def validate(config) -> None:
   cfg = config.dmtg
-  for key, allowed in (("branch_strategy", BRANCH_STRATEGIES), ("shared_stem", SHARED_STEMS),
+  for key, allowed in (("branch_strategy", stacking.STRATEGIES), ("shared_stem", SHARED_STEMS),
                        ("tau_schedule", TAU_SCHEDULES)):
     if cfg[key] not in allowed:
       raise UserError(f"unknown config.dmtg.{key} {cfg[key]!r}; choose one of {allowed}")
@@ -72,37 +92,14 @@ def build(config, task_names, image_shape, steps_per_epoch) -> Method:
                                 hard=config.dmtg.hard, entropy_weight=config.dmtg.entropy_weight,
                                 search_steps=search_steps),
       eval_step=steps.make_eval_step(net),
+      trunk_passes=(net.num_groups, net.num_groups),
+      served_groups=lambda params: groups_from_logits(task_names, params["group_logits"]),
       on_epoch_end=record_probabilities,
-      finish=lambda workdir, state, meta: write_dmtg_outputs(
-          workdir, task_names, state.params["group_logits"], meta))
+      finish=write_dmtg_outputs,
+      **one_network(len(task_names)))
 
 
 # --- the K-branch network ---
-
-
-def resolve_branch_strategy(name: str) -> str:
-  """'auto' -> 'unrolled' on CPU (vmapped convolutions over a parameter axis are slow there),
-  'vmap' elsewhere."""
-  if name == "auto":
-    return "unrolled" if jax.default_backend() == "cpu" else "vmap"
-  return name
-
-
-def map_branches(fn: Callable, strategy: str, *stacked):
-  """fn(*slices) for every slice of the stacked (K, ...) pytrees; outputs stacked on a new axis 0.
-
-  'vmap': one jax.vmap; 'unrolled': K calls in a Python loop, then stacked.
-  """
-  if strategy == "vmap":
-    return jax.vmap(fn)(*stacked)
-  num_branches = jax.tree.leaves(stacked)[0].shape[0]
-  outputs = [fn(*jax.tree.map(lambda a, k=k: a[k], stacked)) for k in range(num_branches)]
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
-
-
-def tile(tree, copies: int):
-  """Every leaf repeated on a new leading axis: (...) -> (copies, ...), identical copies."""
-  return jax.tree.map(lambda a: jnp.repeat(a[None], copies, axis=0), tree)
 
 
 def apply_with_stats(module: nn.Module, params, batch_stats, x, *, train: bool, mask=None):
@@ -137,7 +134,7 @@ class GroupedNet:
   trunk: nn.Module
   heads: models.TaskHeads
   num_groups: int
-  strategy: str  # 'vmap' | 'unrolled'
+  strategy: str  # resolved: 'vmap' | 'unrolled' | 'map' (tag_jax.stacking)
   stem: Optional[nn.Module] = None
 
   def init(self, rng, image, *, train: bool = False) -> dict:
@@ -151,10 +148,10 @@ class GroupedNet:
       image = self.stem.apply(stem_vars, image, train=False)
     trunk_vars = self.trunk.init(trunk_rng, image, train=False)
     heads_params = self.heads.init(heads_rng, self.trunk.apply(trunk_vars, image, train=False))
-    params.update(trunks=tile(trunk_vars["params"], self.num_groups),
-                  heads=tile(heads_params["params"], self.num_groups),
+    params.update(trunks=stacking.tile(trunk_vars["params"], self.num_groups),
+                  heads=stacking.tile(heads_params["params"], self.num_groups),
                   group_logits=jnp.ones((self.heads.num_tasks, self.num_groups)))
-    batch_stats["trunks"] = tile(trunk_vars["batch_stats"], self.num_groups)
+    batch_stats["trunks"] = stacking.tile(trunk_vars["batch_stats"], self.num_groups)
     return {"params": params, "batch_stats": batch_stats}
 
   def branch_logits(self, params, batch_stats, image, *, train: bool, mask=None):
@@ -169,8 +166,9 @@ class GroupedNet:
                                          train=train, mask=mask)
       return self.heads.apply({"params": heads_params}, features), stats
 
-    logits, new_stats["trunks"] = map_branches(one_branch, self.strategy, params["trunks"],
-                                               batch_stats["trunks"], params["heads"])
+    logits, new_stats["trunks"] = stacking.map_stacked(
+        one_branch, params["trunks"], batch_stats["trunks"], params["heads"],
+        strategy=self.strategy)
     return logits, new_stats
 
   def apply(self, variables, image, *, train: bool = False):
@@ -190,7 +188,8 @@ def create_grouped_net(config, num_tasks: int) -> GroupedNet:
       trunk=models.ResidualTail(**part) if with_stem else models.Trunk(**part),
       heads=models.TaskHeads(num_tasks, config.model.num_classes),
       num_groups=config.dmtg.num_groups,
-      strategy=resolve_branch_strategy(config.dmtg.branch_strategy),
+      strategy=stacking.resolve(config.dmtg.branch_strategy, config.dmtg.num_groups,
+                                differentiated=True),
       stem=models.Stem(**part) if with_stem else None)
 
 
@@ -236,14 +235,14 @@ def grouped_objective(pair_losses, weights, group_logits, entropy_weight):
 
 
 def pair_losses_fn(net: GroupedNet, batch_stats, batch):
-  """losses(params) -> (ℓ (K, N), batch stats); ℓ[k, n]: masked mean cross-entropy of head (k, n)
-  on branch k, in training mode."""
-  def losses(params):
+  """branch_losses(params) -> (ℓ (K, N), batch stats); ℓ[k, n]: masked mean cross-entropy of
+  head (k, n) on branch k, in training mode."""
+  def branch_losses(params):
     logits, new_stats = net.branch_logits(params, batch_stats, batch["image"], train=True,
                                           mask=batch["mask"])
-    per_branch = jax.vmap(models.per_task_cross_entropy, in_axes=(0, None, None))
+    per_branch = jax.vmap(losses.per_task_cross_entropy, in_axes=(0, None, None))
     return per_branch(logits, batch["labels"], batch["mask"]), new_stats
-  return losses
+  return branch_losses
 
 
 def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.Schedule,
@@ -256,10 +255,10 @@ def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.
     searching = state.step < search_steps
     theta = state.params["group_logits"]
     noise = jax.random.gumbel(jax.random.fold_in(jax.random.key(seed), state.step), theta.shape)
-    losses = pair_losses_fn(net, state.batch_stats, batch)
+    branch_losses = pair_losses_fn(net, state.batch_stats, batch)
 
     def total_loss(params):
-      pair_losses, batch_stats = losses(params)
+      pair_losses, batch_stats = branch_losses(params)
       logits = params["group_logits"]
       weights = jnp.where(searching,
                           gumbel_softmax(logits, noise, temperature(state.step), hard=hard),
@@ -285,11 +284,12 @@ def probabilities(group_logits) -> np.ndarray:
   return np.asarray(jax.nn.softmax(jnp.asarray(group_logits, jnp.float32), axis=-1))
 
 
-def record_probabilities(state, meta):
-  """Appends softmax(Θ) (N, K) to meta['probabilities_per_epoch'] (saved with the checkpoint)."""
-  meta.setdefault("probabilities_per_epoch", []).append(
-      probabilities(state.params["group_logits"]).tolist())
-  return state
+def record_probabilities(ctx, state, record):
+  """Appends softmax(Θ) (N, K) to record['probabilities_per_epoch'] (saved with the checkpoint)."""
+  del ctx
+  per_epoch = record.get("probabilities_per_epoch", []) + [
+      probabilities(state.params["group_logits"]).tolist()]
+  return state, {**record, "probabilities_per_epoch": per_epoch}
 
 
 def groups_from_logits(task_names, group_logits) -> list:
@@ -314,9 +314,11 @@ def groups_record(task_names, group_logits, probabilities_per_epoch) -> dict:
   }
 
 
-def write_dmtg_outputs(workdir, task_names, group_logits, meta) -> dict:
-  """groups.json and dmtg_assignment.png in workdir."""
-  record = groups_record(task_names, group_logits, meta.get("probabilities_per_epoch", []))
-  reporting.write_json_atomic(os.path.join(workdir, "groups.json"), record)
-  plots.assignment_probabilities(record, os.path.join(workdir, "dmtg_assignment.png"))
-  return {"groups": record}
+def write_dmtg_outputs(ctx, state, record, final) -> dict:
+  """groups.json and dmtg_assignment.png of the evaluated parameters' Θ, in ctx.workdir."""
+  del state
+  groups = groups_record(ctx.task_names, final.params["group_logits"],
+                         record.get("probabilities_per_epoch", []))
+  reporting.write_json_atomic(os.path.join(ctx.workdir, "groups.json"), groups)
+  plots.assignment_probabilities(groups, os.path.join(ctx.workdir, "dmtg_assignment.png"))
+  return {"probabilities": groups["probabilities"]}

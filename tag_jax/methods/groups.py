@@ -17,25 +17,16 @@ over networks is every network's own gradient. Which networks:
 
 Serving: each task is evaluated on ONE network: the one groups.json assigns it
 to, else the first listed network containing it (for 'pairs': its single-task
-network). The loop's eval_step returns those networks' sums (T,), so
-results.json, Total Error and the loop's bookkeeping are unchanged.
+network). The eval_step returns every network's sums (G, T); the loop reports
+each task on its serving network and stops early per network, as separate runs
+would (tag_jax.methods.base): a network whose members' summed validation loss
+has not improved for config.early_stopping.patience epochs keeps its best
+parameters (it still trains, unused); the run stops when every network has.
 
-Early stopping is per network, as separate runs would do it: after every epoch
-all networks are evaluated on the validation split (a second pass, besides the
-loop's), network g's loss is the sum of its members' losses, its best
-parameters are kept (state.tracker, copied to state.best_params), and after
-config.early_stopping.patience epochs without improvement its best parameters
-are frozen (it still trains, unused). The run stops when every network has
-stopped. meta['network_best_epoch'] records each network's best epoch;
-results.json's 'best_epoch' stays the loop's (summed serving loss).
-
-Forwards of the G networks: `config.groups.network_strategy` 'vmap' or
-'unrolled' (a Python loop), the same numbers either way. 'auto' picks
-'unrolled' only for XLA's convolution on CPU (vmapped over stacked kernels it
-ran 17x slower than unrolled there); with im2col (config.model.conv 'auto' on
-CPU) the vmapped matmuls stepped within 20% of unrolled at G = 2-9 and
-compiled 2-5x faster, so 'vmap'; on GPU/TPU 'vmap'. With config.mesh.networks
-> 1 the network axis of every state array is split over the 'networks' mesh axis.
+Forwards of the G networks: `config.groups.network_strategy` 'vmap',
+'unrolled' or 'auto' (tag_jax.stacking.resolve), the same numbers either way.
+With config.mesh.networks > 1 the network axis of every state array is split
+over the 'networks' mesh axis.
 
 Outputs: `groups_trained.json` ({method, tasks, groups, serving {task: group},
 network_best_epoch}); 'pairs' also `pairs.json` (the pairwise table of
@@ -53,93 +44,126 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from tag_jax import data, grouping, models, optim, reporting, sharding, steps, train
+from tag_jax import grouping, models, optim, reporting, sharding, stacking, steps
 from tag_jax.errors import UserError
-from tag_jax.methods import Method
-from tag_jax.methods.dmtg import map_branches, tile
+from tag_jax.methods.base import Method
 
-NETWORK_STRATEGIES = ("auto", "vmap", "unrolled")
 HOA_SCORES = ("loss", "error")
 
 
-def validate(config) -> None:
+def default_config() -> ml_collections.ConfigDict:
+  """config.groups: which networks 'groups', 'pairs' and 'random' train."""
+  cfg = ml_collections.ConfigDict()
+  cfg.groups = ()  # 'groups': tuple of task-name tuples, or else groups_file:
+  cfg.groups_file = ""  # 'groups': a groups.json (TAG, CS, HOA, DMTG) ...
+  cfg.max_groups = 0  # ... and its selection with this k; 0 = its only selection
+  cfg.num_random_groups = 3  # 'random': k non-empty groups
+  cfg.random_seed = 0  # 'random': seed of the partition
+  cfg.hoa_score = "loss"  # 'pairs': HOA selects on validation 'loss' or 'error'
+  cfg.network_strategy = "auto"  # 'vmap' | 'unrolled' | 'auto' (tag_jax/stacking.py)
+  return cfg
+
+
+def validate_groups(config) -> None:
   cfg = config.groups
-  if cfg.network_strategy not in NETWORK_STRATEGIES:
-    raise UserError(f"unknown config.groups.network_strategy {cfg.network_strategy!r}; "
-                    f"choose one of {NETWORK_STRATEGIES}")
-  if config.method == "groups" and bool(cfg.groups) == bool(cfg.groups_file):
+  _validate_strategy(cfg)
+  if bool(cfg.groups) == bool(cfg.groups_file):
     raise UserError("config.method='groups' needs exactly one of config.groups.groups (task-name "
                     "lists) and config.groups.groups_file (a groups.json)")
-  if config.method == "groups" and cfg.groups_file and not os.path.isfile(cfg.groups_file):
+  if cfg.groups_file and not os.path.isfile(cfg.groups_file):
     raise UserError(f"config.groups.groups_file {cfg.groups_file!r} does not exist")
-  if config.method == "random" and cfg.num_random_groups < 1:
-    raise UserError(f"config.groups.num_random_groups must be >= 1, got {cfg.num_random_groups}")
-  if config.method == "pairs" and cfg.hoa_score not in HOA_SCORES:
-    raise UserError(f"unknown config.groups.hoa_score {cfg.hoa_score!r}; choose one of {HOA_SCORES}")
-  if config.method == "pairs" and jax.process_count() > 1:
-    raise UserError("config.method='pairs' evaluates its networks in the loop's finish, which runs "
-                    "on process 0 only: run it in a single process (any number of devices)")
 
 
-def build(config, task_names, image_shape, steps_per_epoch) -> Method:
-  networks, serving = networks_to_train(config, task_names)
+def validate_random(config) -> None:
+  _validate_strategy(config.groups)
+  if config.groups.num_random_groups < 1:
+    raise UserError(f"config.groups.num_random_groups must be >= 1, got "
+                    f"{config.groups.num_random_groups}")
+
+
+def validate_pairs(config) -> None:
+  _validate_strategy(config.groups)
+  if config.groups.hoa_score not in HOA_SCORES:
+    raise UserError(f"unknown config.groups.hoa_score {config.groups.hoa_score!r}; "
+                    f"choose one of {HOA_SCORES}")
+  grouping.validate_selection(config.selection)
+
+
+def _validate_strategy(cfg) -> None:
+  if cfg.network_strategy not in stacking.STRATEGIES:
+    raise UserError(f"unknown config.groups.network_strategy {cfg.network_strategy!r}; "
+                    f"choose one of {stacking.STRATEGIES}")
+
+
+def build_groups(config, task_names, image_shape, steps_per_epoch) -> Method:
+  cfg = config.groups
+  assignment = None
+  if cfg.groups_file:
+    networks, assignment = load_selection(cfg.groups_file, cfg.max_groups)
+  else:
+    networks = [list(g) for g in cfg.groups]
+  return stacked_networks_method("groups", config, task_names, image_shape, steps_per_epoch,
+                                 networks, assignment)
+
+
+def build_random(config, task_names, image_shape, steps_per_epoch) -> Method:
+  networks = random_partition(task_names, config.groups.num_random_groups,
+                              config.groups.random_seed)
+  return stacked_networks_method("random", config, task_names, image_shape, steps_per_epoch,
+                                 networks)
+
+
+def build_pairs(config, task_names, image_shape, steps_per_epoch) -> Method:
+  networks = pair_networks(task_names)
+  hoa = functools.partial(write_pairs_outputs, networks=networks,
+                          score=f"validation_{config.groups.hoa_score}",
+                          max_groups=tuple(config.selection.max_groups),
+                          time_limit=config.selection.time_limit)
+  return stacked_networks_method("pairs", config, task_names, image_shape, steps_per_epoch,
+                                 networks, extra_outputs=hoa)
+
+
+def stacked_networks_method(name, config, task_names, image_shape, steps_per_epoch, networks,
+                            assignment=None, extra_outputs=None) -> Method:
+  """One MultiTaskNet per network, stacked and trained in one run; outputs groups_trained.json
+  (and extra_outputs(ctx, final) -> dict)."""
+  check_groups(networks, task_names)
+  serving = serving_networks(networks, task_names, assignment)
   masks = membership_masks(networks, task_names)
   model = models.create_model(config, len(task_names))
   nets = StackedNets(model, len(networks),
-                     resolve_network_strategy(config.groups.network_strategy, model.conv))
+                     stacking.resolve(config.groups.network_strategy, len(networks),
+                                      differentiated=True))
   optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch)
-  evaluate_networks = make_network_evaluator(config, nets)
 
   def init_state(rng):
-    state = steps.init_train_state(nets, optimizer, rng, image_shape)
-    return state.replace(tracker={"best_params": steps.copy_tree(state.params),
-                                  "best_batch_stats": steps.copy_tree(state.batch_stats)})
+    return steps.init_train_state(nets, optimizer, rng, image_shape)
 
-  def on_epoch_end(state, meta):
-    validation = evaluate_networks(state.params, state.batch_stats, "validation")
-    network_loss = (masks * np.asarray(validation["task_loss"])).sum(1)
-    return keep_best_networks(state, meta, network_loss, config.early_stopping.patience)
-
-  def finish(workdir, state, meta):
-    summary = write_groups_trained(workdir, config.method, task_names, networks, serving, meta)
-    if config.method == "pairs":
-      params, batch_stats = ((state.best_params, state.best_batch_stats)
-                             if config.early_stopping.restore_best
-                             else (state.params, state.batch_stats))
-      summary.update(write_pairs_outputs(
-          workdir, config, task_names, networks,
-          {split: evaluate_networks(params, batch_stats, split) for split in ("validation", "test")}))
+  def finish(ctx, state, record, final):
+    del state, record
+    summary = write_groups_trained(ctx.workdir, name, task_names, networks, serving,
+                                   final.best_epoch)
+    if extra_outputs:
+      summary.update(extra_outputs(ctx, final))
     return summary
 
   return Method(
       init_state=init_state,
       train_step=make_groups_step(nets, optimizer, masks),
-      eval_step=make_serving_eval_step(nets, serving),
-      on_epoch_end=on_epoch_end,
+      eval_step=nets.eval_sums,
+      members=masks,
+      serving=serving,
+      stacked=True,
+      trunk_passes=(len(networks), len(networks)),
       finish=finish,
       state_sharding=functools.partial(network_axis_sharding, init_state, len(networks)))
 
 
 # --- which networks, which tasks they serve ---
-
-
-def networks_to_train(config, task_names) -> tuple[list, np.ndarray]:
-  """(networks: G lists of task names, serving: (T,) index of the network serving each task)."""
-  cfg = config.groups
-  assignment = None
-  if config.method == "pairs":
-    networks = pair_networks(task_names)
-  elif config.method == "random":
-    networks = random_partition(task_names, cfg.num_random_groups, cfg.random_seed)
-  elif cfg.groups_file:
-    networks, assignment = load_selection(cfg.groups_file, cfg.max_groups)
-  else:
-    networks = [list(g) for g in cfg.groups]
-  check_groups(networks, task_names)
-  return networks, serving_networks(networks, task_names, assignment)
 
 
 def pair_networks(task_names) -> list:
@@ -216,19 +240,12 @@ def membership_masks(networks, task_names) -> np.ndarray:
 # --- the stacked networks and their steps ---
 
 
-def resolve_network_strategy(name: str, conv: str) -> str:
-  """'auto' -> 'unrolled' for conv 'xla' on CPU, else 'vmap' (module docstring); conv is resolved."""
-  if name == "auto":
-    return "unrolled" if conv == "xla" and jax.default_backend() == "cpu" else "vmap"
-  return name
-
-
 @dataclasses.dataclass(frozen=True)
 class StackedNets:
   """G copies of one MultiTaskNet, parameters and batch statistics stacked (G, ...).
 
   `init` has the Flax signature steps.init_train_state uses; every copy starts
-  from the same initialisation. strategy: 'vmap' | 'unrolled' (dmtg.map_branches).
+  from the same initialisation. strategy: resolved (tag_jax.stacking).
   """
 
   model: models.MultiTaskNet
@@ -236,17 +253,17 @@ class StackedNets:
   strategy: str
 
   def init(self, rng, image, *, train: bool = False) -> dict:
-    return tile(self.model.init(rng, image, train=train), self.num_networks)
+    return stacking.tile(self.model.init(rng, image, train=train), self.num_networks)
 
   def task_losses(self, params, batch_stats, batch):
     """Training forward of every network: losses (G, T), updated batch statistics (G, ...)."""
-    return map_branches(lambda p, s: steps.task_losses(self.model, p, s, batch), self.strategy,
-                        params, batch_stats)
+    return stacking.map_stacked(lambda p, s: steps.task_losses(self.model, p, s, batch),
+                                params, batch_stats, strategy=self.strategy)
 
   def eval_sums(self, params, batch_stats, batch) -> dict:
     """Every network's sums on a padded batch: loss_sum (G, T), correct (G, T), count ()."""
-    eval_one = steps.make_eval_step(self.model)
-    sums = map_branches(lambda p, s: eval_one(p, s, batch), self.strategy, params, batch_stats)
+    sums = stacking.map_stacked(lambda p, s: steps.eval_sums(self.model, p, s, batch),
+                                params, batch_stats, strategy=self.strategy)
     return {**sums, "count": sums["count"][0]}
 
 
@@ -273,40 +290,6 @@ def make_groups_step(nets: StackedNets, optimizer, masks):
   return train_step
 
 
-def make_serving_eval_step(nets: StackedNets, serving: np.ndarray):
-  """The loop's eval_step: sums of each task on its serving network (T,); only serving networks run."""
-  used = sorted(set(serving.tolist()))
-  position = np.array([used.index(g) for g in serving])
-  tasks = np.arange(len(serving))
-
-  def eval_step(params, batch_stats, batch):
-    sums = nets.eval_sums(take_networks(params, used), take_networks(batch_stats, used), batch)
-    return {"loss_sum": sums["loss_sum"][position, tasks],
-            "correct": sums["correct"][position, tasks], "count": sums["count"]}
-  return eval_step
-
-
-def take_networks(tree, indices):
-  """The networks `indices` of a stacked tree: leaves (G, ...) -> (len(indices), ...)."""
-  return jax.tree.map(lambda a: a[np.asarray(indices)], tree)
-
-
-def make_network_evaluator(config, nets: StackedNets):
-  """evaluate_networks(params, batch_stats, split) -> train.evaluate's dict, task_loss and
-  task_accuracy (G, T). The dataset and mesh (which the Method interface does not pass)
-  are loaded on first use."""
-  @functools.cache
-  def context():
-    mesh = sharding.create_mesh(config.mesh)
-    return (data.load_dataset(config), mesh,
-            jax.jit(nets.eval_sums, out_shardings=sharding.replicated(mesh)))
-
-  def evaluate_networks(params, batch_stats, split):
-    dataset, mesh, eval_sums = context()
-    return train.evaluate(eval_sums, params, batch_stats, dataset, split, config, mesh)
-  return evaluate_networks
-
-
 def network_axis_sharding(init_state, num_networks: int, mesh):
   """Every non-scalar state array (all are stacked (G, ...)) split over 'networks'; scalars replicated."""
   split = mesh.shape[sharding.NETWORKS]
@@ -318,47 +301,15 @@ def network_axis_sharding(init_state, num_networks: int, mesh):
                       shapes)
 
 
-# --- per-network early stopping ---
-
-
-@jax.jit
-def where_improved(improved, new, old):
-  """Leaves of `new` for networks where improved (G,) is true, else of `old`."""
-  return jax.tree.map(
-      lambda a, b: jnp.where(improved.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
-
-
-def keep_best_networks(state, meta, network_loss: np.ndarray, patience: int):
-  """Per-network early stopping (module docstring); network_loss (G,) this epoch's validation loss."""
-  num_networks = len(network_loss)
-  best = np.array(meta.get("network_best_loss", [np.inf] * num_networks))
-  waited = np.array(meta.get("network_epochs_without_improvement", [0] * num_networks))
-  best_epoch = np.array(meta.get("network_best_epoch", [0] * num_networks))
-  active = waited < patience if patience else np.ones(num_networks, bool)
-  improved = active & (network_loss < best)
-  best = np.where(improved, network_loss, best)
-  waited = np.where(improved, 0, waited + 1)
-  best_epoch = np.where(improved, meta["epoch"] + 1, best_epoch)
-  tracker = where_improved(jnp.asarray(improved),
-                            {"best_params": state.params, "best_batch_stats": state.batch_stats},
-                            state.tracker)
-  meta.update(network_best_loss=best.tolist(), network_best_epoch=best_epoch.tolist(),
-              network_epochs_without_improvement=waited.tolist(),
-              epochs_without_improvement=int(waited.min()),
-              stopped_early=bool(patience) and bool((waited >= patience).all()))
-  return state.replace(tracker=tracker, best_params=steps.copy_tree(tracker["best_params"]),
-                       best_batch_stats=steps.copy_tree(tracker["best_batch_stats"]))
-
-
 # --- outputs ---
 
 
-def write_groups_trained(workdir, method, task_names, networks, serving, meta) -> dict:
+def write_groups_trained(workdir, method, task_names, networks, serving, best_epoch) -> dict:
   record = {"method": method, "tasks": list(task_names), "groups": networks,
             "serving": {t: networks[g] for t, g in zip(task_names, serving)},
-            "network_best_epoch": meta.get("network_best_epoch")}
+            "network_best_epoch": list(best_epoch)}
   reporting.write_json_atomic(os.path.join(workdir, "groups_trained.json"), record)
-  return {"groups_trained": record}
+  return {"networks": networks}
 
 
 def pairwise_table(task_names, networks, values) -> dict:
@@ -373,7 +324,7 @@ def pairwise_table(task_names, networks, values) -> dict:
 
 
 def pairs_record(task_names, networks, evaluations: dict) -> dict:
-  """pairs.json from {'validation', 'test'} -> train.evaluate dicts with (G, T) entries."""
+  """pairs.json from {'validation', 'test'} -> {'task_loss', 'task_accuracy'} (G, T) each."""
   record = {"tasks": list(task_names)}
   for split, result in evaluations.items():
     record[f"{split}_loss"] = pairwise_table(task_names, networks, result["task_loss"])
@@ -384,15 +335,15 @@ def pairs_record(task_names, networks, evaluations: dict) -> dict:
   return record
 
 
-def write_pairs_outputs(workdir, config, task_names, networks, evaluations) -> dict:
-  """pairs.json, then HOA's groups.json: selection for each k minimising validation_<hoa_score>."""
-  record = pairs_record(task_names, networks, evaluations)
-  reporting.write_json_atomic(os.path.join(workdir, "pairs.json"), record)
-  key = f"validation_{config.groups.hoa_score}"
+def write_pairs_outputs(ctx, final, *, networks, score, max_groups, time_limit) -> dict:
+  """pairs.json, then HOA's groups.json: selection for each k minimising the table `score`."""
+  task_names = ctx.task_names
+  record = pairs_record(task_names, networks,
+                        {"validation": final.validation, "test": final.test})
+  reporting.write_json_atomic(os.path.join(ctx.workdir, "pairs.json"), record)
   selections = grouping.select_for_each_k(
-      task_names, [[record[key][t][u] for u in task_names] for t in task_names],
-      config.selection.max_groups, objective="minimize", singletons="diagonal",
-      time_limit=config.selection.time_limit)
-  groups = grouping.write_groups(workdir, "hoa", task_names, selections, objective="minimize",
-                                 scores=f"pairs.json {key} (scores[t][u] = t trained with u)")
-  return {"pairs": record, "groups": groups}
+      task_names, [[record[score][t][u] for u in task_names] for t in task_names], max_groups,
+      objective="minimize", singletons="diagonal", time_limit=time_limit)
+  groups = grouping.write_groups(ctx.workdir, "hoa", task_names, selections, objective="minimize",
+                                 scores=f"pairs.json {score} (scores[t][u] = t trained with u)")
+  return {"selections": grouping.selection_summary(groups)}

@@ -1,13 +1,7 @@
 """'mtl': all tasks in one network, trained on the plain sum of task losses."""
 
-import jax
-
 from tag_jax import models, optim, steps
-from tag_jax.methods import Method
-
-
-def validate(config) -> None:
-  del config
+from tag_jax.methods.base import Method, one_network
 
 
 def build(config, task_names, image_shape, steps_per_epoch) -> Method:
@@ -16,4 +10,5 @@ def build(config, task_names, image_shape, steps_per_epoch) -> Method:
   return Method(
       init_state=lambda rng: steps.init_train_state(model, optimizer, rng, image_shape),
       train_step=steps.make_mtl_step(model, optimizer),
-      eval_step=steps.make_eval_step(model))
+      eval_step=steps.make_eval_step(model),
+      **one_network(len(task_names)))

@@ -1,0 +1,135 @@
+"""What both command lines (tag_jax.main, tag_jax.study) share: flags, parsing, logging, errors.
+
+    python -m tag_jax.main  --config=configs/synthetic_tag.py   --workdir=runs/x [--config.k=v]
+    python -m tag_jax.study --config=configs/synthetic_study.py --workdir=runs/s [--config.k=v]
+"""
+
+import logging as py_logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow (behind clu) start-up chatter
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from tag_jax.errors import UserError  # noqa: E402
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
+                                         lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-process job: jax.distributed.initialize() auto-detects "
+    "TPU pod slices, SLURM and Open MPI; or give the three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for a multi-process job by hand.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line (a wrapped error's own text, a KeyError's text, not its repr)."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+  return " ".join(str(text).split())
+
+
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def config_file_in(argv) -> str:
+  """The --config=FILE (or --config FILE) of a command line, '' if none."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return ""
+
+
+def load_config_file(path: str):
+  """get_config() of a config file, as --config loads it (for --help)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  spec = importlib.util.spec_from_file_location("help_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def print_help(argv) -> None:
+  """Usage, this tool's flags, and every config key with its default and meaning."""
+  from tag_jax import config_help, default_config  # pylint: disable=g-import-not-at-top
+
+  main_doc = (sys.modules["__main__"].__doc__ or "").strip().splitlines()
+  print(main_doc[0] if main_doc else "python -m tag_jax.main --config=FILE --workdir=DIR")
+  print("\nflags:")
+  for flag in (CONFIG, WORKDIR, _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID):
+    print(f"  --{flag.name}: {flags.FLAGS[flag.name].help}")
+  path = config_file_in(argv)
+  try:
+    config = load_config_file(path) if path else default_config.get_base_config()
+  except Exception as e:  # a broken config file: say so, still list the base keys
+    print(f"\n(could not load --config={path}: {one_line(e)}; showing the base config)")
+    config, path = default_config.get_base_config(), ""
+  print(f"\nconfig keys ({path or 'tag_jax/default_config.py'}), each settable as "
+        "--config.KEY=VALUE:")
+  print(config_help.describe(config))
+  if "--helpfull" in argv:
+    print("\nall flags:\n" + flags.FLAGS.get_help())
+
+
+def parse_flags(argv):
+  """absl parsing, but a bad flag or --config.key (unknown, wrong type) is one line and exit 2;
+  --help lists the flags and config keys and exits 0."""
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    print_help(argv)
+    sys.exit(0)
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # config_flags: --config.<key> that the config lacks
+    key, _, suggestion = one_line(e).partition(" ")
+    hint = f"; {suggestion[0].lower()}{suggestion[1:]}" if suggestion.startswith("Did you") else ""
+    print(f"error: unknown config key {key.strip(chr(34) + chr(39))!r} on the command line{hint}"
+          " (--help --config=FILE lists the keys)", file=sys.stderr)
+  except (flags.Error, TypeError, ValueError) as e:
+    print(f"error: bad command line: {one_line(e)} (see --helpfull and the config file)",
+          file=sys.stderr)
+  sys.exit(2)
+
+
+class QuietLibraries(py_logging.Filter):
+  """Keeps the console to this tool's own progress: drops INFO chatter of checkpoint internals."""
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize() when the flags ask for a multi-process job."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if _COORDINATOR.value:
+    # Collectives between CPU processes (ignored on GPU/TPU); must not touch the backend yet.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+
+
+def run(job) -> None:
+  """app.run of job(config, workdir): a UserError is one line on stderr and its exit status."""
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(QuietLibraries())
+    initialize_distributed()
+    try:
+      job(CONFIG.value, WORKDIR.value)
+    except UserError as e:
+      print(f"error: {one_line(e)}", file=sys.stderr)
+      sys.exit(e.exit_code)
+  app.run(main, flags_parser=parse_flags)
