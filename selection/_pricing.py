@@ -22,9 +22,17 @@ from ._values import served_values, values_from_sums
 REDUCED_COST_STEP = 1e-12  # smallest rise that counts as a local-search move
 
 
+INT64_BITS = 63  # task indices that fit a non-negative int64 bit mask
+
+
 def mask_members(masks, n):
-    """(len(masks), n) bool membership of integer bit masks."""
-    return (np.asarray(masks, dtype=np.int64)[:, None] >> np.arange(n)) & 1 == 1
+    """(len(masks), n) bool membership of bit masks (Python ints of any width,
+    or an int64 array when n <= 63): entry [i, t] is bit t of masks[i]."""
+    if n <= INT64_BITS:
+        return (np.asarray(masks, dtype=np.int64)[:, None] >> np.arange(n)) & 1 == 1
+    width = (n + 7) // 8
+    raw = np.frombuffer(b"".join(int(m).to_bytes(width, "little") for m in masks), dtype=np.uint8)
+    return np.unpackbits(raw.reshape(-1, width), axis=1, count=n, bitorder="little").astype(bool)
 
 
 def _subset_sums(weights):
@@ -133,26 +141,48 @@ class SearchPricer:
 
     def _reduced(self, masks, duals):
         """(values, reduced costs) of the columns ``masks``."""
-        values = column_values(self.off_gain, self.alone, masks, self.penalty)
-        return values, values - mask_members(masks, self.n) @ duals
+        members = mask_members(masks, self.n)
+        return self._reduced_members(members, members.astype(float) @ self.off_gain, duals)
 
-    def _local_search(self, duals, threshold, classes, blocked, starts):
+    def _reduced_members(self, members, sums, duals):
+        """(values, reduced costs) of the columns given as (B, n) bool rows and
+        their column sums (B, n) = members @ off_gain."""
+        values = values_from_sums(self.alone, members, sums) - self.penalty
+        return values, values - members @ duals
+
+    def _local_search(self, duals, threshold, classes, blocked, starts, deadline):
         """{mask: (value, reduced cost)} of the improving columns among the
         starts and the sets reached from them by best-improvement moves (add
-        or drop one class of glued tasks)."""
+        or drop one class of glued tasks), until ``deadline``. Moves are bool
+        rows whose column sums are the set's plus or minus the class's."""
+        class_members, blocked_members = mask_members(classes, self.n), mask_members(blocked, self.n)
+        class_sums = class_members.astype(float) @ self.off_gain
         found = {}
         for mask in starts:
-            value, current = (float(x[0]) for x in self._reduced([mask], duals))
+            if time.monotonic() > deadline:
+                break
+            members = mask_members([mask], self.n)[0]
+            sums = members.astype(float) @ self.off_gain
+            value, current = (float(x[0]) for x in self._reduced_members(members[None], sums[None], duals))
             while True:
                 if current > threshold:
                     found[mask] = (value, current)
-                moves = [mask ^ c for c, b in zip(classes, blocked) if mask & c or not mask & b]
-                moves = [m for m in moves if m]
-                values, reduced = self._reduced(moves, duals)
+                # drop a class of the set, or add one that conflicts with none in it
+                dropping = (class_members & members).any(axis=1)
+                movable = np.flatnonzero(dropping | ~(blocked_members & members).any(axis=1))
+                moves = members ^ class_members[movable]
+                keep = moves.any(axis=1)
+                movable, moves = movable[keep], moves[keep]
+                if not len(moves) or time.monotonic() > deadline:
+                    break
+                signs = np.where(dropping[movable], -1.0, 1.0)
+                values, reduced = self._reduced_members(moves, sums + signs[:, None] * class_sums[movable], duals)
                 best = int(np.argmax(reduced))
                 if reduced[best] <= current + REDUCED_COST_STEP:
                     break
-                mask, value, current = moves[best], float(values[best]), float(reduced[best])
+                mask, members = mask ^ classes[movable[best]], moves[best]
+                sums = members.astype(float) @ self.off_gain
+                value, current = float(values[best]), float(reduced[best])
         return found
 
     def _branch_and_bound(self, duals, threshold, classes, conflicts, deadline):
@@ -201,9 +231,11 @@ class SearchPricer:
         nobody = np.zeros(self.n, dtype=bool)
         root_bound = max([threshold, self._bound(self._member_values(nobody, duals), nobody, ~nobody)]
                          + list(self._reduced(singles, duals)[1] if singles else []))
-        found = self._local_search(duals, threshold, classes, blocked, list(dict.fromkeys(list(hints) + classes)))
+        found = self._local_search(duals, threshold, classes, blocked, list(dict.fromkeys(list(hints) + classes)),
+                                   deadline)
         if found:
-            ranked = sorted(found.items(), key=lambda item: -item[1][1])[:max_columns]
-            return [(mask, value) for mask, (value, _) in ranked], root_bound
+            ranked = [mask for mask, _ in sorted(found.items(), key=lambda item: -item[1][1])[:max_columns]]
+            values = column_values(self.off_gain, self.alone, ranked, self.penalty)  # not summed incrementally
+            return list(zip(ranked, values.tolist())), root_bound
         found, bound = self._branch_and_bound(duals, threshold, classes, conflicts, deadline)
         return list(found.items()), min(bound, root_bound)

@@ -14,9 +14,11 @@ returns a proven upper bound on max(threshold, rho), threshold >= 0, so this
 bound holds even when pricing or column generation is cut short; at the end of
 column generation it equals the linear programme's optimum.
 
-Incumbents: the one-set partition, an integer programme over the columns
-generated at the root, and every integral master solution, each polished by
-a local search (``improve``).
+Incumbents: the one-set partition, beyond ``ENUMERATION_LIMIT`` tasks the
+cuts of an average-linkage clustering into 2..k sets (``clustered_partitions``;
+incumbents only, not columns), an integer programme over the columns
+generated at the root, and every integral master solution, each polished by a
+local search (``improve``).
 
 Branching (Ryan and Foster): when the master's solution is fractional, some
 pair of tasks shares a served set with weight strictly between 0 and 1; one
@@ -26,7 +28,10 @@ partition into k sets (a colouring test) is dropped. Nodes are taken best
 bound first; the search ends when no open node's bound exceeds the incumbent
 (proven optimum) or at the deadline. Then the returned bound is the smaller of
 the largest open bound and ``relaxed_upper_bound``, and a last integer
-programme over all generated columns gets a reserved share of the time.
+programme over all generated columns gets a reserved share of the time (half
+of it, but at least a second, going to the relaxed bound first). Pricing's
+local search stops at the deadline too, so the time limit holds at hundreds
+of tasks, up to the polishing of the starting partitions.
 """
 
 import heapq
@@ -35,8 +40,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import LinearConstraint, linprog, milp
 from scipy.sparse import coo_matrix
+from scipy.spatial.distance import squareform
 
 from ._branching import Branching, feasible_partition
 from ._pricing import EnumeratedPricer, SearchPricer, mask_members, column_values
@@ -146,8 +153,29 @@ def improve(off_gain, alone, served_sets, max_sets):
     return sets
 
 
-def relaxed_upper_bound(off_gain, alone, max_sets):
-    """An upper bound on the best penalised total, found without pricing.
+def clustered_partitions(off_gain, max_sets):
+    """Partitions of range(n) into 2..max_sets served sets (lists of bit masks):
+    the cuts of an average-linkage tree over the distance max(G) - G, G the
+    symmetrised (n, n) gains. Starting points for ``improve`` on large
+    instances, where improving the one-set partition stalls far from good
+    groups."""
+    n = len(off_gain)
+    if n < 3 or max_sets < 2:
+        return []
+    together = (off_gain + off_gain.T) / 2
+    tree = linkage(squareform(together.max() - together, checks=False), method="average")
+    partitions = []
+    for count in range(2, min(max_sets, n) + 1):
+        labels = fcluster(tree, t=count, criterion="maxclust")
+        sets = [sum(1 << int(t) for t in np.flatnonzero(labels == label)) for label in np.unique(labels)]
+        if sets not in partitions:
+            partitions.append(sets)
+    return partitions
+
+
+def relaxed_upper_bound(off_gain, alone, max_sets, time_limit=None):
+    """An upper bound on the best penalised total, found without pricing
+    (infinite if the linear programme below exceeds ``time_limit`` seconds).
 
     Relaxation: a group of m tasks gives each task it serves at most a[t, m],
     the mean of the m - 1 largest gains onto t (each task picks its own
@@ -187,7 +215,8 @@ def relaxed_upper_bound(off_gain, alone, max_sets):
     objective[:n], objective[n] = 1.0, max_sets
     matrix = coo_matrix((vals, (rows, cols)), shape=(len(upper), len(objective)))
     bounds = [(None, None)] * n + [(0, None)] * (1 + count + n * count)
-    result = linprog(objective, A_ub=matrix, b_ub=upper, bounds=bounds, method="highs-ds", options=LP_OPTIONS)
+    options = LP_OPTIONS if time_limit is None else {**LP_OPTIONS, "time_limit": time_limit}
+    result = linprog(objective, A_ub=matrix, b_ub=upper, bounds=bounds, method="highs-ds", options=options)
     if result.status != 0:
         return np.inf
     pi = result.x[:n]  # re-evaluate the bound for these duals exactly, not trusting tolerances
@@ -216,7 +245,8 @@ class _Search:
     """State of one branch-and-price run."""
 
     MAX_NEW_COLUMNS_PER_TASK = 2
-    FINAL_SHARE = 0.1  # of the time, kept for a last integer programme if unproven
+    FINAL_SHARE = 0.1  # of the time, kept for the relaxed bound and a last integer programme if unproven
+    RELAXATION_MIN_SECONDS = 1.0  # its (n^2-variable) programme takes ~5 s at 200 tasks
 
     def __init__(self, off_gain, alone, max_sets, deadline):
         self.off_gain, self.alone, self.max_sets = off_gain, alone, max_sets
@@ -228,11 +258,13 @@ class _Search:
         self.master = _Master(self.n, max_sets)
         self.best_sets, self.best_value = None, -np.inf
 
-    def offer(self, sets):
-        """Polish a partition by local search and keep it if it beats the incumbent."""
+    def offer(self, sets, as_columns=True):
+        """Polish a partition by local search and keep it if it beats the
+        incumbent; its sets join the master's columns if ``as_columns``."""
         sets = improve(self.off_gain, self.alone, sets, self.max_sets)
         values = column_values(self.off_gain, self.alone, sets, PENALTY)
-        self.master.add(zip(sets, values))
+        if as_columns:
+            self.master.add(zip(sets, values))
         value = float(values.sum())
         if value > self.best_value:
             self.best_sets, self.best_value = tuple(sorted(sets)), value
@@ -261,6 +293,11 @@ class _Search:
     def run(self):
         """Best-bound-first branch and price; returns the Partition found."""
         self.offer([(1 << self.n) - 1])
+        if self.n > ENUMERATION_LIMIT:
+            for sets in clustered_partitions(self.off_gain, self.max_sets):
+                if self._time_left() <= 0:
+                    break
+                self.offer(sets, as_columns=False)  # as columns they steered a 40-task search to worse sets
         counter = itertools.count()
         root = Branching()
         open_nodes = [(-np.inf, next(counter), root)]
@@ -290,7 +327,8 @@ class _Search:
                     heapq.heappush(open_nodes, (-bound, next(counter), branching.with_pair(*pair, same)))
         upper = max([self.best_value] + [-b for b, _, _ in open_nodes])
         if upper > self.best_value + PRUNE_TOLERANCE:
-            upper = min(upper, relaxed_upper_bound(self.off_gain, self.alone, self.max_sets))
+            seconds = max((self.final_deadline - time.monotonic()) / 2, self.RELAXATION_MIN_SECONDS)
+            upper = min(upper, relaxed_upper_bound(self.off_gain, self.alone, self.max_sets, seconds))
             final_sets = self.master.best_integer(self.final_deadline - time.monotonic())
             if final_sets:
                 self.offer(final_sets)

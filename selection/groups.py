@@ -27,9 +27,12 @@ How far it goes. Up to 20 tasks the pricer tabulates V for all 2^n sets
 so the optimum is proven. Beyond, pricing is a branch and bound over sets
 whose proof grows exponentially: at 40 tasks expect the time limit to be
 reached and a positive gap, with the best selection found (column generation,
-an integer programme over the columns, local search) returned. The gap then
-comes from the better of the branch-and-price bound and a relaxation in which
-every task picks its own best partners (``_solver.relaxed_upper_bound``).
+an integer programme over the columns, local search, starting from the cuts
+of an average-linkage clustering) returned. The gap then comes from the
+better of the branch-and-price bound and a relaxation in which every task
+picks its own best partners (``_solver.relaxed_upper_bound``). Served sets are
+Python-int bit masks, so there is no limit on the number of tasks: 70 tasks
+in 7 planted groups of 10 are found in about a second.
 
 Ties. Scores are compared after scaling the table to max |score| = 1; every
 group costs 1e-7 there (in the summed objective), so among scores equal to
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._pricing import mask_members
 from ._solver import PENALTY, solve_partition
 from ._values import best_group, without_diagonal
 from .scores import score_table
@@ -95,8 +99,7 @@ def _groups_from_partition(off_gain, alone, served_sets, n):
     """Distinct groups (sorted index arrays) built from served sets, and the
     index of the group built for each task's served set."""
     groups, home = [], np.zeros(n, dtype=int)
-    for served in served_sets:
-        members = (served >> np.arange(n)) & 1 == 1
+    for members in mask_members(served_sets, n):
         group = np.flatnonzero(best_group(off_gain, alone, members)[1])
         known = [g for g, other in enumerate(groups) if np.array_equal(other, group)]
         if not known:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import selection._solver as solver
 from selection import Selection, from_affinity_matrix, load_scores, select_groups
+from selection._pricing import mask_members
 
 
 def brute_force(matrix, max_groups, maximize, diagonal):
@@ -283,6 +284,33 @@ def test_forty_tasks_returns_a_bounded_answer_quickly():
     check_selection(result, tasks, matrix, 5, True)
     assert result.score >= planted_value(matrix, labels) - 1e-12
     assert result.gap >= 0.0
+
+
+@pytest.mark.parametrize("n", [5, 63, 64, 70, 130])
+def test_mask_members_reads_bit_masks_of_any_width(n):
+    rng = np.random.default_rng(n)
+    rows = rng.random((6, n)) < 0.5
+    rows[0, -1] = True  # the highest bit: bit 63 overflowed int64 at n = 64
+    masks = [sum(1 << int(t) for t in np.flatnonzero(row)) for row in rows] + [(1 << n) - 1]
+    expected = np.vstack([rows, np.ones(n, dtype=bool)])
+    assert np.array_equal(mask_members(masks, n), expected)
+    assert mask_members([], n).shape == (0, n)
+
+
+def test_seventy_tasks_in_seven_planted_groups():
+    """Beyond 63 tasks served sets no longer fit an int64 bit mask (this raised OverflowError)."""
+    rng = np.random.default_rng(5)
+    tasks = [f"t{i}" for i in range(70)]
+    labels = rng.permutation(np.arange(70) // 10)
+    matrix = 2.0 * (labels[:, None] == labels[None, :]) + 0.3 * rng.normal(size=(70, 70))
+    start = time.monotonic()
+    result = select_groups((tasks, matrix), max_groups=7, time_limit=2.0)
+    assert time.monotonic() - start < 2.0 + 1.0
+    planted_groups = {tuple(t for t, label in zip(tasks, labels) if label == g) for g in range(7)}
+    assert set(result.groups) == planted_groups
+    assert result.score == pytest.approx(planted_value(matrix, labels), abs=1e-12)
+    assert 0.0 <= result.gap < 1e-6
+    check_selection(result, tasks, matrix, 7, True)
 
 
 @pytest.mark.slow
