@@ -5,7 +5,8 @@ ONTO one task FROM another (TAG / CS affinities, maximised; HOA pairwise errors
 or losses, minimised). tag_jax's affinity.json stores rows as sources: read it
 with ``load_scores`` or transpose it with ``from_affinity_matrix``.
 ``select_networks`` is Standley et al.'s budgeted choice among trained
-networks and ``hoa_approximation`` their higher-order approximation.
+networks (a ``NetworkSelection``: the list of chosen networks, its total and
+proof gap) and ``hoa_approximation`` their higher-order approximation.
 ``python -m selection`` is the command line (``selection.cli``).
 """
 
@@ -13,6 +14,7 @@ from .groups import Selection, select_groups
 from .networks import (
     UNCOVERED_LOSS,
     Network,
+    NetworkSelection,
     best_losses,
     hoa_approximation,
     load_networks,
@@ -27,6 +29,7 @@ from .scores import from_affinity_matrix, load_scores, parse_scores, score_table
 __all__ = [
     "UNCOVERED_LOSS",
     "Network",
+    "NetworkSelection",
     "Selection",
     "best_losses",
     "from_affinity_matrix",

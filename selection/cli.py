@@ -8,7 +8,11 @@ transposed automatically), --max-groups K [K ...], --minimize, --transpose
 
 networks: --networks FILE.csv (format in ``selection.networks``), --budget B,
 --hoa (apply the higher-order approximation first), --test FILE.csv (report
-the selection's total on those values too), --json.
+the selection's total on those values too), --time-limit S, --json.
+
+Both report the best selection found within the time limit and its gap: 0
+when proven optimal, otherwise how much the score (groups) or total loss
+(networks) could still improve.
 
 A bad file or value prints one line on stderr and exits with status 2.
 """
@@ -18,7 +22,7 @@ import json
 import sys
 
 from .groups import select_groups
-from .networks import hoa_approximation, load_networks, rescore, select_networks, task_order, total_loss
+from .networks import hoa_approximation, load_networks, rescore, select_networks, task_order
 from .scores import load_scores
 
 
@@ -38,13 +42,17 @@ def _parser():
     networks.add_argument("--budget", required=True, type=float)
     networks.add_argument("--hoa", action="store_true", help="apply the higher-order approximation first")
     networks.add_argument("--test", help="CSV of the same networks with test values")
+    networks.add_argument("--time-limit", type=float, default=60.0, help="seconds")
     networks.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
+def _status(gap):
+    return "proven optimal" if gap == 0 else f"gap {gap:.6g}: not proven optimal"
+
+
 def _groups_report(k, selection):
-    status = "proven optimal" if selection.gap == 0 else f"gap {selection.gap:.6g}: not proven optimal"
-    lines = [f"max groups {k}: score {selection.score:.6g} ({status})"]
+    lines = [f"max groups {k}: score {selection.score:.6g} ({_status(selection.gap)})"]
     lines += [f"  group {i + 1}: {', '.join(g)}" for i, g in enumerate(selection.groups)]
     lines += [f"  {t} -> group {selection.groups.index(g) + 1}" for t, g in selection.assignment.items()]
     return "\n".join(lines)
@@ -60,22 +68,17 @@ def _run_groups(args):
     return "\n".join(_groups_report(k, s) for k, s in results)
 
 
-def _network_dict(network):
-    return {"tasks": list(network.tasks), "cost": network.cost, "losses": dict(network.losses)}
-
-
 def _run_networks(args):
     networks = load_networks(args.networks)
     tasks = task_order(networks)
     candidates = hoa_approximation(networks) if args.hoa else networks
-    chosen = select_networks(candidates, budget=args.budget, tasks=tasks)
-    result = {"budget": args.budget, "networks": [_network_dict(n) for n in chosen],
-              "total": total_loss(chosen, tasks)}
+    chosen = select_networks(candidates, budget=args.budget, tasks=tasks, time_limit=args.time_limit)
+    result = {"budget": args.budget, **chosen.to_dict()}
     if args.test:
         result["test_total"] = rescore(chosen, load_networks(args.test), tasks)
     if args.json:
         return json.dumps(result, indent=1)
-    lines = [f"budget {args.budget:g}: total {result['total']:.6g}"
+    lines = [f"budget {args.budget:g}: total {result['total']:.6g} ({_status(chosen.gap)})"
              + (f", test total {result['test_total']:.6g}" if args.test else "")]
     lines += [f"  {'+'.join(n.tasks)} (cost {n.cost:g})" for n in chosen]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ and an empty cell in the others. Example::
 import csv
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -29,6 +30,7 @@ from types import MappingProxyType
 UNCOVERED_LOSS = 99.0
 COST_TOLERANCE = 1e-9
 TIE_TOLERANCE = 1e-12  # slack on bounds, which add up losses in another order
+CLOCK_EVERY = 64  # search nodes between looks at the clock
 
 
 @dataclass(frozen=True)
@@ -83,21 +85,41 @@ def _search_order(networks, tasks):
     return sorted(range(len(networks)), key=rank)
 
 
-def select_networks(networks, *, budget, tasks=None):
-    """The networks (a sub-list, input order) of total cost <= budget with the
-    lowest total loss over ``tasks`` (default: every task output).
+class NetworkSelection(list):
+    """The chosen networks (a list, in input order), with ``total`` (their
+    total loss over the tasks) and ``gap`` (how much lower the best total
+    could still be; 0.0 when proven optimal)."""
+
+    def __init__(self, networks, total, gap=0.0):
+        super().__init__(networks)
+        self.total, self.gap = total, gap
+
+    def to_dict(self):
+        """JSON-ready form: each network's tasks, cost and losses."""
+        return {"networks": [{"tasks": list(n.tasks), "cost": n.cost, "losses": dict(n.losses)} for n in self],
+                "total": self.total, "gap": self.gap}
+
+
+def select_networks(networks, *, budget, tasks=None, time_limit=60.0):
+    """The networks of total cost <= budget with the lowest total loss over
+    ``tasks`` (default: every task output), as a ``NetworkSelection``.
 
     Exact depth-first branch and bound: networks are tried best-ranked first
     (see ``_search_order``); a network is only added if it lowers some task's best
     loss (otherwise it can never matter); a branch is cut when the current
     best losses, lowered by every network still to be tried, cannot beat the
     incumbent. Ties in the total go to fewer networks, then to the first found.
-    No selected network is redundant.
+    No selected network is redundant. time_limit: seconds; if the search is
+    not over by then, the best selection found is returned with a positive
+    ``gap``: the incumbent's total minus the lowest bound of an unexplored branch.
     """
     networks = list(networks)
     tasks = task_order(networks) if tasks is None else tuple(tasks)
     if not budget >= 0:
         raise ValueError(f"budget must be a non-negative number, got {budget!r}")
+    if not time_limit > 0:
+        raise ValueError(f"time_limit must be positive, got {time_limit!r}")
+    deadline = time.monotonic() + time_limit
     order = _search_order(networks, tasks)
     losses = [tuple(networks[i].losses.get(t, UNCOVERED_LOSS) for t in tasks) for i in order]
     costs = [networks[i].cost for i in order]
@@ -106,7 +128,11 @@ def select_networks(networks, *, budget, tasks=None):
         still_reachable.insert(0, tuple(map(min, row, still_reachable[0])))
     best_key, best_chosen = (len(tasks) * UNCOVERED_LOSS, 0), ()
     stack = [(0, (), (UNCOVERED_LOSS,) * len(tasks), 0.0)]  # depth first, "add" branch first
+    nodes = 0
     while stack:
+        nodes += 1
+        if nodes % CLOCK_EVERY == 0 and time.monotonic() > deadline:
+            break
         position, chosen, current, spent = stack.pop()
         key = (sum(current), len(chosen))
         if key < best_key:
@@ -120,7 +146,11 @@ def select_networks(networks, *, budget, tasks=None):
         lowered = tuple(map(min, current, losses[position]))
         if spent + costs[position] <= budget + COST_TOLERANCE and lowered != current:
             stack.append((position + 1, chosen + (position,), lowered, spent + costs[position]))
-    return [networks[i] for i in sorted(order[p] for p in best_chosen)]
+    lowest = min([best_key[0]] + [sum(map(min, current, still_reachable[position]))
+                                  for position, _, current, _ in stack])
+    gap = best_key[0] - lowest if best_key[0] - lowest > TIE_TOLERANCE else 0.0
+    chosen = [networks[i] for i in sorted(order[p] for p in best_chosen)]
+    return NetworkSelection(chosen, total_loss(chosen, tasks), gap)
 
 
 def hoa_approximation(networks):

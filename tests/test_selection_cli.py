@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,31 @@ def test_networks_command(network_files, capsys):
     assert [n["tasks"] for n in result["networks"]] == [["c"], ["a", "b"]]
     assert result["total"] == 0.20 + 0.35 + 0.50  # summed in task order a, b, c
     assert result["test_total"] == 0.21 + 0.36 + 0.51
+    assert result["gap"] == 0.0
+    status, out, _ = run(["networks", "--networks", val, "--budget", 1.5, "--test", test], capsys)
+    assert status == 0
+    assert out.splitlines()[0] == f"budget 1.5: total {0.20 + 0.35 + 0.50:.6g} (proven optimal), test total 1.08"
+
+
+def test_networks_command_stops_at_the_time_limit(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    tasks = [f"t{i}" for i in range(12)]
+    rows = [f"{t},0.5," + ",".join(f"{rng.uniform(0.5, 1):.4f}" if u == t else "" for u in tasks) for t in tasks]
+    for _ in range(286):
+        members = set(rng.choice(tasks, int(rng.integers(2, 7)), replace=False))
+        rows.append("+".join(t for t in tasks if t in members) + ",1,"
+                    + ",".join(f"{rng.uniform(0.2, 1):.4f}" if t in members else "" for t in tasks))
+    path = tmp_path / "networks.csv"
+    path.write_text("tasks,cost," + ",".join(tasks) + "\n" + "\n".join(rows) + "\n")
+    start = time.monotonic()
+    status, out, _ = run(["networks", "--networks", path, "--budget", 3, "--time-limit", 0.5, "--json"], capsys)
+    assert time.monotonic() - start < 0.5 + 2.0
+    result = json.loads(out)
+    assert status == 0 and result["gap"] > 0 and sum(n["cost"] for n in result["networks"]) <= 3
+    status, out, _ = run(["networks", "--networks", path, "--budget", 3, "--time-limit", 0.2], capsys)
+    assert status == 0 and ": not proven optimal)" in out.splitlines()[0]
+    status, _, err = run(["networks", "--networks", path, "--budget", 3, "--time-limit", 0], capsys)
+    assert status == 2 and "time_limit must be positive" in err
 
 
 def test_networks_command_with_hoa(network_files, capsys):

@@ -2,8 +2,11 @@
 
 import itertools
 import json
+import math
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +14,7 @@ from hypothesis import strategies as st
 from selection import (
     UNCOVERED_LOSS,
     Network,
+    NetworkSelection,
     hoa_approximation,
     load_networks,
     matching_networks,
@@ -130,6 +134,51 @@ def test_select_networks_matches_brute_force(instance):
         assert total_loss([m for m in chosen if m is not n], tasks) > total_loss(chosen, tasks)
     positions = [next(i for i, m in enumerate(networks) if m is n) for n in chosen]
     assert positions == sorted(positions), "input order"
+
+
+def random_networks(num_tasks, count, seed):
+    """(networks, tasks): a half-size net per task, then distinct random task
+    subsets of cost 1 with losses drawn uniformly."""
+    rng = np.random.default_rng(seed)
+    tasks = tuple(f"t{i}" for i in range(num_tasks))
+    networks = [Network((t,), {t: rng.uniform(0.5, 1.0)}, 0.5) for t in tasks]
+    seen = set()
+    while len(networks) < count:
+        members = tuple(sorted(rng.choice(num_tasks, int(rng.integers(1, num_tasks + 1)), replace=False)))
+        if members not in seen:
+            seen.add(members)
+            networks.append(Network(tuple(tasks[i] for i in members),
+                                    {tasks[i]: rng.uniform(0.2, 1.0) for i in members}, 1.0))
+    return networks, tasks
+
+
+def test_time_limit_returns_the_best_selection_so_far_with_its_gap():
+    # 12 tasks, 298 networks, budget 3: no answer in 150 s without a time limit.
+    networks, tasks = random_networks(12, 298, 0)
+    start = time.monotonic()
+    chosen = select_networks(networks, budget=3, tasks=tasks, time_limit=0.5)
+    assert time.monotonic() - start < 0.5 + 1.0
+    assert isinstance(chosen, NetworkSelection) and chosen
+    assert 0.0 < chosen.gap < math.inf
+    assert chosen.total == total_loss(chosen, tasks) < len(tasks) * UNCOVERED_LOSS
+    assert sum(n.cost for n in chosen) <= 3
+
+
+def test_gap_bounds_the_optimum_when_time_runs_out():
+    networks, tasks = random_networks(8, 100, 1)
+    optimum = select_networks(networks, budget=3, tasks=tasks)
+    assert optimum.gap == 0.0 and optimum.total == total_loss(optimum, tasks)
+    for time_limit in (1e-3, 0.02):
+        hurried = select_networks(networks, budget=3, tasks=tasks, time_limit=time_limit)
+        assert hurried.total == total_loss(hurried, tasks) >= optimum.total
+        assert optimum.total >= hurried.total - hurried.gap - 1e-12
+        assert sum(n.cost for n in hurried) <= 3
+    assert select_networks(networks, budget=3, tasks=tasks, time_limit=1e-3).gap > 0.0
+
+
+def test_time_limit_must_be_positive():
+    with pytest.raises(ValueError, match="time_limit must be positive, got 0"):
+        select_networks([Network(("a",), {"a": 0.1})], budget=1, time_limit=0)
 
 
 def test_uncovered_tasks_count_99():
