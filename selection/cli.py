@@ -1,10 +1,11 @@
 """Command line: ``python -m selection groups ...`` and ``... networks ...``.
 
 groups: --scores FILE (JSON: a dict of dicts {t: {u: score onto t from u}},
-or tag_jax's affinity.json, whose "matrix[source][target]" orientation is
-transposed automatically), --max-groups K [K ...], --minimize, --transpose
-(flip the dict-of-dicts form), --singletons forbid|diagonal, --time-limit S,
---json.
+tag_jax's affinity.json, whose "matrix[source][target]" orientation is
+transposed automatically, or the pairs.json of its HOA 'pairs' method, of
+which --pairs-key picks the table, default validation_loss), --max-groups K
+[K ...], --minimize, --transpose (flip the dict-of-dicts form), --singletons
+forbid|diagonal, --time-limit S, --json.
 
 networks: --networks FILE.csv (format in ``selection.networks``), --budget B,
 --hoa (apply the higher-order approximation first), --test FILE.csv (report
@@ -23,18 +24,20 @@ import sys
 
 from .groups import select_groups
 from .networks import hoa_approximation, load_networks, rescore, select_networks, task_order
-from .scores import load_scores
+from .scores import DEFAULT_PAIRS_KEY, PAIRS_KEYS, load_scores
 
 
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m selection", description="Choose which tasks to train together.")
     commands = parser.add_subparsers(dest="command", required=True)
     groups = commands.add_parser("groups", help="groups from a pairwise score table")
-    groups.add_argument("--scores", required=True, help="JSON score table or affinity.json")
+    groups.add_argument("--scores", required=True, help="JSON score table, affinity.json or pairs.json")
     groups.add_argument("--max-groups", required=True, type=int, nargs="+", help="one or more values of k")
     groups.add_argument("--minimize", action="store_true", help="scores are errors or losses")
     groups.add_argument("--transpose", action="store_true", help="the dict of dicts is {source: {target: score}}")
     groups.add_argument("--singletons", choices=("forbid", "diagonal"), default="forbid")
+    groups.add_argument("--pairs-key", choices=PAIRS_KEYS,
+                        help=f"table of a pairs.json (default {DEFAULT_PAIRS_KEY})")
     groups.add_argument("--time-limit", type=float, default=60.0, help="seconds per value of k")
     groups.add_argument("--json", action="store_true", help="machine-readable output")
     networks = commands.add_parser("networks", help="budgeted choice among trained networks")
@@ -59,7 +62,7 @@ def _groups_report(k, selection):
 
 
 def _run_groups(args):
-    table = load_scores(args.scores, transpose=args.transpose)
+    table = load_scores(args.scores, transpose=args.transpose, pairs_key=args.pairs_key)
     objective = "minimize" if args.minimize else "maximize"
     results = [(k, select_groups(table, max_groups=k, objective=objective, singletons=args.singletons,
                                  time_limit=args.time_limit)) for k in args.max_groups]

@@ -4,7 +4,10 @@ Orientation used throughout this package: ``matrix[i][j]`` (or
 ``scores[t][u]``) is the score ONTO task i (t) FROM task j (u), as in the
 network-selection notebooks. tag_jax's ``affinity.json`` stores the opposite,
 ``matrix[source][target]``: use ``from_affinity_matrix`` (or ``load_scores``,
-which reads the file's ``orientation`` field) to transpose it.
+which reads the file's ``orientation`` field) to transpose it. The
+``pairs.json`` of tag_jax's HOA 'pairs' method holds several tables
+``{t: {u: value of t in the network trained on {t, u}}}`` (diagonal: t alone),
+already onto t from u; ``load_scores`` reads one of them (``PAIRS_KEYS``).
 """
 
 import json
@@ -15,6 +18,8 @@ import numpy as np
 
 SOURCE_TARGET = "matrix[source][target]"
 TARGET_SOURCE = "matrix[target][source]"
+PAIRS_KEYS = ("validation_loss", "validation_error", "test_loss", "test_error")
+DEFAULT_PAIRS_KEY = "validation_loss"
 
 
 def _checked_tasks(tasks):
@@ -106,16 +111,51 @@ def _nulls_to_nan(rows):
     return math.nan if rows is None else rows
 
 
-def parse_scores(document, *, transpose=False):
+def _is_pairs_file(document):
+    """Whether a JSON object is a pairs.json: a list of ``tasks`` and tables."""
+    return "matrix" not in document and isinstance(document.get("tasks"), list) and any(
+        key in document for key in PAIRS_KEYS)
+
+
+def _pairs_table(document, pairs_key):
+    """(tasks, matrix onto-from) of the table ``pairs_key`` of a pairs.json, in
+    the order of its ``tasks``."""
+    tasks = _checked_tasks(document["tasks"])
+    if pairs_key not in document:
+        present = [key for key in PAIRS_KEYS if key in document]
+        raise ValueError(f"pairs file has no {pairs_key!r} table (it has {', '.join(present)})")
+    table = document[pairs_key]
+    if not isinstance(table, Mapping):
+        raise ValueError(f"pairs file's {pairs_key!r} must map task names to scores")
+    if set(table) != set(tasks):
+        raise ValueError(f"pairs file's {pairs_key!r} has tasks {sorted(map(str, table))}, "
+                         f"but its 'tasks' are {list(tasks)}")
+    return score_table({t: table[t] for t in tasks})
+
+
+def parse_scores(document, *, transpose=False, pairs_key=None):
     """(tasks, matrix onto-from) from a decoded JSON document.
 
     Either tag_jax's affinity.json (``tasks``, ``matrix`` and an
     ``orientation`` of "matrix[source][target]", transposed here, or
-    "matrix[target][source]") or a dict of dicts ``{t: {u: score onto t from
-    u}}``; ``transpose`` flips the dict-of-dicts form only.
+    "matrix[target][source]"), its pairs.json (``tasks`` and the tables of
+    ``PAIRS_KEYS``, each ``{t: {u: value of t trained with u}}``: the table
+    ``pairs_key``, default "validation_loss", as it is) or a dict of dicts
+    ``{t: {u: score onto t from u}}``; ``transpose`` flips the dict-of-dicts
+    form only.
     """
     if not isinstance(document, dict):
         raise ValueError("scores JSON must be an object")
+    if pairs_key is not None and pairs_key not in PAIRS_KEYS:
+        raise ValueError(f"pairs_key must be one of {PAIRS_KEYS}, got {pairs_key!r}")
+    pairs = _is_pairs_file(document)
+    if pairs_key is not None and not pairs:
+        raise ValueError("a pairs key only applies to a pairs.json (with 'tasks' and "
+                         f"{' / '.join(PAIRS_KEYS)} tables)")
+    if pairs:
+        if transpose:
+            raise ValueError("a pairs file is already onto t from u; do not transpose it")
+        return _pairs_table(document, pairs_key or DEFAULT_PAIRS_KEY)
     if "matrix" not in document:
         table = score_table(document)
         return transposed(table) if transpose else table
@@ -133,7 +173,7 @@ def parse_scores(document, *, transpose=False):
                      f"got {orientation!r}")
 
 
-def load_scores(path, *, transpose=False):
+def load_scores(path, *, transpose=False, pairs_key=None):
     """(tasks, matrix onto-from) from a JSON file, as ``parse_scores``.
 
     Raises OSError if unreadable and ValueError if malformed.
@@ -143,4 +183,4 @@ def load_scores(path, *, transpose=False):
             document = json.load(handle)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON ({error})") from None
-    return parse_scores(document, transpose=transpose)
+    return parse_scores(document, transpose=transpose, pairs_key=pairs_key)

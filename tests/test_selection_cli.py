@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selection import select_groups
+from selection import load_scores, select_groups
 from selection.cli import main
 
 TASKS = ["a", "b", "c", "d", "e"]
@@ -101,6 +101,71 @@ def test_bad_score_files_exit_2_with_one_line(tmp_path, capsys, content, message
     status, out, err = run(["groups", "--scores", path, "--max-groups", 2], capsys)
     assert status == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+PAIRS_KEYS = ("validation_loss", "validation_error", "test_loss", "test_error")
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    """A pairs.json as tag_jax's HOA 'pairs' method writes it, and its tables as arrays."""
+    rng = np.random.default_rng(0)
+    tables = {key: rng.uniform(0.1, 1.0, size=(5, 5)) for key in PAIRS_KEYS}
+    record = {"tasks": TASKS}
+    record.update({key: {t: {u: float(m[i, j]) for j, u in enumerate(TASKS)} for i, t in enumerate(TASKS)}
+                   for key, m in tables.items()})
+    record["orientation"] = "scores[t][u] = value of t in the network trained on {t, u}; diagonal = t alone"
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(record))
+    return path, tables
+
+
+def hoa_groups(matrix, k=3):
+    return select_groups((TASKS, matrix), max_groups=k, objective="minimize", singletons="diagonal")
+
+
+def test_pairs_file_reads_validation_loss_as_onto_from(pairs_file, capsys):
+    path, tables = pairs_file
+    # the README's command on a pairs.json
+    status, out, err = run(["groups", "--scores", path, "--max-groups", 3, "--minimize",
+                            "--singletons", "diagonal", "--json"], capsys)
+    assert status == 0, err
+    expected = hoa_groups(tables["validation_loss"])
+    assert json.loads(out) == [{"max_groups": 3, **expected.to_dict()}]
+    assert hoa_groups(tables["validation_loss"].T).groups != expected.groups, "orientation must matter"
+    assert load_scores(path)[1].tolist() == tables["validation_loss"].tolist()
+
+
+@pytest.mark.parametrize("key", PAIRS_KEYS)
+def test_pairs_key_picks_the_table(pairs_file, capsys, key):
+    path, tables = pairs_file
+    _, out, _ = run(["groups", "--scores", path, "--max-groups", 3, "--minimize", "--singletons", "diagonal",
+                     "--pairs-key", key, "--json"], capsys)
+    assert json.loads(out)[0]["groups"] == [list(g) for g in hoa_groups(tables[key]).groups]
+    tasks, matrix = load_scores(path, pairs_key=key)
+    assert tasks == tuple(TASKS) and matrix.tolist() == tables[key].tolist()
+    if key == "test_error":
+        assert hoa_groups(tables[key]).groups != hoa_groups(tables["validation_loss"]).groups
+
+
+def test_bad_pairs_usage_exits_2_with_one_line(pairs_file, tmp_path, capsys):
+    path, _ = pairs_file
+    record = json.loads(path.read_text())
+    only_validation = tmp_path / "only_validation.json"
+    only_validation.write_text(json.dumps({"tasks": TASKS, "validation_loss": record["validation_loss"]}))
+    wrong_tasks = tmp_path / "wrong_tasks.json"
+    wrong_tasks.write_text(json.dumps({**record, "tasks": TASKS[:4]}))
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(record["test_loss"]))
+    for argv, message in [
+        ([only_validation, "--pairs-key", "test_loss"], "pairs file has no 'test_loss' table (it has validation_loss)"),
+        ([wrong_tasks], "pairs file's 'validation_loss' has tasks"),
+        ([path, "--transpose"], "do not transpose it"),
+        ([plain, "--pairs-key", "test_loss"], "only applies to a pairs.json"),
+    ]:
+        status, out, err = run(["groups", "--scores", *argv, "--max-groups", 2], capsys)
+        assert status == 2 and out == ""
+        assert len(err.strip().splitlines()) == 1 and message in err, err
 
 
 @pytest.fixture
