@@ -225,15 +225,21 @@ def _network_from_row(row, task_columns, line):
 def load_networks(path):
     """Networks from a CSV file (format in the module docstring).
 
-    Raises OSError if unreadable and ValueError if malformed.
+    Raises OSError if unreadable and ValueError if malformed (including text
+    that is not UTF-8 and what the csv module rejects).
     """
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        if "tasks" not in header or "cost" not in header:
-            raise ValueError(f"{path}: the header needs 'tasks' and 'cost' columns, got {header}")
-        task_columns = [c for c in header if c not in ("tasks", "cost")]
-        networks = [_network_from_row(row, task_columns, reader.line_num) for row in reader]
+        try:
+            header = reader.fieldnames or []
+            if "tasks" not in header or "cost" not in header:
+                raise ValueError(f"{path}: the header needs 'tasks' and 'cost' columns, got {header}")
+            task_columns = [c for c in header if c not in ("tasks", "cost")]
+            networks = [_network_from_row(row, task_columns, reader.line_num) for row in reader]
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+        except csv.Error as error:
+            raise ValueError(f"{path}: {error} (after line {reader.line_num})") from None
     if not networks:
         raise ValueError(f"{path}: no networks")
     return networks

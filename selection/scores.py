@@ -38,7 +38,7 @@ def _as_array(matrix):
     """A float array, or ValueError if ``matrix`` is not a numeric table."""
     try:
         return np.array(matrix, dtype=float)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise ValueError(f"score matrix is not numeric: {error}") from None
 
 
@@ -68,7 +68,10 @@ def _table_from_mapping(scores):
                 raise ValueError(f"scores[{t!r}] names unknown task {u!r}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"score onto {t!r} from {u!r} is not a number: {value!r}")
-            matrix[index[t], index[u]] = value
+            try:
+                matrix[index[t], index[u]] = value
+            except OverflowError:  # an integer beyond the float range
+                raise ValueError(f"score onto {t!r} from {u!r} is not a finite number") from None
         missing = [u for u in tasks if u != t and u not in row]
         if missing:
             raise ValueError(f"missing score onto {t!r} from {missing[0]!r}")
@@ -105,10 +108,11 @@ def transposed(table):
 
 
 def _nulls_to_nan(rows):
-    """Nested lists with None (JSON null) replaced by NaN."""
-    if isinstance(rows, list):
-        return [_nulls_to_nan(r) for r in rows]
-    return math.nan if rows is None else rows
+    """A list of rows with None (JSON null) entries replaced by NaN; anything
+    else is left for ``_as_array`` to reject."""
+    if not isinstance(rows, list):
+        return rows
+    return [[math.nan if v is None else v for v in row] if isinstance(row, list) else row for row in rows]
 
 
 def _is_pairs_file(document):
@@ -176,11 +180,14 @@ def parse_scores(document, *, transpose=False, pairs_key=None):
 def load_scores(path, *, transpose=False, pairs_key=None):
     """(tasks, matrix onto-from) from a JSON file, as ``parse_scores``.
 
-    Raises OSError if unreadable and ValueError if malformed.
+    Raises OSError if unreadable and ValueError if malformed (including JSON
+    nested too deeply for the parser and text that is not UTF-8).
     """
     with open(path, encoding="utf-8") as handle:
         try:
             document = json.load(handle)
-        except json.JSONDecodeError as error:
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested too deeply to read") from None
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, too many digits
             raise ValueError(f"{path}: not valid JSON ({error})") from None
     return parse_scores(document, transpose=transpose, pairs_key=pairs_key)

@@ -93,10 +93,19 @@ def test_text_report(affinity_file, capsys):
     ('{"tasks": ["a", "b"], "orientation": "matrix[source][target]", "matrix": [[0, 1]]}', "shape"),
     ('{"tasks": ["a", "b"], "matrix": [[0, 1], [1, 0]]}', "orientation"),
     ("[1, 2]", "must be an object"),
+    ('{"a": {"b": 1%s}, "b": {"a": 1}}' % ("0" * 400), "score onto 'a' from 'b' is not a finite number"),
+    ('{"tasks": ["a", "b"], "orientation": "matrix[source][target]", "matrix": [[0, 1%s], [1, 0]]}'
+     % ("0" * 400), "score matrix is not numeric"),
+    ('{"tasks": ["a", "b"], "orientation": "matrix[source][target]", "matrix": %s1%s}' % ("[" * 500, "]" * 500),
+     "score matrix is not numeric"),
+    ('{"a": {"b": 1%s}, "b": {"a": 1}}' % ("0" * 5000), "not valid JSON (Exceeds the limit"),
+    (b'{"a": {"b": 1}, "b": {"a": 1}, "\xff": {}}', "not valid JSON ('utf-8' codec can't decode"),
 ])
 def test_bad_score_files_exit_2_with_one_line(tmp_path, capsys, content, message):
     path = tmp_path / "scores.json"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     status, out, err = run(["groups", "--scores", path, "--max-groups", 2], capsys)
     assert status == 2 and out == ""
@@ -168,6 +177,19 @@ def test_bad_pairs_usage_exits_2_with_one_line(pairs_file, tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1 and message in err, err
 
 
+@pytest.mark.parametrize("content", ["[" * 100000, '{"a": ' * 100000, "[" * 3000 + "]" * 3000])
+def test_deeply_nested_json_exits_2_with_one_line(tmp_path, content):
+    """json raises RecursionError on these; the command line must not show a traceback."""
+    path = tmp_path / "deep.json"
+    path.write_text(content)
+    completed = subprocess.run([sys.executable, "-m", "selection", "groups", "--scores", str(path),
+                                "--max-groups", "2"], capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parents[1])
+    assert completed.returncode == 2 and completed.stdout == ""
+    assert completed.stderr.splitlines() == [
+        f"python -m selection groups: error: {path}: JSON nested too deeply to read"]
+
+
 @pytest.fixture
 def network_files(tmp_path):
     val = tmp_path / "val.csv"
@@ -224,11 +246,19 @@ def test_networks_command_with_hoa(network_files, capsys):
     assert result["total"] == losses["a"] + losses["b"] + losses["c"]
 
 
-def test_bad_network_file_exits_2(tmp_path, capsys):
+@pytest.mark.parametrize("content, message", [
+    ("tasks,cost,a\na,1,\n", "line 2"),
+    (b"tasks,cost,a\na,1,0.\xff\n", "not UTF-8 text"),
+    ("tasks,cost,a\na,1," + "1" * 200000 + "\n", "field larger than field limit"),
+])
+def test_bad_network_file_exits_2(tmp_path, capsys, content, message):
     path = tmp_path / "bad.csv"
-    path.write_text("tasks,cost,a\na,1,\n")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
     status, _, err = run(["networks", "--networks", path, "--budget", 1], capsys)
-    assert status == 2 and len(err.strip().splitlines()) == 1 and "line 2" in err
+    assert status == 2 and len(err.strip().splitlines()) == 1 and message in err
 
 
 def test_python_dash_m_entry_point(affinity_file):
