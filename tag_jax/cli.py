@@ -8,12 +8,10 @@ import logging as py_logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow (behind clu) start-up chatter
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from tag_jax.errors import UserError  # noqa: E402
+from tag_jax.errors import UserError
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
                                          lock_config=True)
@@ -126,6 +124,9 @@ def run(job) -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(QuietLibraries())
+    if flags.FLAGS.verbosity < 1:  # TensorFlow (behind clu, TensorBoard only) start-up chatter
+      os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+      os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     initialize_distributed()
     try:
       job(CONFIG.value, WORKDIR.value)

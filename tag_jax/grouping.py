@@ -47,7 +47,7 @@ def select_for_each_k(tasks, scores_onto_from: np.ndarray, max_groups, *, object
 def write_groups(workdir: str, method: str, tasks, selections: list[dict], **extra) -> dict:
   record = {"method": method, "tasks": list(tasks), "selections": selections, **extra}
   reporting.write_json_atomic(os.path.join(workdir, "groups.json"), record)
-  plots.groupings(record, os.path.join(workdir, "groups.png"))
+  plots.save(plots.groupings(record), os.path.join(workdir, "groups.png"))
   return record
 
 

@@ -1,4 +1,10 @@
-"""Pictures written next to the JSON outputs (matplotlib, no display needed)."""
+"""Pictures written next to the JSON outputs (matplotlib, no display needed).
+
+Each function takes a record (the JSON it pictures) and returns the Figure;
+`save` writes and closes it. Colours follow a fixed item (a source task, a
+group), never the drawing order, and every figure has one legend that names
+every series it draws.
+"""
 
 import matplotlib
 
@@ -7,7 +13,40 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 
-def affinity_heatmap(record: dict, path: str) -> None:
+def save(fig, path: str, dpi: int = 100) -> None:
+  """Writes the figure (its whole drawn extent, so no title or legend is cut) and closes it."""
+  fig.savefig(path, dpi=dpi, bbox_inches="tight")
+  plt.close(fig)
+
+
+def colour(index: int, count: int):
+  """A fixed colour for item `index` of `count` (tab10 up to 10 items, tab20, then a colormap)."""
+  if count <= 10:
+    return plt.get_cmap("tab10")(index)
+  if count <= 20:
+    return plt.get_cmap("tab20")(index)
+  return plt.get_cmap("turbo")(index / max(count - 1, 1))
+
+
+def panel_grid(count: int, **kwargs):
+  """(fig, axes) with one panel for each of `count` items, up to 5 a row; spare panels hidden."""
+  cols = min(count, 5)
+  rows = -(-count // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False, **kwargs)
+  for ax in axes.flat[count:]:
+    ax.axis("off")
+  return fig, axes
+
+
+def matrix_image(matrix, cell: int = 16) -> np.ndarray:
+  """A (S, T) matrix as an RGB uint8 image (S * cell, T * cell, 3), RdBu around 0 (TensorBoard)."""
+  matrix = np.asarray(matrix, np.float64)
+  limit = np.abs(matrix).max() or 1.0
+  rgb = plt.get_cmap("RdBu")((matrix / limit + 1.0) / 2.0)[..., :3]
+  return (255 * np.kron(rgb, np.ones((cell, cell, 1)))).astype(np.uint8)
+
+
+def affinity_heatmap(record: dict):
   """Heat map of record['matrix'] (rows = sources, columns = targets) with task names."""
   matrix, tasks = np.asarray(record["matrix"]), record["tasks"]
   size = 2.0 + 0.45 * len(tasks)
@@ -18,90 +57,101 @@ def affinity_heatmap(record: dict, path: str) -> None:
   ax.set_yticks(range(len(tasks)), tasks)
   ax.set_xlabel("target task")
   ax.set_ylabel("source task (lookahead on it)" if record["method"] == "tag" else "task")
-  ax.set_title(f"{record['method'].upper()} affinity (mean of {record['steps_recorded']} steps)")
+  ax.set_title(f"{record['method'].upper()} affinity\n(mean of {record['steps_recorded']} steps)")
   fig.colorbar(image, ax=ax)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
-def affinity_over_time(record: dict, path: str) -> None:
-  """One panel per target task: the affinity onto it from every other task, per epoch."""
+def affinity_over_time(record: dict):
+  """One panel per target task: the affinity onto it from every other task, per epoch.
+
+  Source task u has the same colour in every panel; one legend names every source.
+  """
   tasks = record["tasks"]
   epochs = [(e + 1, np.asarray(m)) for e, m in enumerate(record["per_epoch"]) if m is not None]
-  cols = min(len(tasks), 5)
-  rows = -(-len(tasks) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False,
-                           sharex=True)
+  fig, axes = panel_grid(len(tasks), sharex=True)
   x = [e for e, _ in epochs]
   for t, target in enumerate(tasks):
     ax = axes.flat[t]
     for u, source in enumerate(tasks):
       if u != t:
-        ax.plot(x, [m[u, t] for _, m in epochs], label=source)
+        ax.plot(x, [m[u, t] for _, m in epochs], marker="." if len(x) < 3 else None,
+                color=colour(u, len(tasks)), label=source)
     ax.axhline(0.0, color="grey", linewidth=0.5)
     ax.set_title(f"onto {target}", fontsize=9)
-  for ax in axes.flat[len(tasks):]:
-    ax.axis("off")
-  axes.flat[0].legend(fontsize=6, ncol=2)
+  handles = [plt.Line2D([], [], color=colour(u, len(tasks)), label=source)
+             for u, source in enumerate(tasks)]
+  fig.legend(handles=handles, title="from source task", fontsize=7, loc="center left",
+             bbox_to_anchor=(1.0, 0.5))
   fig.supxlabel("epoch")
+  fig.suptitle(f"{record['method'].upper()} affinity onto each task, per epoch")
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  return fig
 
 
-def assignment_probabilities(record: dict, path: str) -> None:
-  """DMTG: one panel per task, the probability softmax(Θ[n]) of each group over the epochs.
+def assignment_probabilities(record: dict):
+  """DMTG: one panel per task, the probability softmax(Θ[n]) of each group over the epochs
+  (bars when only one epoch was recorded).
 
   record: groups.json ('tasks', 'probabilities' (N, K), 'probabilities_per_epoch' (E, N, K));
-  a panel's title names the task and the group it ends in.
+  a panel's title names the task and the group it ends in; group k has one colour everywhere.
   """
   tasks = record["tasks"]
   per_epoch = np.asarray(record["probabilities_per_epoch"] or [record["probabilities"]])
+  num_groups = per_epoch.shape[-1]
   final = np.asarray(record["probabilities"]).argmax(-1)
-  cols = min(len(tasks), 5)
-  rows = -(-len(tasks) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False,
-                           sharex=True, sharey=True)
+  fig, axes = panel_grid(len(tasks), sharey=True)
   epochs = np.arange(1, len(per_epoch) + 1)
   for n, task in enumerate(tasks):
     ax = axes.flat[n]
-    for k in range(per_epoch.shape[-1]):
-      ax.plot(epochs, per_epoch[:, n, k], marker=".", label=f"group {k}")
+    if len(per_epoch) == 1:
+      ax.bar(range(num_groups), per_epoch[0, n], color=[colour(k, num_groups)
+                                                        for k in range(num_groups)])
+      ax.set_xticks(range(num_groups), [f"{k}" for k in range(num_groups)])
+    else:
+      for k in range(num_groups):
+        ax.plot(epochs, per_epoch[:, n, k], marker=".", color=colour(k, num_groups))
     ax.set_ylim(0.0, 1.0)
     ax.set_title(f"{task} -> group {final[n]}", fontsize=9)
-  for ax in axes.flat[len(tasks):]:
-    ax.axis("off")
-  axes.flat[0].legend(fontsize=6)
-  fig.supxlabel("epoch")
+  handles = [plt.Line2D([], [], color=colour(k, num_groups), label=f"group {k}")
+             for k in range(num_groups)]
+  fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+  fig.supxlabel("group" if len(per_epoch) == 1 else "epoch")
   fig.supylabel("assignment probability softmax(Θ)")
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  return fig
 
 
-def groupings(record: dict, path: str) -> None:
-  """One row per selection (k): which tasks each chosen group contains (filled) and serves (dot)."""
+def groupings(record: dict):
+  """One row per chosen group, numbered from 1 within each k: which tasks it contains (shaded)
+  and serves (dot)."""
   tasks, selections = record["tasks"], record["selections"]
-  rows = [(s["max_groups"], g, s["assignment"]) for s in selections for g in s["groups"]]
-  fig, ax = plt.subplots(figsize=(1.5 + 0.4 * len(tasks), 0.8 + 0.35 * len(rows)))
-  for r, (_, group, assignment) in enumerate(rows):
+  rows = [(s["max_groups"], i + 1, g, s["assignment"]) for s in selections
+          for i, g in enumerate(s["groups"])]
+  # wide enough for the two-line title above the task columns
+  fig, ax = plt.subplots(figsize=(max(2.5 + 0.4 * len(tasks), 6.5), 1.2 + 0.35 * len(rows)))
+  for r, (_, number, group, assignment) in enumerate(rows):
+    tint = f"C{(number - 1) % 10}"
     for t, task in enumerate(tasks):
       if task in group:
-        ax.add_patch(plt.Rectangle((t - 0.45, r - 0.4), 0.9, 0.8, color=f"C{r % 10}", alpha=0.35))
+        ax.add_patch(plt.Rectangle((t - 0.45, r - 0.4), 0.9, 0.8, color=tint, alpha=0.35))
         if assignment.get(task) == list(group):
-          ax.plot(t, r, "o", color=f"C{r % 10}")
+          ax.plot(t, r, "o", color=tint)
+  for r in range(1, len(rows)):
+    if rows[r][0] != rows[r - 1][0]:
+      ax.axhline(r - 0.5, color="black", linewidth=0.8)
   ax.set_xlim(-0.5, len(tasks) - 0.5)
   ax.set_ylim(len(rows) - 0.5, -0.5)
   ax.set_xticks(range(len(tasks)), tasks, rotation=90)
-  ax.set_yticks(range(len(rows)), [f"k={k}: group {i + 1}" for i, (k, _, _) in enumerate(rows)])
-  ax.set_title(f"{record['method'].upper()} groups (shaded: member; dot: served by this group)")
+  ax.set_yticks(range(len(rows)), [f"k={k}: group {number}" for k, number, _, _ in rows])
+  ax.set_title(f"{record['method'].upper()} groups\n(shaded: member; dot: served by this group)",
+               fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  return fig
 
 
-def total_error_vs_compute(rows: list, path: str) -> None:
+def total_error_vs_compute(rows: list):
   """The grouping study: test Total Error of every report row against its trunk passes and seconds.
 
   rows: report.json rows ('label', 'k', 'test_total_error', 'trunk_passes', 'seconds').
@@ -124,5 +174,4 @@ def total_error_vs_compute(rows: list, path: str) -> None:
   axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   fig.suptitle("Total Error against compute (lower left is better)")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig

@@ -33,3 +33,24 @@ def truncate_jsonl(path: str, last_step: int) -> None:
   with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False) as f:
     f.writelines(kept)
   os.replace(f.name, path)
+
+
+def answer_lines(results: dict, workdir: str) -> list[str]:
+  """What a run found, for the console: test Total Error, the groups that served the tasks, each
+  selection (k, groups, score, proof gap) the method made, and the files written."""
+  lines = ["", f"{results['method']}: test Total Error {results['test']['total_error']:.2f} "
+           f"(sum over {len(results['tasks'])} tasks of error %), best epoch "
+           f"{results['best_epoch']} of {results['epochs']}"]
+  if len(results["groups"]) > 1:
+    lines.append("served by: " + " ".join("{" + ", ".join(g) + "}" for g in results["groups"]))
+  selections = results.get("outputs", {}).get("selections", [])
+  if selections:
+    lines.append(f"{'k':>3}  {'score':>10}  {'gap':>6}  groups")
+    for s in selections:
+      score = "-" if s["score"] is None else f"{s['score']:.4g}"
+      gap = "-" if s["gap"] is None else f"{s['gap']:.3g}"
+      lines.append(f"{s['max_groups']:>3}  {score:>10}  {gap:>6}  "
+                   + " ".join("{" + ", ".join(g) + "}" for g in s["groups"]))
+  files = sorted(name for name in os.listdir(workdir) if name.endswith((".json", ".png")))
+  lines.append(f"files in {workdir}: {', '.join(files)}")
+  return lines

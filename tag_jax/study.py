@@ -231,6 +231,8 @@ def run_study(config, workdir: str):
   report = build_report(config, task_names, study_plan, workdir)
   if jax.process_index() == 0:
     write_report(report, workdir)
+    print("\n".join(["", f"Grouping study in {workdir}:"] + main_table(report["rows"]) + [
+        f"report.md, report.json and total_error_vs_compute.png in {workdir}"]))
   return report
 
 
@@ -278,6 +280,18 @@ def format_groups(groups) -> str:
   return " ".join("{" + ", ".join(g) + "}" for g in groups)
 
 
+def main_table(rows) -> list[str]:
+  """The report's main table (markdown lines): a row per method and k."""
+  lines = ["| method | k | groups | Total Error (test) | val | planted? | seconds | trunk passes |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    planted = {None: "-", True: "yes", False: "no"}[r["recovers_planted"]]
+    lines.append(f"| {r['label']} | {r['k']} | {format_groups(r['groups'])} | "
+                 f"{r['test_total_error']:.2f} | {r['validation_total_error']:.2f} | {planted} | "
+                 f"{r['seconds']:.0f} | {r['trunk_passes']:,} |")
+  return lines
+
+
 def markdown(report: dict) -> str:
   """report.md: the main table, per-task test accuracy, formulas and notes."""
   tasks, rows = report["tasks"], report["rows"]
@@ -286,14 +300,7 @@ def markdown(report: dict) -> str:
     lines.append(f"Planted groups: {format_groups(report['planted_groups'])}.")
   lines += ["", "Total Error = sum over tasks of test error % (lower is better). Compute: training "
             "seconds summed over resumes and the stages a row needs (grouping run + training), "
-            "and trunk passes (below).", "",
-            "| method | k | groups | Total Error (test) | val | planted? | seconds | trunk passes |",
-            "|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    planted = {None: "-", True: "yes", False: "no"}[r["recovers_planted"]]
-    lines.append(f"| {r['label']} | {r['k']} | {format_groups(r['groups'])} | "
-                 f"{r['test_total_error']:.2f} | {r['validation_total_error']:.2f} | {planted} | "
-                 f"{r['seconds']:.0f} | {r['trunk_passes']:,} |")
+            "and trunk passes (below).", ""] + main_table(rows)
   lines += ["", "## Test accuracy per task", "", "| method | k | " + " | ".join(tasks) + " |",
             "|---|---|" + "---|" * len(tasks)]
   for r in rows:
@@ -318,7 +325,8 @@ def write_report(report: dict, workdir: str) -> None:
   reporting.write_json_atomic(os.path.join(workdir, "report.json"), report)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(markdown(report))
-  plots.total_error_vs_compute(report["rows"], os.path.join(workdir, "total_error_vs_compute.png"))
+  plots.save(plots.total_error_vs_compute(report["rows"]),
+             os.path.join(workdir, "total_error_vs_compute.png"))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ outputs, and `results.json` is written. The method contract: tag_jax.methods.bas
 """
 
 import dataclasses
+import json
 import os
 import time
 
@@ -52,7 +53,32 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                     f"{jax.process_count()} processes")
 
 
+# Config keys that make a run what it is: a workdir holding checkpoints of a run with other values
+# for them is not resumed (changing e.g. num_epochs or max_steps on a resume is fine).
+IDENTITY_KEYS = ("method", "tasks", "seed", "dataset", "image_size", "model", "dtype", "batch_size")
+
+
+def check_same_run(workdir: str, config) -> None:
+  """UserError when `workdir` holds checkpoints of a run whose identity keys differ from config's."""
+  saved_path = os.path.join(workdir, "config.json")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if not (os.path.exists(saved_path) and os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+    return
+  try:
+    with open(saved_path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"{saved_path} is unreadable ({e}); delete {workdir} to start over") from e
+  current = json.loads(json.dumps(config.to_dict(), default=list))
+  differ = [k for k in IDENTITY_KEYS if saved.get(k) != current.get(k)]
+  if differ:
+    shown = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
+    raise UserError(f"--workdir {workdir} holds another run ({shown}); use a new --workdir, or "
+                    f"delete {workdir} to start over")
+
+
 def prepare_workdir(workdir: str, config) -> None:
+  check_same_run(workdir, config)
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, ".write_test")
@@ -109,6 +135,7 @@ class Run:
   writer: metric_writers.MetricWriter
   started: float
   seconds_before: float = 0.0
+  compiled: set = dataclasses.field(default_factory=set)
 
   @property
   def task_names(self) -> tuple:
@@ -117,7 +144,8 @@ class Run:
   def context(self, step: int) -> LoopContext:
     return LoopContext(config=self.config, workdir=self.workdir, dataset=self.dataset,
                        mesh=self.mesh, task_names=self.task_names,
-                       steps_per_epoch=self.steps_per_epoch, step=step, evaluate=self.evaluate)
+                       steps_per_epoch=self.steps_per_epoch, step=step, evaluate=self.evaluate,
+                       writer=self.writer)
 
   def evaluate(self, params, batch_stats, split: str) -> dict:
     """Every network on a split: {'task_loss', 'task_accuracy'} (G, T)."""
@@ -189,8 +217,18 @@ def train_epoch(run: Run, state, meta: dict, report_progress):
       drop_remainder=config.drop_remainder, start_batch=meta["batch"],
       process_index=jax.process_index(), process_count=jax.process_count()):
     measure_now = run.measured_step and step % method.measure_every == 0
+    kind = "measured" if measure_now else "training"
+    if kind not in run.compiled:
+      logging.info("Compiling the %s %s step (first step only; can take a minute on CPU)...",
+                   config.method, kind)
+      compile_start = time.time()
     state, metrics = (run.measured_step if measure_now else run.train_step)(
         state, sharding.global_batch(batch, run.mesh))
+    if kind not in run.compiled:
+      jax.block_until_ready(metrics)
+      logging.info("Compiled and ran the first %s step in %.1f s.", kind,
+                   time.time() - compile_start)
+      run.compiled.add(kind)
     check_finite(np.asarray(metrics["task_losses"]), run.task_names, step + 1, run.workdir)
     step += 1
     meta = {**meta, "batch": meta["batch"] + 1,
@@ -284,8 +322,7 @@ def final_results(run: Run, state, meta: dict) -> dict:
     if method.finish:
       results["outputs"] = method.finish(run.context(step), state, meta["method"], final)
     reporting.write_json_atomic(os.path.join(run.workdir, "results.json"), results)
-  logging.info("test total error %.2f; results in %s", results["test"]["total_error"],
-               os.path.join(run.workdir, "results.json"))
+    print("\n".join(reporting.answer_lines(results, run.workdir)), flush=True)
   return results
 
 

@@ -117,6 +117,18 @@ def test_affinity_run_writes_affinity_json_and_plots(tiny_config, tmp_path, meth
     assert chosen["gap"] == 0.0
 
 
+def test_affinity_goes_to_tensorboard_and_metrics_every_epoch(tiny_config, tmp_path):
+  tiny_config.method = "tag"
+  workdir = str(tmp_path / "tag")
+  train.train_and_evaluate(tiny_config, workdir)
+  epochs = json.load(open(os.path.join(workdir, "affinity.json")))["per_epoch"]
+  logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))
+            if "affinity/" in line]
+  assert [r["step"] for r in logged] == [3, 6]
+  for record, matrix in zip(logged, epochs):
+    assert record["affinity/g0_t1/g1_t0"] == pytest.approx(matrix[1][2], rel=1e-5)
+
+
 def test_every_metric_leaf_of_a_step_is_logged(tiny_config, tmp_path):
   tiny_config.method = "gradnorm"  # metrics: loss, task_losses, gradnorm_loss, task_weights
   tiny_config.num_epochs = 1
@@ -218,11 +230,50 @@ def test_cli_unknown_key_and_wrong_type_exit_2_with_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_runs_with_overrides(tmp_path):
-  proc = run_cli("--config=configs/tiny_test.py", f"--workdir={tmp_path}",
+def test_cli_runs_with_overrides_prints_the_answer_and_stays_quiet(tmp_path):
+  proc = run_cli("--config=configs/tiny_test.py", f"--workdir={tmp_path}", "--config.method=tag",
                  "--config.num_epochs=1", "--config.seed=1", "--config.batch_size=48")
   assert proc.returncode == 0, proc.stderr[-2000:]
   config = json.load(open(tmp_path / "config.json"))
   assert (config["num_epochs"], config["seed"], config["batch_size"]) == (1, 1, 48)
   assert "steps_per_sec" in proc.stderr
-  assert json.load(open(tmp_path / "results.json"))["steps"] == 2
+  results = json.load(open(tmp_path / "results.json"))
+  assert results["steps"] == 2
+  assert "Compiling the tag measured step" in proc.stderr
+  assert "oneDNN" not in proc.stderr and "absl::InitializeLog" not in proc.stderr
+  out = proc.stdout.splitlines()
+  assert f"tag: test Total Error {results['test']['total_error']:.2f}" in proc.stdout
+  for selection in results["outputs"]["selections"]:  # k, score, gap and groups, one line each
+    groups = " ".join("{" + ", ".join(g) + "}" for g in selection["groups"])
+    assert any(line.split()[:1] == [str(selection["max_groups"])] and line.endswith(groups)
+               for line in out), (selection, out)
+  assert "affinity.json" in out[-1] and "groups.json" in out[-1]
+
+
+def test_help_lists_config_keys_fast_without_tensorflow():
+  proc = run_cli("--help", "--config=configs/tiny_test.py")
+  assert proc.returncode == 0, proc.stderr
+  assert "affinity.every_n_steps = 2" in proc.stdout  # tiny_test's value
+  line = next(l for l in proc.stdout.splitlines() if l.strip().startswith("dataset.noise ="))
+  assert "pixel noise" in line
+  check = subprocess.run([sys.executable, "-c", "import sys\ntry:\n import runpy; "
+                          "sys.argv=['m','--help']; runpy.run_module('tag_jax.main', "
+                          "run_name='__main__')\nexcept SystemExit: pass\n"
+                          "assert 'tensorflow' not in sys.modules, 'TensorFlow imported'\n"
+                          "print('clean')"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+  assert check.stdout.strip().endswith("clean"), check.stderr[-500:]
+
+
+def test_a_workdir_holding_another_run_is_refused_before_anything_changes(tiny_config, tmp_path):
+  workdir = tmp_path / "run"
+  tiny_config.num_epochs = 1
+  train.train_and_evaluate(tiny_config, str(workdir))
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  other = tiny_config.copy_and_resolve_references()
+  other.method = "cs"
+  with pytest.raises(UserError, match=r"holds another run \(method='mtl'\); use a new --workdir"):
+    train.train_and_evaluate(other, str(workdir))
+  assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+  tiny_config.num_epochs = 2  # more epochs of the same run: resumed
+  assert train.train_and_evaluate(tiny_config, str(workdir))["epochs"] == 2

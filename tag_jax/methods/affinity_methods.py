@@ -108,11 +108,18 @@ def _affinity_method(name, config, task_names, image_shape, steps_per_epoch, mod
 
 
 def close_affinity_epoch(ctx, state, record):
-  """Appends the epoch's mean affinity (or None) to record['affinity_per_epoch']; zeroes the
+  """Appends the epoch's mean affinity (or None) to record['affinity_per_epoch'] and writes it to
+  TensorBoard (an image, and scalars affinity/<source>/<target> up to 12 tasks); zeroes the
   epoch sums."""
-  del ctx
   tracker = state.tracker
   count = int(tracker["epoch_count"])
+  mean = np.asarray(tracker["epoch_sum"])[:len(ctx.task_names)] / max(count, 1)
+  if count:
+    ctx.writer.write_images(ctx.step, {"affinity": plots.matrix_image(mean)[None]})
+    if len(ctx.task_names) <= 12:
+      ctx.writer.write_scalars(ctx.step, {
+          f"affinity/{s}/{t}": float(mean[i, j]) for i, s in enumerate(ctx.task_names)
+          for j, t in enumerate(ctx.task_names)})
   per_epoch = record.get("affinity_per_epoch", []) + [
       (np.asarray(tracker["epoch_sum"]) / count).tolist() if count else None]
   state = state.replace(tracker={**tracker, "epoch_sum": jnp.zeros_like(tracker["epoch_sum"]),
@@ -127,8 +134,9 @@ def write_outputs(ctx, state, record, final, *, name, source_names, max_groups,
   affinity_record = affinity_json(name, ctx.task_names, source_names, state.tracker,
                                   record.get("affinity_per_epoch", []))
   reporting.write_json_atomic(os.path.join(ctx.workdir, "affinity.json"), affinity_record)
-  plots.affinity_heatmap(affinity_record, os.path.join(ctx.workdir, "affinity.png"))
-  plots.affinity_over_time(affinity_record, os.path.join(ctx.workdir, "affinity_over_time.png"))
+  plots.save(plots.affinity_heatmap(affinity_record), os.path.join(ctx.workdir, "affinity.png"))
+  plots.save(plots.affinity_over_time(affinity_record),
+             os.path.join(ctx.workdir, "affinity_over_time.png"))
   groups = grouping.groups_from_affinity(ctx.workdir, affinity_record, max_groups, time_limit)
   return {"steps_recorded": affinity_record["steps_recorded"],
           "selections": grouping.selection_summary(groups)}

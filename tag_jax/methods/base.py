@@ -24,6 +24,7 @@ class LoopContext:
 
   evaluate(params, batch_stats, split) -> {'task_loss', 'task_accuracy'}: (G, T)
   numpy arrays, the method's eval_step run over a whole split.
+  writer: the run's clu MetricWriter (TensorBoard and metrics.jsonl; process 0 writes files).
   """
 
   config: Any
@@ -34,6 +35,7 @@ class LoopContext:
   steps_per_epoch: int
   step: int
   evaluate: Callable
+  writer: Any
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from tag_jax import losses, models, optim, plots, reporting, stacking, steps
+from tag_jax import grouping, losses, models, optim, plots, reporting, stacking, steps
 from tag_jax.errors import UserError
 from tag_jax.methods.base import Method, one_network
 
@@ -320,5 +320,6 @@ def write_dmtg_outputs(ctx, state, record, final) -> dict:
   groups = groups_record(ctx.task_names, final.params["group_logits"],
                          record.get("probabilities_per_epoch", []))
   reporting.write_json_atomic(os.path.join(ctx.workdir, "groups.json"), groups)
-  plots.assignment_probabilities(groups, os.path.join(ctx.workdir, "dmtg_assignment.png"))
-  return {"probabilities": groups["probabilities"]}
+  plots.save(plots.assignment_probabilities(groups),
+             os.path.join(ctx.workdir, "dmtg_assignment.png"))
+  return {"selections": grouping.selection_summary(groups), "probabilities": groups["probabilities"]}

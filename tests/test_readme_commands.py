@@ -1,0 +1,74 @@
+"""Every command in the READMEs' fenced shell blocks runs, in order, on tiny settings."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+from conftest import REPO
+
+# Appended to every training command: the synthetic data and trunk shrunk to seconds.
+TINY = ["--config.num_epochs=1", "--config.dataset.num_train=96",
+        "--config.dataset.num_validation=32", "--config.dataset.num_test=32",
+        "--config.image_size=8", "--config.model.width=4", "--config.batch_size=32",
+        "--config.eval_batch_size=32", "--config.mesh.data=1", "--config.selection.time_limit=20"]
+TINY_STUDY = ["--config.study.methods=('mtl', 'tag', 'random')", "--config.study.max_groups=(2,)"]
+# Commands run elsewhere: the install (.ci/run does exactly it) and the test suite itself.
+NOT_HERE = ("pip install", "python -m pytest")
+
+
+def fenced_commands(path: str) -> list[str]:
+  """The commands of every ```bash block, `&&`-chains split, comments dropped."""
+  text = open(path).read()
+  commands = []
+  for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, re.S):
+    for line in block.splitlines():
+      line = line.split(" #")[0].strip()
+      if line and not line.startswith("#"):
+        commands += [part.strip() for part in line.split("&&")]
+  return commands
+
+
+def runnable(command: str) -> list[str]:
+  """The command's argv on tiny settings."""
+  argv = shlex.split(command)
+  if argv[:3] == ["python", "-m", "tag_jax.main"]:
+    argv += TINY
+  elif argv[:3] == ["python", "-m", "tag_jax.study"]:
+    argv += TINY + TINY_STUDY
+  elif argv[:3] == ["python", "-m", "selection"]:
+    argv += ["--time-limit", "20"]
+  else:
+    raise AssertionError(f"no tiny form for README command {command!r}: add one here")
+  return [sys.executable] + argv[1:]
+
+
+def all_commands():
+  return [c for name in ("README.md", os.path.join("colab", "README.md"))
+          for c in fenced_commands(os.path.join(REPO, name))]
+
+
+def test_the_readme_has_its_two_setup_commands_first():
+  commands = all_commands()
+  assert commands[:4] == [
+      "pip install -e .", "python -m tag_jax.main --config=configs/synthetic_tag.py "
+      "--workdir=runs/quickstart", "pip install -e '.[test]'", "python -m pytest -q"]
+
+
+def test_every_readme_command_runs_in_order(tmp_path):
+  os.symlink(os.path.join(REPO, "configs"), tmp_path / "configs")
+  os.symlink(os.path.join(REPO, "docs"), tmp_path / "docs")
+  env = {**os.environ, "PYTHONPATH": REPO}
+  ran = 0
+  for command in all_commands():
+    if command.startswith(NOT_HERE):
+      continue
+    proc = subprocess.run(runnable(command), cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, command
+    ran += 1
+  assert ran >= 6
+  assert (tmp_path / "runs" / "quickstart" / "groups.json").exists()
+  assert (tmp_path / "runs" / "study" / "report.md").exists()
