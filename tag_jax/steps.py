@@ -105,20 +105,26 @@ def record_affinity(tracker: dict, matrix) -> dict:
           "run_sum": tracker["run_sum"] + matrix, "run_count": tracker["run_count"] + 1}
 
 
-def make_measured_step(model: nn.Module, optimizer, measure, *, strategy: str, chunk_size=None):
+def make_measured_step(model: nn.Module, optimizer, measure, *, strategy: str, chunk_size=None,
+                       per_task: bool = True):
   """An MTL step that also records measure(state, batch, task_grads, losses) -> (S, T).
 
-  Per-task gradients of all parameters come from one vjp of the (T,) losses;
-  their sum is the MTL gradient, so the update equals the plain step's.
-  task_grads: pytree like params with leaves (T, ...).
+  per_task: per-task gradients of all parameters come from one vjp of the (T,)
+  losses; their sum is the MTL gradient, so the update equals the plain step's.
+  task_grads: pytree like params with leaves (T, ...). Without per_task (a
+  measure that needs no per-task gradient), the plain step's gradient and
+  task_grads=None.
   """
   def train_step(state: TrainState, batch):
     task_loss, vjp_fn, batch_stats = jax.vjp(
         lambda p: task_losses(model, p, state.batch_stats, batch), state.params, has_aux=True)
-    task_grads = affinity.per_task_gradients(vjp_fn, task_loss.shape[0], strategy=strategy,
-                                             chunk_size=chunk_size)
+    if per_task:
+      task_grads = affinity.per_task_gradients(vjp_fn, task_loss.shape[0], strategy=strategy,
+                                               chunk_size=chunk_size)
+      grads = jax.tree.map(lambda g: g.sum(0), task_grads)
+    else:
+      task_grads, (grads,) = None, vjp_fn(jnp.ones_like(task_loss))
     matrix = measure(state, batch, task_grads, task_loss)
-    grads = jax.tree.map(lambda g: g.sum(0), task_grads)
     state = state.replace(tracker=record_affinity(state.tracker, matrix))
     state = apply_gradients(state, optimizer, grads, batch_stats)
     return state, {"loss": task_loss.sum(), "task_losses": task_loss}
@@ -146,6 +152,37 @@ def make_tag_measure(model: nn.Module, learning_rate_fn, *, sources, lookahead: 
         task_loss, task_grads["shared"], learning_rate=learning_rate_fn(state.step),
         momentum=momentum, trace=trace, weight_decay=weight_decay, scale_by_lr=scale_by_lr,
         sources=sources, strategy=strategy, chunk_size=chunk_size)
+  return measure
+
+
+def make_first_order_measure(learning_rate_fn, *, sources, lookahead: str, momentum: float,
+                             weight_decay: float, scale_by_lr: bool):
+  """measure() for TAG's 'first_order' estimator (affinity module docstring): (S, T) from the
+  per-task gradients of the shared trunk, no lookahead forward."""
+  def measure(state, batch, task_grads, task_loss):
+    del batch
+    trace = momentum_trace(state.opt_state)["shared"] if lookahead == "momentum" else None
+    return affinity.first_order_from_task_gradients(
+        state.params["shared"], task_loss, task_grads["shared"],
+        learning_rate=learning_rate_fn(state.step), momentum=momentum, trace=trace,
+        weight_decay=weight_decay, scale_by_lr=scale_by_lr, sources=sources)
+  return measure
+
+
+def make_sketched_measure(model: nn.Module, learning_rate_fn, *, key, sketch_size: int, sources,
+                          lookahead: str, momentum: float, weight_decay: float, scale_by_lr: bool,
+                          strategy: str, chunk_size=None):
+  """measure() for TAG's 'sketched' estimator: (S, T) from sketch_size jvps of the shared trunk
+  along Rademacher directions drawn from fold_in(key, step); needs no per-task gradient."""
+  def measure(state, batch, task_grads, task_loss):
+    del task_grads, task_loss  # the linearisation recomputes the losses it differentiates
+    trace = momentum_trace(state.opt_state)["shared"] if lookahead == "momentum" else None
+    return affinity.sketched_affinity(
+        shared_losses_fn(model, state.params, state.batch_stats), state.params["shared"], batch,
+        key=jax.random.fold_in(key, state.step), sketch_size=sketch_size,
+        learning_rate=learning_rate_fn(state.step), momentum=momentum, trace=trace,
+        weight_decay=weight_decay, scale_by_lr=scale_by_lr, sources=sources, strategy=strategy,
+        chunk_size=chunk_size)
   return measure
 
 

@@ -1,14 +1,15 @@
 """'tag' and 'cs': MTL training that records an inter-task affinity matrix along the way.
 
 Outputs: `affinity.json` ({method, tasks, orientation 'matrix[source][target]',
-matrix (T, T), per_epoch, steps_recorded}, plus `sources` / `source_matrix` when
-config.affinity.order adds multi-task sources), `affinity.png`,
+matrix (T, T), per_epoch, steps_recorded}, TAG's `estimator` {name, its parameters}, plus
+`sources` / `source_matrix` when config.affinity.order adds multi-task sources), `affinity.png`,
 `affinity_over_time.png`; then `groups.json` and `groups.png` (tag_jax.grouping).
 """
 
 import functools
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -18,6 +19,7 @@ from tag_jax.errors import UserError
 from tag_jax.methods.base import Method, one_network
 
 LOOKAHEADS = ("sgd", "momentum")
+SKETCH_STREAM = 0x5E7C4  # folded into the run's seed for the sketch's random directions
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -38,6 +40,12 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.strategy = "auto"  # 'unrolled' | 'vmap' | 'map' | 'auto' (see tag_jax/stacking.py)
   cfg.chunk_size = 0  # 'map' strategy: sources per chunk (0 = all at once)
   cfg.kernels_only = True  # CS: only conv/dense kernels, as the reference
+  # TAG's estimator of the lookahead affinity (derivations in tag_jax/affinity.py):
+  # 'exact' (T pulls + S lookahead forwards), 'first_order' (lr <g_s, g_t> / L_t: T pulls, no
+  # lookahead forward) or 'sketched' (the same from sketch_size jvps, cost independent of T).
+  # CS ignores it.
+  cfg.estimator = "exact"
+  cfg.sketch_size = 32  # 'sketched': random directions (forward-mode products) per measured step
   return cfg
 
 
@@ -48,6 +56,11 @@ def validate_cs(config) -> None:
                     f"choose one of {stacking.STRATEGIES}")
   if aff.every_n_steps < 1:
     raise UserError(f"config.affinity.every_n_steps must be >= 1, got {aff.every_n_steps}")
+  if aff.estimator not in affinity.ESTIMATORS:
+    raise UserError(f"unknown config.affinity.estimator {aff.estimator!r}; "
+                    f"choose one of {affinity.ESTIMATORS}")
+  if aff.sketch_size < 1:
+    raise UserError(f"config.affinity.sketch_size must be >= 1, got {aff.sketch_size}")
   grouping.validate_selection(config.selection)
 
 
@@ -69,13 +82,45 @@ def build_tag(config, task_names, image_shape, steps_per_epoch) -> Method:
   aff = config.affinity
   model = models.create_model(config, len(task_names))
   sources = affinity.sources_for_order(len(task_names), aff.order)
-  measure = steps.make_tag_measure(
-      model, optim.learning_rate_schedule(config.optimizer, steps_per_epoch), sources=sources,
-      lookahead=aff.lookahead, momentum=aff.momentum, weight_decay=aff.weight_decay,
-      scale_by_lr=aff.scale_by_lr, strategy=aff.strategy, chunk_size=aff.chunk_size or None)
+  measure, measured_passes = _tag_measure(
+      config, model, optim.learning_rate_schedule(config.optimizer, steps_per_epoch), sources,
+      len(task_names))
   source_names = [[task_names[t] for t in members] for members in sources]
   return _affinity_method("tag", config, task_names, image_shape, steps_per_epoch, model, measure,
-                          source_names, measured_passes=1 + len(sources) + len(task_names))
+                          source_names, measured_passes=measured_passes,
+                          per_task=aff.estimator != "sketched",
+                          estimator=estimator_record(aff))
+
+
+def _tag_measure(config, model, learning_rate_fn, sources, num_tasks):
+  """(measure, trunk passes per measured step) of config.affinity.estimator.
+
+  Passes: exact 1 + S lookahead forwards + T pulls; first_order 1 + T pulls; sketched 1 +
+  sketch_size jvps (+1 for the momentum / weight-decay direction when there is one).
+  """
+  aff = config.affinity
+  lookahead = dict(sources=sources, lookahead=aff.lookahead, momentum=aff.momentum,
+                   weight_decay=aff.weight_decay, scale_by_lr=aff.scale_by_lr)
+  if aff.estimator == "first_order":
+    return steps.make_first_order_measure(learning_rate_fn, **lookahead), 1 + num_tasks
+  if aff.estimator == "sketched":
+    key = jax.random.fold_in(jax.random.key(config.seed), SKETCH_STREAM)
+    measure = steps.make_sketched_measure(
+        model, learning_rate_fn, key=key, sketch_size=aff.sketch_size, strategy=aff.strategy,
+        chunk_size=aff.chunk_size or None, **lookahead)
+    has_direction = aff.lookahead == "momentum" or bool(aff.weight_decay)
+    return measure, 1 + aff.sketch_size + int(has_direction)
+  measure = steps.make_tag_measure(model, learning_rate_fn, strategy=aff.strategy,
+                                   chunk_size=aff.chunk_size or None, **lookahead)
+  return measure, 1 + len(sources) + num_tasks
+
+
+def estimator_record(aff) -> dict:
+  """affinity.json's 'estimator': its name and the parameters that shape it."""
+  record = {"name": aff.estimator}
+  if aff.estimator == "sketched":
+    record["sketch_size"] = aff.sketch_size
+  return record
 
 
 def build_cs(config, task_names, image_shape, steps_per_epoch) -> Method:
@@ -86,20 +131,21 @@ def build_cs(config, task_names, image_shape, steps_per_epoch) -> Method:
 
 
 def _affinity_method(name, config, task_names, image_shape, steps_per_epoch, model, measure,
-                     source_names, measured_passes) -> Method:
+                     source_names, measured_passes, per_task=True, estimator=None) -> Method:
   """The MTL network with `measure` recorded every config.affinity.every_n_steps steps."""
   optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch)
   tracker = steps.init_affinity_tracker(len(source_names), len(task_names))
   finish = functools.partial(write_outputs, name=name, source_names=source_names,
                              max_groups=tuple(config.selection.max_groups),
-                             time_limit=config.selection.time_limit)
+                             time_limit=config.selection.time_limit, estimator=estimator)
   return Method(
       init_state=lambda rng: steps.init_train_state(model, optimizer, rng, image_shape, tracker),
       train_step=steps.make_mtl_step(model, optimizer),
       eval_step=steps.make_eval_step(model),
       measured_step=steps.make_measured_step(model, optimizer, measure,
                                              strategy=config.affinity.strategy,
-                                             chunk_size=config.affinity.chunk_size or None),
+                                             chunk_size=config.affinity.chunk_size or None,
+                                             per_task=per_task),
       measure_every=config.affinity.every_n_steps,
       trunk_passes=(1, measured_passes),
       on_epoch_end=close_affinity_epoch,
@@ -128,11 +174,11 @@ def close_affinity_epoch(ctx, state, record):
 
 
 def write_outputs(ctx, state, record, final, *, name, source_names, max_groups,
-                  time_limit) -> dict:
+                  time_limit, estimator=None) -> dict:
   """affinity.json and plots, then groups.json for each k in max_groups; returns their summary."""
   del final  # the affinity is a record of training, not of the reported parameters
   affinity_record = affinity_json(name, ctx.task_names, source_names, state.tracker,
-                                  record.get("affinity_per_epoch", []))
+                                  record.get("affinity_per_epoch", []), estimator)
   reporting.write_json_atomic(os.path.join(ctx.workdir, "affinity.json"), affinity_record)
   plots.save(plots.affinity_heatmap(affinity_record), os.path.join(ctx.workdir, "affinity.png"))
   plots.save(plots.affinity_over_time(affinity_record),
@@ -142,8 +188,9 @@ def write_outputs(ctx, state, record, final, *, name, source_names, max_groups,
           "selections": grouping.selection_summary(groups)}
 
 
-def affinity_json(name, task_names, source_names, tracker, per_epoch) -> dict:
-  """affinity.json: run mean (source x target), per-epoch means, orientation stated."""
+def affinity_json(name, task_names, source_names, tracker, per_epoch, estimator=None) -> dict:
+  """affinity.json: run mean (source x target), per-epoch means, orientation stated; TAG adds
+  its estimator ({'name', ...parameters})."""
   count = int(tracker["run_count"])
   if not count:
     raise UserError("no affinity step was recorded; lower config.affinity.every_n_steps")
@@ -157,6 +204,8 @@ def affinity_json(name, task_names, source_names, tracker, per_epoch) -> dict:
       "per_epoch": [None if m is None else m[:num_tasks] for m in per_epoch],
       "steps_recorded": count,
   }
+  if estimator is not None:
+    record["estimator"] = estimator
   if full.shape[0] > num_tasks:
     record["sources"] = source_names
     record["source_matrix"] = full.tolist()
