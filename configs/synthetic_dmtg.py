@@ -21,11 +21,7 @@ def get_config():
   config.batch_size = 32
   config.eval_batch_size = 512
   config.num_epochs = 1
-  config.optimizer.name = "adam"
-  config.optimizer.learning_rate = 0.01
-  config.optimizer.schedule = "constant"
-  config.early_stopping.patience = 0
-  config.early_stopping.restore_best = False  # report the network of the final grouping
+  config.update(default_config.DMTG_SYNTHETIC_TRAINING)  # Adam 1e-2, no early stopping
   config.log_every_steps = 64
   config.dmtg.num_groups = len(config.dataset.group_sizes)
   return config

@@ -13,4 +13,6 @@ def get_config():
   config.study.methods = ("mtl", "single", "tag", "cs", "hoa", "random", "uw", "gradnorm",
                           "pcgrad", "dmtg")
   config.study.max_groups = (2, 3)
+  # DMTG searches with its own training (Adam, no early stopping), as configs/synthetic_dmtg.py.
+  config.study.overrides.dmtg = default_config.DMTG_SYNTHETIC_TRAINING
   return config

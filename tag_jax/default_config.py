@@ -131,6 +131,13 @@ DMTG_CELEBA_TRAINING = {"optimizer": {"name": "adam", "learning_rate": 8e-4},
                         "early_stopping": {"patience": 0, "restore_best": False}}
 
 
+# DMTG's own training at the synthetic data's scale (configs/synthetic_dmtg.py, the synthetic
+# study's DMTG search): one Adam at 1e-2 for everything, constant, no early stopping.
+DMTG_SYNTHETIC_TRAINING = {"optimizer": {"name": "adam", "learning_rate": 0.01,
+                                         "schedule": "constant"},
+                           "early_stopping": {"patience": 0, "restore_best": False}}
+
+
 def use_tag_celeba_code_affinity(config: ml_collections.ConfigDict) -> None:
   """TAG's CelebA code: every step, the optimizer's next step with the momentum trace taken at
   coefficient 1.0 (its flag mix-up), divided by the learning rate. The paper's form instead:

@@ -140,6 +140,49 @@ def test_objective_and_its_logit_gradient_equal_a_hand_computation():
                              rtol=1e-4, atol=1e-6)
 
 
+def test_branch_imbalance_is_zero_for_even_use_and_log_k_for_one_branch():
+  assert float(dmtg.branch_imbalance(jnp.zeros((4, 3)))) == pytest.approx(0.0, abs=1e-6)
+  one_branch = jnp.array([[50.0, 0.0, 0.0]] * 4)
+  assert float(dmtg.branch_imbalance(one_branch)) == pytest.approx(np.log(3), rel=1e-5)
+  rng = np.random.default_rng(4)
+  theta = rng.normal(size=(5, 3))
+  mean = numpy_softmax(theta).mean(0)
+  assert float(dmtg.branch_imbalance(jnp.asarray(theta))) == pytest.approx(
+      np.log(3) + (mean * np.log(mean)).sum(), rel=1e-5)
+
+
+def test_robust_options_warm_up_own_logits_optimizer_and_averaged_samples(net, initial):
+  """Θ stays put for warmup_steps (zero gradient), then moves by Adam's step after one zero
+  gradient, lr sqrt(1 + b2) / (1 + b1) sign(g), while the network follows its own optimizer
+  (here lr 0: unchanged); the weights average the samples."""
+  batch = tiny_batch()
+  variables = distinct_branches(initial)  # identical branches would give Θ a zero gradient
+  optimizer = dmtg.with_logits_optimizer(optax.sgd(0.0), "adam", 0.05)
+  state = steps.init_train_state(net, optimizer, jax.random.key(0), (8, 8, 3))
+  state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                        opt_state=optimizer.init(variables["params"]))
+  step = jax.jit(dmtg.make_dmtg_step(net, optimizer, seed=3,
+                                     temperature=optax.constant_schedule(2.5), hard=False,
+                                     entropy_weight=0.0, search_steps=10, warmup_steps=1,
+                                     num_samples=4))
+  warm, metrics = step(state, batch)
+  np.testing.assert_array_equal(warm.params["group_logits"], state.params["group_logits"])
+  np.testing.assert_array_equal(metrics["group_of_task"], np.zeros(NUM_TASKS))
+  moved, _ = step(warm, batch)
+  delta = np.asarray(moved.params["group_logits"] - warm.params["group_logits"])
+  np.testing.assert_allclose(np.abs(delta), 0.05 * np.sqrt(1.999) / 1.9, rtol=1e-3)
+  for a, b in zip(jax.tree.leaves(moved.params["trunks"]), jax.tree.leaves(warm.params["trunks"])):
+    np.testing.assert_array_equal(a, b)
+  noise = np.asarray(jax.random.gumbel(jax.random.fold_in(jax.random.key(3), 1),
+                                       (4, NUM_TASKS, 3)))
+  theta = np.asarray(warm.params["group_logits"])
+  averaged = np.mean([numpy_softmax((theta + g) / 2.5) for g in noise], axis=0)
+  pair_losses = dmtg.pair_losses_fn(net, warm.batch_stats, batch)(warm.params)[0]
+  _, metrics = jax.jit(step)(warm, batch)
+  np.testing.assert_allclose(metrics["task_losses"],
+                             (averaged * np.asarray(pair_losses).T).sum(-1), rtol=1e-5)
+
+
 def test_temperature_schedules_run_from_start_to_end_over_the_search_steps():
   config = ml_collections.ConfigDict({"tau_schedule": "constant", "tau": 2.5, "tau_start": 4.0,
                                       "tau_end": 1.0})
@@ -293,7 +336,12 @@ def test_bad_dmtg_values_are_user_errors(tiny_config):
       ("dmtg.tau_schedule", "cosine", "unknown config.dmtg.tau_schedule"),
       ("dmtg.num_groups", 0, "num_groups must be >= 1"),
       ("dmtg.tau", 0.0, "dmtg.tau must be > 0"),
-      ("dmtg.finetune_epochs", 2, "finetune_epochs must be in")]:
+      ("dmtg.finetune_epochs", 2, "finetune_epochs must be in"),
+      ("dmtg.num_samples", 0, "num_samples must be >= 1"),
+      ("dmtg.balance_weight", -1.0, "balance_weight must be >= 0"),
+      ("dmtg.warmup_steps", -5, "warmup_steps must be >= 0"),
+      ("dmtg.logits_optimizer", "sgd", "needs config.dmtg.logits_learning_rate > 0"),
+      ("dmtg.logits_optimizer", "rmsprop", "unknown config.dmtg.logits_optimizer")]:
     config = tiny_config.copy_and_resolve_references()
     config.update_from_flattened_dict({key: value})
     with pytest.raises(UserError, match=message):

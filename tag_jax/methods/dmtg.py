@@ -42,6 +42,7 @@ from tag_jax.errors import UserError
 from tag_jax.methods.base import Method, one_network
 
 SHARED_STEMS = ("none", "stem")
+LOGITS_OPTIMIZERS = ("shared", "sgd", "adam")
 TAU_SCHEDULES = ("constant", "exponential", "linear")
 
 
@@ -61,13 +62,24 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.branch_strategy = "auto"  # 'vmap' | 'unrolled' | 'auto' (tag_jax/stacking.py)
   # Last this many of config.num_epochs: train only the arg-max heads and branches, logits frozen.
   cfg.finetune_epochs = 0
+  # Robust variant (0 / 1 = the reference): first this many steps train the branches and heads
+  # with the logits frozen at their start (a warm-up before the assignment moves).
+  cfg.warmup_steps = 0
+  # The logits' optimizer: 'shared' (the model's, reference) | 'sgd' | 'adam' at
+  # logits_learning_rate. Plain SGD moves Θ in proportion to its (small, noisy) gradient, where
+  # Adam moves every entry by about its learning rate whatever the gradient's size.
+  cfg.logits_optimizer = "shared"
+  cfg.logits_learning_rate = 0.0
+  # + weight x (log K - entropy of the mean assignment over tasks): > 0 keeps every branch in use.
+  cfg.balance_weight = 0.0
+  cfg.num_samples = 1  # Gumbel samples per step, their relaxed weights averaged (reference: 1)
   return cfg
 
 
 def validate(config) -> None:
   cfg = config.dmtg
   for key, allowed in (("branch_strategy", stacking.STRATEGIES), ("shared_stem", SHARED_STEMS),
-                       ("tau_schedule", TAU_SCHEDULES)):
+                       ("tau_schedule", TAU_SCHEDULES), ("logits_optimizer", LOGITS_OPTIMIZERS)):
     if cfg[key] not in allowed:
       raise UserError(f"unknown config.dmtg.{key} {cfg[key]!r}; choose one of {allowed}")
   if cfg.num_groups < 1:
@@ -76,21 +88,30 @@ def validate(config) -> None:
   for key in taus:
     if not cfg[key] > 0:
       raise UserError(f"config.dmtg.{key} must be > 0, got {cfg[key]}")
+  for key, low in (("warmup_steps", 0), ("balance_weight", 0.0), ("num_samples", 1)):
+    if not cfg[key] >= low:
+      raise UserError(f"config.dmtg.{key} must be >= {low}, got {cfg[key]}")
+  if cfg.logits_optimizer != "shared" and not cfg.logits_learning_rate > 0:
+    raise UserError(f"config.dmtg.logits_optimizer={cfg.logits_optimizer!r} needs "
+                    f"config.dmtg.logits_learning_rate > 0, got {cfg.logits_learning_rate}")
   if not 0 <= cfg.finetune_epochs < config.num_epochs:
     raise UserError(f"config.dmtg.finetune_epochs must be in [0, config.num_epochs) = "
                     f"[0, {config.num_epochs}), got {cfg.finetune_epochs}")
 
 
 def build(config, task_names, image_shape, steps_per_epoch) -> Method:
+  cfg = config.dmtg
   net = create_grouped_net(config, len(task_names))
-  optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch)
-  search_steps = (config.num_epochs - config.dmtg.finetune_epochs) * steps_per_epoch
+  optimizer = with_logits_optimizer(optim.create_optimizer(config.optimizer, steps_per_epoch),
+                                    cfg.logits_optimizer, cfg.logits_learning_rate)
+  search_steps = (config.num_epochs - cfg.finetune_epochs) * steps_per_epoch
   return Method(
       init_state=lambda rng: steps.init_train_state(net, optimizer, rng, image_shape),
       train_step=make_dmtg_step(net, optimizer, seed=config.seed,
-                                temperature=temperature_schedule(config.dmtg, search_steps),
-                                hard=config.dmtg.hard, entropy_weight=config.dmtg.entropy_weight,
-                                search_steps=search_steps),
+                                temperature=temperature_schedule(cfg, search_steps),
+                                hard=cfg.hard, entropy_weight=cfg.entropy_weight,
+                                search_steps=search_steps, warmup_steps=cfg.warmup_steps,
+                                balance_weight=cfg.balance_weight, num_samples=cfg.num_samples),
       eval_step=steps.make_eval_step(net),
       trunk_passes=(net.num_groups, net.num_groups),
       served_groups=lambda params: groups_from_logits(task_names, params["group_logits"]),
@@ -196,6 +217,17 @@ def create_grouped_net(config, num_tasks: int) -> GroupedNet:
 # --- sampling and the objective ---
 
 
+def with_logits_optimizer(optimizer, logits_optimizer: str, learning_rate: float):
+  """`optimizer` for every parameter ('shared'), or for all but Θ, which gets plain SGD or Adam
+  at `learning_rate`."""
+  if logits_optimizer == "shared":
+    return optimizer
+  own = optax.sgd(learning_rate) if logits_optimizer == "sgd" else optax.adam(learning_rate)
+  return optax.multi_transform(
+      {"net": optimizer, "logits": own},
+      lambda params: {key: "logits" if key == "group_logits" else "net" for key in params})
+
+
 def temperature_schedule(dmtg_config, search_steps: int) -> optax.Schedule:
   """τ(step): constant `tau`, or `tau_start` -> `tau_end` over the search steps (then held)."""
   cfg = dmtg_config
@@ -225,13 +257,22 @@ def mean_assignment_entropy(group_logits) -> jax.Array:
   return -(jnp.exp(log_p) * log_p).sum(-1).mean()
 
 
-def grouped_objective(pair_losses, weights, group_logits, entropy_weight):
+def branch_imbalance(group_logits) -> jax.Array:
+  """log K - entropy of the mean over tasks of softmax(Θ[n]): 0 when the branches are used
+  equally, log K when every task picks one branch. (N, K) -> ()."""
+  mean = jax.nn.softmax(group_logits, axis=-1).mean(0)
+  return jnp.log(mean.shape[-1]) + (mean * jnp.log(jnp.maximum(mean, 1e-12))).sum()
+
+
+def grouped_objective(pair_losses, weights, group_logits, entropy_weight, balance_weight=0.0):
   """(loss (), task losses (N,)) from pair_losses ℓ (K, N) and weights (N, K).
 
-  Task n's loss is Σ_k weights[n, k] ℓ[k, n]; loss = their sum + entropy_weight · mean entropy.
+  Task n's loss is Σ_k weights[n, k] ℓ[k, n]; loss = their sum + entropy_weight · mean entropy
+  + balance_weight · branch_imbalance.
   """
   task_losses = (weights * pair_losses.T).sum(-1)
-  return task_losses.sum() + entropy_weight * mean_assignment_entropy(group_logits), task_losses
+  return (task_losses.sum() + entropy_weight * mean_assignment_entropy(group_logits)
+          + balance_weight * branch_imbalance(group_logits)), task_losses
 
 
 def pair_losses_fn(net: GroupedNet, batch_stats, batch):
@@ -246,33 +287,48 @@ def pair_losses_fn(net: GroupedNet, batch_stats, batch):
 
 
 def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.Schedule,
-                   hard: bool, entropy_weight: float, search_steps: int):
+                   hard: bool, entropy_weight: float, search_steps: int, warmup_steps: int = 0,
+                   balance_weight: float = 0.0, num_samples: int = 1):
   """DMTG step: Gumbel-weighted loss before `search_steps`, then the arg-max heads with Θ frozen.
 
-  metrics: loss (), task_losses (N,) (each task's weighted loss).
+  Θ learns from step `warmup_steps` to `search_steps`; before, its gradient is zero and it
+  stays put. The relaxed weights are the mean over `num_samples` Gumbel draws (one branch
+  forward serves them all). metrics: loss (), task_losses (N,) (each task's weighted loss),
+  group_of_task (N,) (argmax Θ after the step).
   """
   def train_step(state: steps.TrainState, batch):
     searching = state.step < search_steps
+    learning_theta = searching & (state.step >= warmup_steps)
     theta = state.params["group_logits"]
-    noise = jax.random.gumbel(jax.random.fold_in(jax.random.key(seed), state.step), theta.shape)
+    key = jax.random.fold_in(jax.random.key(seed), state.step)
+    noise = jax.random.gumbel(key, theta.shape if num_samples == 1
+                              else (num_samples,) + theta.shape)
     branch_losses = pair_losses_fn(net, state.batch_stats, batch)
+
+    def relaxed(logits):
+      tau = temperature(state.step)
+      if num_samples == 1:
+        return gumbel_softmax(logits, noise, tau, hard=hard)
+      return jax.vmap(lambda g: gumbel_softmax(logits, g, tau, hard=hard))(noise).mean(0)
 
     def total_loss(params):
       pair_losses, batch_stats = branch_losses(params)
       logits = params["group_logits"]
-      weights = jnp.where(searching,
-                          gumbel_softmax(logits, noise, temperature(state.step), hard=hard),
+      weights = jnp.where(searching, relaxed(logits),
                           jax.nn.one_hot(assignment(logits), net.num_groups))
       loss, task_losses = grouped_objective(pair_losses, weights, logits,
-                                            jnp.where(searching, entropy_weight, 0.0))
+                                            jnp.where(searching, entropy_weight, 0.0),
+                                            jnp.where(searching, balance_weight, 0.0))
       return loss, (task_losses, batch_stats)
 
     (loss, (task_losses, batch_stats)), grads = jax.value_and_grad(total_loss, has_aux=True)(
         state.params)
+    grads = {**grads, "group_logits": jnp.where(learning_theta, grads["group_logits"], 0.0)}
     state = steps.apply_gradients(state, optimizer, grads, batch_stats)
-    frozen = jnp.where(searching, state.params["group_logits"], theta)
-    state = state.replace(params={**state.params, "group_logits": frozen})
-    return state, {"loss": loss, "task_losses": task_losses}
+    kept = jnp.where(learning_theta, state.params["group_logits"], theta)
+    state = state.replace(params={**state.params, "group_logits": kept})
+    return state, {"loss": loss, "task_losses": task_losses,
+                   "group_of_task": assignment(kept).astype(jnp.float32)}
   return train_step
 
 
