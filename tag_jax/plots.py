@@ -35,6 +35,8 @@ def panel_grid(count: int, **kwargs):
   fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False, **kwargs)
   for ax in axes.flat[count:]:
     ax.axis("off")
+  for ax in axes.flat[:count]:
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs, groups
   return fig, axes
 
 
@@ -118,7 +120,9 @@ def assignment_probabilities(record: dict):
              for k in range(num_groups)]
   fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
   fig.supxlabel("group" if len(per_epoch) == 1 else "epoch")
-  fig.supylabel("assignment probability softmax(Θ)")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("probability")
+  fig.suptitle("DMTG assignment probabilities softmax(Θ) of each task")
   fig.tight_layout()
   return fig
 
