@@ -9,11 +9,28 @@ import numpy as np
 
 
 def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to a temporary file in the same folder, then renames it: never half-written."""
+  """Writes JSON to a temporary file in the same folder, then renames it: never half-written.
+  The file gets the usual mode (0644 under umask 022), like the plots."""
   folder = os.path.dirname(os.path.abspath(path))
-  with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as f:
+  with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".", suffix=".tmp", delete=False) as f:
     json.dump(obj, f, indent=1, default=_to_builtin)
-  os.replace(f.name, path)
+  _replace_with_usual_mode(f.name, path)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes text like write_json_atomic: a temporary file renamed over path."""
+  folder = os.path.dirname(os.path.abspath(path))
+  with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".", suffix=".tmp", delete=False) as f:
+    f.write(text)
+  _replace_with_usual_mode(f.name, path)
+
+
+def _replace_with_usual_mode(temporary: str, path: str) -> None:
+  """Renames temporary to path with mode 0666 minus the umask (tempfile creates 0600)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(temporary, 0o666 & ~umask)
+  os.replace(temporary, path)
 
 
 def _to_builtin(value):
@@ -24,15 +41,35 @@ def _to_builtin(value):
   raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
-def truncate_jsonl(path: str, last_step: int) -> None:
-  """Drops records logged after `last_step` (they are re-logged when a resumed run redoes them)."""
+def count_records(path: str):
+  """Lines (records) of a .jsonl file, 0 if it does not exist."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, "rb") as f:
+    return sum(1 for line in f if line.strip())
+
+
+def truncate_jsonl(path: str, last_step: int, keep_records=None) -> None:
+  """Keeps the first `keep_records` records (those logged before the checkpoint a run resumes
+  from; None = all) and, of them, those with step <= `last_step`: whatever a resumed run redoes
+  is logged once."""
   if not os.path.exists(path):
     return
   with open(path) as f:
-    kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-  with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False) as f:
+    lines = [line for line in f if line.strip()]
+  if keep_records is not None:
+    lines = lines[:keep_records]
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= last_step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+      continue
+  with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), prefix=".", suffix=".tmp",
+                                   delete=False) as f:
     f.writelines(kept)
-  os.replace(f.name, path)
+  _replace_with_usual_mode(f.name, path)
 
 
 def answer_lines(results: dict, workdir: str) -> list[str]:
