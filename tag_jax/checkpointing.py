@@ -4,38 +4,133 @@ A checkpoint holds `state` (the TrainState pytree: params, batch stats, optimize
 state, step, best parameters, method accumulators) and `meta` (data-stream
 position `{'epoch', 'batch'}`, early-stopping record, per-epoch history). The
 per-step RNG is `fold_in(seed, step)`, so the step restores it too.
+
+Saving is synchronous (the loop waits for every save anyway): a failed write is
+an error in the calling thread, never a background thread that keeps the
+process alive. After each save, `checksums.json` in the step's folder holds the
+sha256 of every file of the step; a restore verifies them and rejects
+non-finite values, so a damaged checkpoint is an error naming its folder, not a
+run that continues from garbage.
 """
 
+import hashlib
+import json
 import os
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
+from tag_jax import reporting
 from tag_jax.errors import UserError
+
+CHECKSUMS = "checksums.json"
+
+
+class CheckpointError(UserError):
+  """A checkpoint could not be written, or read back intact."""
 
 
 def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+  """The manager of workdir/checkpoints (created if missing); CheckpointError if it cannot be."""
+  folder = os.path.join(os.path.abspath(workdir), "checkpoints")
+  try:
+    return ocp.CheckpointManager(
+        folder, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                     enable_async_checkpointing=False))
+  except Exception as e:  # orbax raises many types for an unusable folder
+    raise CheckpointError(f"cannot use the checkpoints folder {folder} ({_reason(e)}); make it "
+                          "a writable folder, or use another --workdir") from e
+
+
+def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(os.fspath(manager.directory), str(step))
+
+
+def _reason(error: BaseException) -> str:
+  return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)))
-  manager.wait_until_finished()
+  """Saves (state, meta) as step `step` and its checksums; CheckpointError if anything fails."""
+  try:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+    if jax.process_index() == 0:
+      folder = step_dir(manager, step)
+      reporting.write_json_atomic(os.path.join(folder, CHECKSUMS), file_checksums(folder))
+  except Exception as e:  # orbax and tensorstore raise many types for a failed write
+    raise CheckpointError(
+        f"cannot write checkpoint {step_dir(manager, step)} ({_reason(e)}); free disk space or "
+        f"make {manager.directory} writable, then re-run to resume from the last checkpoint") from e
+
+
+def file_checksums(folder: str) -> dict:
+  """{path relative to folder: sha256 hex} of every file under folder but the checksums file."""
+  sums = {}
+  for root, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(root, name)
+      relative = os.path.relpath(path, folder)
+      if relative == CHECKSUMS:
+        continue
+      digest = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          digest.update(block)
+      sums[relative] = digest.hexdigest()
+  return dict(sorted(sums.items()))
+
+
+def verify_checksums(folder: str) -> None:
+  """CheckpointError when a file of the step differs from, or lacks, its saved checksum."""
+  path = os.path.join(folder, CHECKSUMS)
+  if not os.path.exists(path):  # saved by an older version, or killed before the checksums
+    logging.warning("Checkpoint %s has no %s; restoring it unverified.", folder, CHECKSUMS)
+    return
+  try:
+    with open(path) as f:
+      expected = json.load(f)
+  except (OSError, ValueError) as e:
+    raise _damaged(folder, f"{CHECKSUMS} is unreadable ({e})") from e
+  actual = file_checksums(folder)
+  for name in sorted(set(expected) | set(actual)):
+    if name not in actual:
+      raise _damaged(folder, f"{name} is missing")
+    if expected.get(name) != actual[name]:
+      raise _damaged(folder, f"{name} differs from its checksum")
+
+
+def _damaged(folder: str, what: str) -> CheckpointError:
+  return CheckpointError(f"checkpoint {folder} is damaged ({what}); delete that folder to resume "
+                         "from an earlier one, or re-run with --restart to start over")
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """() bool: no NaN or infinity in any floating-point leaf of tree."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def restore_latest(manager: ocp.CheckpointManager, state_template):
-  """(state, meta) of the latest checkpoint, or None when there is none."""
+  """(state, meta) of the latest checkpoint, or None when there is none; CheckpointError when
+  it cannot be read, fails its checksums or holds non-finite values."""
   step = manager.latest_step()
   if step is None:
     return None
+  folder = step_dir(manager, step)
+  verify_checksums(folder)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state_template), meta=ocp.args.JsonRestore()))
   except Exception as e:  # orbax raises many types for unreadable or mismatched files
-    path = os.path.join(manager.directory, str(step))
-    reason = " ".join(str(e).split())[:200]
-    raise UserError(f"checkpoint {path} cannot be restored ({type(e).__name__}: {reason}); "
-                    "delete that folder to resume from an earlier one, or use a new --workdir") from e
+    raise CheckpointError(f"checkpoint {folder} cannot be restored ({_reason(e)}); delete that "
+                          "folder to resume from an earlier one, or use a new --workdir") from e
+  if not bool(np.asarray(all_finite(restored.state))):
+    raise _damaged(folder, "it holds NaN or infinite values")
   return restored.state, restored.meta

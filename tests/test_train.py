@@ -206,11 +206,14 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny_config, tmp_path):
   workdir = str(tmp_path / "corrupt")
   tiny_config.num_epochs = 1
   train.train_and_evaluate(tiny_config, workdir)
-  step_dir = os.path.join(workdir, "checkpoints", "3", "state")
-  for root, _, files in os.walk(step_dir):
+  step_dir = os.path.join(workdir, "checkpoints", "3")
+  for root, _, files in os.walk(os.path.join(step_dir, "state")):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
+  with pytest.raises(UserError, match=f"checkpoint {step_dir} is damaged.*delete that folder"):
+    train.train_and_evaluate(tiny_config, workdir)
+  os.remove(os.path.join(step_dir, checkpointing.CHECKSUMS))  # unverified: orbax's own error
   with pytest.raises(UserError, match="cannot be restored.*delete that folder"):
     train.train_and_evaluate(tiny_config, workdir)
 
