@@ -11,7 +11,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tag_jax.errors import UserError
+
 CONV_IMPLS = ("xla", "im2col", "auto")
+# Smallest image side the trunk takes: maxpool(3, s2) leaves (S - 3) // 2 + 1 >= 2 for avgpool(2).
+MIN_IMAGE_SIZE = 5
+
+
+def check_image_shape(image_shape) -> None:
+  """UserError unless images (H, W, C) have H, W >= MIN_IMAGE_SIZE and C >= 1."""
+  height, width, channels = image_shape
+  if min(height, width) < MIN_IMAGE_SIZE or channels < 1:
+    raise UserError(f"images are {height}x{width} with {channels} channel(s); the trunk needs at "
+                    f"least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels and 1 channel (set "
+                    "config.image_size, or give larger images)")
 
 
 def resolve_conv_impl(name: str) -> str:
@@ -131,10 +144,53 @@ def masked_batch_norm(train: bool, mask, epsilon: float, momentum: float) -> Cal
   return norm
 
 
+@jax.custom_vjp
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """3x3 max-pool, stride 2, VALID: (B, H, W, C) -> (B, (H - 3) // 2 + 1, (W - 3) // 2 + 1, C).
+
+  Same values as nn.max_pool. Its gradient is written out (below) because XLA:CPU's own
+  (select_and_scatter) took half of a plain training step here (../PERF_NOTES item 12).
+  """
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+
+
+def _window_views(x, out_h: int, out_w: int):
+  """The 9 strided views x[:, dy::2, dx::2] (B, out_h, out_w, C), in window order (dy, dx)."""
+  return [(dy, dx, jax.lax.slice(x, (0, dy, dx, 0),
+                                 (x.shape[0], dy + 2 * out_h - 1, dx + 2 * out_w - 1, x.shape[3]),
+                                 (1, 2, 2, 1)))
+          for dy in range(3) for dx in range(3)]
+
+
+def _max_pool_fwd(x):
+  y = max_pool_3x3_s2(x)
+  return y, (x, y)
+
+
+def _max_pool_bwd(residuals, cotangent):
+  """Each output's cotangent goes to the first window position (in window order) that holds the
+  maximum, put back in place by interior padding (the transpose of a stride-2 slice)."""
+  x, y = residuals
+  out_h, out_w = y.shape[1:3]
+  taken = jnp.zeros(y.shape, bool)
+  grad = jnp.zeros_like(x)
+  zero = jnp.zeros((), x.dtype)
+  for dy, dx, view in _window_views(x, out_h, out_w):
+    first = (view == y) & ~taken
+    taken = taken | first
+    grad = grad + jax.lax.pad(jnp.where(first, cotangent, zero), zero,
+                              ((0, 0, 0), (dy, x.shape[1] - dy - 2 * out_h + 1, 1),
+                               (dx, x.shape[2] - dx - 2 * out_w + 1, 1), (0, 0, 0)))
+  return (grad,)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 def stem_layers(x, width: int, conv: str, norm: Callable):
   """conv-BN-ReLU-maxpool(3, s2): (B, S, S, C) -> (B, S', S', width), S' = (S - 3) // 2 + 1."""
   x = nn.relu(norm(Conv3x3(width, conv)(x)))
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+  return max_pool_3x3_s2(x)
 
 
 def residual_tail_layers(x, width: int, conv: str, norm: Callable):

@@ -6,6 +6,8 @@ classes >= 0; `task_names` (T,) strings; optional `split` (N,) with 0 = train,
 80% / 10% / 10% of the examples in train / validation / test.
 """
 
+import zipfile
+
 import numpy as np
 
 from tag_jax.data.base import ArrayDataset
@@ -28,20 +30,35 @@ def default_split(num_examples: int) -> np.ndarray:
   return split
 
 
-def load(path: str, num_classes: int) -> ArrayDataset:
+def read_arrays(path: str) -> dict:
+  """{name: array} of an .npz file (pickled arrays refused); UserError for anything else."""
+  if not path:
+    raise UserError(f"config.dataset.name='npz' needs config.dataset.path, your .npz file ({_FIX})")
   try:
-    with np.load(path, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+      _fail(path, "a single array (.npy), not an .npz file of named arrays; save it with "
+            "np.savez(path, images=..., labels=..., task_names=...)")
+    with loaded as f:
+      return {k: f[k] for k in f.files}
   except FileNotFoundError:
     _fail(path, "file not found; set config.dataset.path to your .npz file")
-  except (OSError, ValueError) as e:
-    _fail(path, f"not a readable .npz file ({e})")
+  except IsADirectoryError:
+    _fail(path, "a folder, not an .npz file; set config.dataset.path to your .npz file")
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    _fail(path, f"not a readable .npz file ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
+
+
+def load(path: str, num_classes: int) -> ArrayDataset:
+  arrays = read_arrays(path)
   for key in ("images", "labels", "task_names"):
     if key not in arrays:
       _fail(path, f"missing array {key!r}; found {sorted(arrays)}")
   images, labels, names = arrays["images"], arrays["labels"], arrays["task_names"]
   if images.ndim != 4:
     _fail(path, f"images must be (N, H, W, C), got shape {images.shape}")
+  if not len(images):
+    _fail(path, "images holds no examples (N = 0)")
   if not (images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating)):
     _fail(path, f"images must be uint8 or float, got {images.dtype}")
   if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
@@ -50,11 +67,18 @@ def load(path: str, num_classes: int) -> ArrayDataset:
     _fail(path, f"labels must be (N, T) with N = {len(images)}, got shape {labels.shape}")
   if not np.issubdtype(labels.dtype, np.integer):
     _fail(path, f"labels must be integer classes, got {labels.dtype}")
+  if not labels.shape[1]:
+    _fail(path, "labels has no tasks (T = 0 columns)")
   if labels.min() < 0 or labels.max() >= num_classes:
     _fail(path, f"labels must be in [0, {num_classes}) (config.model.num_classes), "
           f"got [{labels.min()}, {labels.max()}]")
   if names.ndim != 1 or len(names) != labels.shape[1] or names.dtype.kind not in "US":
     _fail(path, f"task_names must be {labels.shape[1]} strings, got {names.dtype} {names.shape}")
+  repeated = sorted({str(n) for n in names if (names == n).sum() > 1})
+  if repeated:
+    _fail(path, f"task_names must be distinct; {repeated} appear more than once")
+  if not all(str(n) for n in names):
+    _fail(path, "task_names must be non-empty strings")
   split = arrays.get("split")
   if split is None:
     split = default_split(len(images))
