@@ -2,11 +2,18 @@
 
     python -m tag_jax.main  --config=configs/synthetic_tag.py   --workdir=runs/x [--config.k=v]
     python -m tag_jax.study --config=configs/synthetic_study.py --workdir=runs/s [--config.k=v]
+
+A mistake the user can fix (UserError, a bad flag or config file, a failed
+write) is one line `error: ...` on stderr and exit status 2 (3: the training
+diverged); the process never waits on a library's background thread to end.
 """
 
+import importlib.util
 import logging as py_logging
 import os
 import sys
+import threading
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -17,6 +24,9 @@ CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file
                                          lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and results.")
 flags.mark_flags_as_required(["config", "workdir"])
+RESTART = flags.DEFINE_bool(
+    "restart", False, "Start over: once the config and data pass their checks, delete the "
+    "checkpoints, metrics and outputs in --workdir instead of resuming from them.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Join a multi-process job: jax.distributed.initialize() auto-detects "
     "TPU pod slices, SLURM and Open MPI; or give the three flags below.")
@@ -47,14 +57,34 @@ def config_file_in(argv) -> str:
   return ""
 
 
-def load_config_file(path: str):
-  """get_config() of a config file, as --config loads it (for --help)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
+def load_config_file(spec: str):
+  """get_config() of --config=FILE[:ARG], as config_flags loads it; UserError (one line) for a
+  missing or broken file, no get_config(), or one that fails or returns no ConfigDict."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
 
-  spec = importlib.util.spec_from_file_location("help_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  path, colon, argument = spec.partition(":")
+  shown = f"--config={spec}"
+  if not os.path.isfile(path):
+    raise UserError(f"{shown}: {'is a folder' if os.path.isdir(path) else 'no such file'}; give "
+                    "a config file defining get_config() (see configs/)")
+  try:
+    module_spec = importlib.util.spec_from_file_location("tag_jax_user_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise UserError(f"{shown}: syntax error at line {e.lineno}: {e.msg}") from e
+  except Exception as e:  # whatever the file's own code raises
+    raise UserError(f"{shown}: the file fails to load ({type(e).__name__}: {one_line(e)})") from e
+  if not callable(getattr(module, "get_config", None)):
+    raise UserError(f"{shown}: the file defines no get_config() (see configs/ for examples)")
+  try:
+    config = module.get_config(*([argument] if colon else []))
+  except Exception as e:  # whatever get_config raises
+    raise UserError(f"{shown}: get_config() raised {type(e).__name__}: {one_line(e)}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f"{shown}: get_config() must return an ml_collections.ConfigDict, got "
+                    f"{type(config).__name__}")
+  return config
 
 
 def print_help(argv) -> None:
@@ -64,7 +94,7 @@ def print_help(argv) -> None:
   main_doc = (sys.modules["__main__"].__doc__ or "").strip().splitlines()
   print(main_doc[0] if main_doc else "python -m tag_jax.main --config=FILE --workdir=DIR")
   print("\nflags:")
-  for flag in (CONFIG, WORKDIR, _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID):
+  for flag in (CONFIG, WORKDIR, RESTART, _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID):
     print(f"  --{flag.name}: {flags.FLAGS[flag.name].help}")
   path = config_file_in(argv)
   try:
@@ -85,6 +115,12 @@ def parse_flags(argv):
   if any(arg in HELP_FLAGS for arg in argv[1:]):
     print_help(argv)
     sys.exit(0)
+  if config_file_in(argv):
+    try:
+      load_config_file(config_file_in(argv))
+    except UserError as e:
+      print(f"error: {one_line(e)}", file=sys.stderr)
+      sys.exit(e.exit_code)
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # config_flags: --config.<key> that the config lacks
@@ -99,10 +135,12 @@ def parse_flags(argv):
 
 
 class QuietLibraries(py_logging.Filter):
-  """Keeps the console to this tool's own progress: drops INFO chatter of checkpoint internals."""
+  """Keeps the console to this tool's own progress: drops INFO chatter of checkpoint and JAX
+  internals (e.g. the backends JAX tried and did not find)."""
 
   def filter(self, record):
-    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+    return record.levelno >= py_logging.WARNING or not any(
+        part in record.pathname for part in ("/orbax/", "/jax/_src/"))
 
 
 def initialize_distributed() -> None:
@@ -118,8 +156,21 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def exit_now(code: int) -> None:
+  """Exits with `code` after flushing output, without waiting on background threads a library
+  left running (a failed orbax save would otherwise keep the process alive forever)."""
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+         if t is not threading.main_thread()):
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
+
+
 def run(job) -> None:
-  """app.run of job(config, workdir): a UserError is one line on stderr and its exit status."""
+  """app.run of job(config, workdir, restart=...): a UserError or a failed write is one line on
+  stderr and exit status 2 (TrainingDiverged: 3); any other error a traceback and status 1."""
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -129,8 +180,19 @@ def run(job) -> None:
       os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     initialize_distributed()
     try:
-      job(CONFIG.value, WORKDIR.value)
+      job(CONFIG.value, WORKDIR.value, restart=RESTART.value)
     except UserError as e:
       print(f"error: {one_line(e)}", file=sys.stderr)
-      sys.exit(e.exit_code)
+      exit_now(e.exit_code)
+    except OSError as e:  # a write the disk refused (full, read-only, path too long)
+      where = f" ({e.filename})" if e.filename else ""
+      print(f"error: {e.strerror or one_line(e)}{where}; free space or pick a writable "
+            "--workdir, then re-run to resume", file=sys.stderr)
+      exit_now(2)
+    except KeyboardInterrupt:
+      print("error: interrupted; re-run the same command to resume", file=sys.stderr)
+      exit_now(130)
+    except Exception:  # pylint: disable=broad-except (a bug: the traceback, then exit, no hang)
+      traceback.print_exc()
+      exit_now(1)
   app.run(main, flags_parser=parse_flags)

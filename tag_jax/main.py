@@ -3,9 +3,9 @@
 from tag_jax import cli
 
 
-def train_and_evaluate(config, workdir):
+def train_and_evaluate(config, workdir, restart=False):
   from tag_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow, behind clu: slow)
-  return train.train_and_evaluate(config, workdir)
+  return train.train_and_evaluate(config, workdir, restart=restart)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,11 @@ config.study.epochs_train (0 = config.num_epochs). config.study.overrides.<metho
 changes the config of that method's own runs (not of the groups it selected).
 
 Resumable: a stage whose results.json exists is skipped; an interrupted one
-resumes from its checkpoints. The report reads each stage's results.json only:
+resumes from its checkpoints. A stage's own results.json (written atomically,
+last) is the only record that it is done, so a kill at any instant leaves a
+study that the same command continues. The study folder is locked while the
+study runs (tag_jax.workdir); --restart deletes the report and every stage's
+checkpoints and outputs first. The report reads each stage's results.json only:
 its test metrics, the groups that served the tasks, and its compute (trunk
 passes counted by the loop, training seconds summed over resumes).
 """
@@ -36,7 +40,7 @@ import os
 import jax
 from absl import logging
 
-from tag_jax import cli, data, plots, reporting
+from tag_jax import cli, config_checks, data, plots, reporting, workdir as workdirs
 from tag_jax.data import synthetic
 from tag_jax.errors import UserError
 
@@ -214,16 +218,46 @@ def run_stage(config, stage: Stage, workdir: str):
   return results if "test" in results else None
 
 
-def run_study(config, workdir: str):
-  """Runs (or resumes) every stage, then writes the report; returns it (None if paused)."""
+REPORT_FILES = ("report.json", "report.md", "total_error_vs_compute.png")
+
+
+def run_study(config, workdir: str, restart: bool = False):
+  """Runs (or resumes) every stage, then writes the report; returns it (None if paused).
+  restart=True deletes the report and the stages' checkpoints and outputs after the checks."""
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  config_checks.check_values(config)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir {workdir!r} is a file; pick a folder")
+  config_checks.check_workdir_path(os.path.join(workdir, "a_stage_name"))
   task_names = data.load_dataset(config).task_names
   study_plan = plan(config, task_names, workdir)
   from tag_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow, behind clu: slow)
   for stage in study_plan.stages:
     if "groups.groups_file" not in stage.settings:  # the others' groups.json is written later
       train.validate_config(stage_config(config, stage))
+  lock = workdirs.acquire(workdir) if jax.process_index() == 0 else None
+  try:
+    if restart and lock:
+      start_over(workdir, study_plan)
+    return run_stages(config, task_names, study_plan, workdir)
+  finally:
+    if lock:
+      lock.release()
+
+
+def start_over(workdir: str, study_plan: Plan) -> None:
+  """--restart: deletes the report and each stage's checkpoints and outputs."""
+  for name in REPORT_FILES:
+    if os.path.exists(os.path.join(workdir, name)):
+      os.remove(os.path.join(workdir, name))
+  for stage in study_plan.stages:
+    deleted = workdirs.clear_outputs(os.path.join(workdir, stage.name))
+    if deleted:
+      logging.info("--restart: deleted %s in %s.", ", ".join(deleted), stage.name)
+
+
+def run_stages(config, task_names, study_plan: Plan, workdir: str):
+  """Runs the stages not done yet, then writes the report; returns it (None if paused)."""
   for stage in study_plan.stages:
     if run_stage(config, stage, workdir) is None:
       logging.info("Stage %s stopped at config.max_steps; re-run to continue.", stage.name)
@@ -323,8 +357,7 @@ def markdown(report: dict) -> str:
 
 def write_report(report: dict, workdir: str) -> None:
   reporting.write_json_atomic(os.path.join(workdir, "report.json"), report)
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(markdown(report))
+  reporting.write_text_atomic(os.path.join(workdir, "report.md"), markdown(report))
   plots.save(plots.total_error_vs_compute(report["rows"]),
              os.path.join(workdir, "total_error_vs_compute.png"))
 

@@ -10,6 +10,7 @@ outputs, and `results.json` is written. The method contract: tag_jax.methods.bas
 
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -19,8 +20,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from tag_jax import (checkpointing, data, early_stopping, evaluation, methods, metric_writing,
-                     models, optim, reporting, sharding)
+from tag_jax import (checkpointing, config_checks, data, early_stopping, evaluation, methods,
+                     metric_writing, models, optim, reporting, sharding, workdir as workdirs)
 from tag_jax.data import pipeline
 from tag_jax.errors import TrainingDiverged, UserError
 from tag_jax.methods.base import FinalEvaluation, LoopContext, Method, groups_of
@@ -29,8 +30,20 @@ from tag_jax.methods.base import FinalEvaluation, LoopContext, Method, groups_of
 _METRIC_NAMES = {"task_losses": "loss"}
 
 
+# Divergence beyond NaN, checked where the loop has the numbers on the host: the summed training
+# loss at a log step above LOSS_BLOWUP x its value at step 1; or, at an epoch end after
+# max(CHANCE_MIN_STEPS, 3 / (1 - bn_momentum)) steps (batch-norm averages settled), every task's
+# validation loss at least CHANCE_FRACTION x log(num_classes), no better than a uniform guess.
+LOSS_BLOWUP = 4.0
+CHANCE_MIN_STEPS = 300
+CHANCE_FRACTION = 0.98
+RESTART_HINT = ("lower config.optimizer.learning_rate (now {lr:g}) and start over with "
+                "--restart")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises UserError for values no run can use (before any data is read or code compiled)."""
+  config_checks.check_values(config)
   if config.dataset.name not in data.DATASETS:
     raise UserError(f"unknown config.dataset.name {config.dataset.name!r}; "
                     f"choose one of {data.DATASETS}")
@@ -45,12 +58,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.model.conv not in models.CONV_IMPLS:
     raise UserError(f"unknown config.model.conv {config.model.conv!r}; choose one of {models.CONV_IMPLS}")
   methods.validate(config)
-  for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "keep_checkpoints"):
-    if config[key] < 1:
-      raise UserError(f"config.{key} must be >= 1, got {config[key]}")
   if config.batch_size % jax.process_count():
     raise UserError(f"config.batch_size {config.batch_size} must be divisible by the "
                     f"{jax.process_count()} processes")
+  if config.groups.groups_file:  # a groups.json to train ('groups'): its shape, before any data
+    config_checks.check_groups_file(config.groups.groups_file, config.groups.max_groups)
+
+
+def validate_run_length(config, method: Method, steps_per_epoch: int) -> None:
+  """UserError when a method that measures every n steps would measure at step 0 only."""
+  total = config.num_epochs * steps_per_epoch
+  if method.measured_step and method.measure_every >= total > 1:
+    raise UserError(f"config.affinity.every_n_steps={method.measure_every} is not below the run's "
+                    f"{total} steps: only step 0 would be measured; lower it (or train longer)")
 
 
 # Config keys that make a run what it is: a workdir holding checkpoints of a run with other values
@@ -59,47 +79,105 @@ IDENTITY_KEYS = ("method", "tasks", "seed", "dataset", "image_size", "model", "d
 
 
 def check_same_run(workdir: str, config) -> None:
-  """UserError when `workdir` holds checkpoints of a run whose identity keys differ from config's."""
+  """UserError when `workdir` holds a run (checkpoints, metrics or results) whose identity keys
+  differ from config's."""
   saved_path = os.path.join(workdir, "config.json")
   checkpoints = os.path.join(workdir, "checkpoints")
-  if not (os.path.exists(saved_path) and os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+  holds_a_run = ((os.path.isdir(checkpoints) and os.listdir(checkpoints))
+                 or os.path.exists(os.path.join(workdir, "results.json"))
+                 or os.path.exists(os.path.join(workdir, "metrics.jsonl")))
+  if not (os.path.exists(saved_path) and holds_a_run):
     return
   try:
     with open(saved_path) as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:
-    raise UserError(f"{saved_path} is unreadable ({e}); delete {workdir} to start over") from e
+    raise UserError(f"{saved_path} is unreadable ({e}); re-run with --restart to start over, "
+                    "or use a new --workdir") from e
   current = json.loads(json.dumps(config.to_dict(), default=list))
   differ = [k for k in IDENTITY_KEYS if saved.get(k) != current.get(k)]
   if differ:
     shown = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
     raise UserError(f"--workdir {workdir} holds another run ({shown}); use a new --workdir, or "
-                    f"delete {workdir} to start over")
+                    "re-run with --restart to delete it and start over")
 
 
-def prepare_workdir(workdir: str, config) -> None:
-  check_same_run(workdir, config)
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"cannot write to --workdir {workdir!r} ({e.strerror}); "
-                    "pick a writable folder") from e
+def check_workdir(workdir: str) -> None:
+  """UserError for a workdir no run can use: a file, or a path too long for checkpoint files."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir {workdir!r} is a file; pick a folder")
+  config_checks.check_workdir_path(workdir)
+
+
+def prepare_workdir(workdir: str, config, *, restart: bool = False):
+  """Locks the workdir (process 0) and checks it holds this run (or, with restart, deletes what
+  it holds); returns the lock (None on other processes)."""
+  if not restart:
+    check_same_run(workdir, config)  # before the lock, too: a refused run leaves no trace
+  lock, error = None, None
   if jax.process_index() == 0:
-    reporting.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+    try:
+      lock = workdirs.acquire(workdir)
+      if restart:
+        deleted = workdirs.clear_outputs(workdir)
+        if deleted:
+          logging.info("--restart: deleted %s in %s.", ", ".join(deleted), workdir)
+      else:
+        check_same_run(workdir, config)
+    except OSError as e:
+      error = UserError(f"cannot write to --workdir {workdir!r} ({e.strerror}); pick a writable "
+                        "folder")
+    except UserError as e:
+      error = e
+    if error and lock:
+      lock.release()
+  if jax.process_count() > 1:  # every process stops if process 0 could not take the workdir
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    ready = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if not ready and error is None:
+      error = UserError(f"process 0 could not prepare --workdir {workdir} (its error says why)")
+  if error:
+    raise error
+  return lock
 
 
-def check_finite(task_loss: np.ndarray, task_names, step: int, workdir: str) -> None:
-  """TrainingDiverged naming the tasks whose loss is NaN or infinite."""
+def check_finite(task_loss: np.ndarray, task_names, step: int, workdir: str,
+                 last_saved=None) -> None:
+  """TrainingDiverged naming the tasks whose loss is NaN or infinite; last_saved: the step of
+  the latest checkpoint, None when there is none."""
   bad = [name for name, v in zip(task_names, task_loss) if not np.isfinite(v)]
   if bad:
+    kept = (f"the last checkpoint (step {last_saved}) in {os.path.join(workdir, 'checkpoints')} "
+            "is kept: lower config.optimizer.learning_rate or check the input data, then re-run "
+            "to resume" if last_saved is not None else
+            "no checkpoint was saved yet: lower config.optimizer.learning_rate or check the input "
+            "data, then re-run")
+    raise TrainingDiverged(f"loss of task(s) {bad} became non-finite at step {step}; {kept}")
+
+
+def check_loss_blowup(loss: float, initial, step: int, config) -> None:
+  """TrainingDiverged when the summed training loss is LOSS_BLOWUP times its step-1 value."""
+  if initial and initial > 0 and loss > LOSS_BLOWUP * initial:
     raise TrainingDiverged(
-        f"loss of task(s) {bad} became non-finite at step {step}; the last good checkpoint in "
-        f"{os.path.join(workdir, 'checkpoints')} is kept: lower config.optimizer.learning_rate "
-        "or check the input data, then re-run to resume")
+        f"training loss {loss:.4g} at step {step} is {loss / initial:.3g}x its value "
+        f"{initial:.4g} at step 1: the run diverged; "
+        + RESTART_HINT.format(lr=config.optimizer.learning_rate))
+
+
+def check_above_chance(task_loss, step: int, config) -> None:
+  """TrainingDiverged when, after enough steps, no task's validation loss beats a uniform guess."""
+  min_steps = max(CHANCE_MIN_STEPS, math.ceil(3 / (1 - config.model.bn_momentum)))
+  chance = math.log(config.model.num_classes)
+  task_loss = np.asarray(task_loss, np.float64)
+  if not np.isfinite(task_loss).all():
+    raise TrainingDiverged(f"validation loss became non-finite at step {step}: the run diverged; "
+                           + RESTART_HINT.format(lr=config.optimizer.learning_rate))
+  if step >= min_steps and (task_loss >= CHANCE_FRACTION * chance).all():
+    raise TrainingDiverged(
+        f"after {step} steps no task does better on validation than a uniform guess (every "
+        f"task's loss >= {CHANCE_FRACTION * chance:.3f}, lowest {task_loss.min():.4g}): the run "
+        "diverged or the labels carry no signal; "
+        + RESTART_HINT.format(lr=config.optimizer.learning_rate) + ", or check the data")
 
 
 def named_scalars(prefix: str, metrics: dict, task_names) -> dict:
@@ -132,9 +210,11 @@ class Run:
   measured_step: object
   eval_step: object
   manager: object
-  writer: metric_writers.MetricWriter
   started: float
+  writer: metric_writers.MetricWriter = None  # created once the checkpoint is restored
+  lock: object = None
   seconds_before: float = 0.0
+  last_saved: object = None  # step of the latest checkpoint, None before the first
   compiled: set = dataclasses.field(default_factory=set)
 
   @property
@@ -156,12 +236,26 @@ class Run:
     """Training seconds of this run over all invocations so far."""
     return self.seconds_before + time.time() - self.started
 
+  def close(self) -> None:
+    """Flushes the writers, closes the checkpoint manager and releases the workdir lock."""
+    try:
+      if self.writer:
+        self.writer.flush()
+      self.manager.close()
+    except Exception as e:  # pylint: disable=broad-except (never hide the error that ended the run)
+      logging.warning("Closing the run's writers failed: %s", e)
+    finally:
+      if self.lock:
+        self.lock.release()
 
-def set_up(config, workdir: str) -> Run:
-  """Validates, reads the data, builds the method and its jitted steps (compiled on first use)."""
+
+def set_up(config, workdir: str, *, restart: bool = False) -> Run:
+  """Validates the config, reads and checks the data, builds the method and its jitted steps
+  (compiled on first use), then (only then) locks and prepares the workdir."""
   validate_config(config)
-  prepare_workdir(workdir, config)
+  check_workdir(workdir)
   dataset = data.load_dataset(config)
+  models.check_image_shape(dataset.image_shape)
   steps_per_epoch = pipeline.num_batches(dataset.num_examples("train"), config.batch_size,
                                          config.drop_remainder)
   if steps_per_epoch < 1:
@@ -171,41 +265,60 @@ def set_up(config, workdir: str) -> Run:
   sharding.check_divisible(config.batch_size, mesh, "batch_size")
   sharding.check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
   method = methods.build(config, dataset.task_names, dataset.image_shape, steps_per_epoch)
+  validate_run_length(config, method, steps_per_epoch)
   state_sharding = (method.state_sharding(mesh) if method.state_sharding
                     else sharding.replicated(mesh))
-  return Run(
-      config=config, workdir=workdir, dataset=dataset, mesh=mesh, method=method,
-      steps_per_epoch=steps_per_epoch, state_sharding=state_sharding,
-      train_step=sharding.jit_train_step(method.train_step, state_sharding, mesh),
-      measured_step=(method.measured_step
-                     and sharding.jit_train_step(method.measured_step, state_sharding, mesh)),
-      eval_step=jax.jit(method.eval_step, out_shardings=sharding.replicated(mesh)),
-      manager=checkpointing.create_manager(workdir, config.keep_checkpoints),
-      writer=metric_writing.create_writer(workdir), started=time.time())
+  lock = prepare_workdir(workdir, config, restart=restart)
+  try:
+    return Run(
+        config=config, workdir=workdir, dataset=dataset, mesh=mesh, method=method,
+        steps_per_epoch=steps_per_epoch, state_sharding=state_sharding,
+        train_step=sharding.jit_train_step(method.train_step, state_sharding, mesh),
+        measured_step=(method.measured_step
+                       and sharding.jit_train_step(method.measured_step, state_sharding, mesh)),
+        eval_step=jax.jit(method.eval_step, out_shardings=sharding.replicated(mesh)),
+        manager=checkpointing.create_manager(workdir, config.keep_checkpoints),
+        started=time.time(), lock=lock)
+  except BaseException:
+    if lock:
+      lock.release()
+    raise
 
 
 def restore_or_init(run: Run):
-  """(state, meta): the latest checkpoint's, or a fresh state and loop record."""
+  """(state, meta): the latest checkpoint's, or a fresh state and loop record. Only then are
+  config.json written and the metric writers opened (metrics.jsonl cut back to the checkpoint),
+  so a checkpoint that fails to restore leaves the workdir as it was."""
   state = jax.jit(run.method.init_state, out_shardings=run.state_sharding)(
       jax.random.key(run.config.seed))
   restored = checkpointing.restore_latest(run.manager, state)
   if restored is None:
     meta = {"epoch": 0, "batch": 0, "stopped_early": False, "history": [], "measured_steps": 0,
-            "train_seconds": 0.0, "method": {},
+            "train_seconds": 0.0, "method": {}, "initial_loss": None,
             "early_stopping": early_stopping.initial_record(len(run.method.members))}
   else:
     state, meta = restored
+    run.last_saved = int(state.step)
     logging.info("Resumed from step %d (epoch %d, batch %d).", int(state.step), meta["epoch"],
                  meta["batch"])
   run.seconds_before = meta["train_seconds"]
   if jax.process_index() == 0:
-    reporting.truncate_jsonl(os.path.join(run.workdir, "metrics.jsonl"), int(state.step))
+    reporting.write_json_atomic(os.path.join(run.workdir, "config.json"), run.config.to_dict())
+    reporting.truncate_jsonl(os.path.join(run.workdir, "metrics.jsonl"), int(state.step),
+                             keep_records=meta.get("metrics_records"))
+  run.writer = metric_writing.create_writer(run.workdir)
   return state, meta
 
 
 def save(run: Run, state, meta: dict) -> None:
-  checkpointing.save(run.manager, int(state.step), state,
-                     {**meta, "train_seconds": run.seconds()})
+  """A checkpoint of state and meta, with the training seconds so far and the number of records
+  in metrics.jsonl (a resumed run drops those logged after it)."""
+  records = (reporting.count_records(os.path.join(run.workdir, "metrics.jsonl"))
+             if jax.process_index() == 0 else None)
+  step = int(state.step)
+  checkpointing.save(run.manager, step, state,
+                     {**meta, "train_seconds": run.seconds(), "metrics_records": records})
+  run.last_saved = step
 
 
 def train_epoch(run: Run, state, meta: dict, report_progress):
@@ -229,14 +342,19 @@ def train_epoch(run: Run, state, meta: dict, report_progress):
       logging.info("Compiled and ran the first %s step in %.1f s.", kind,
                    time.time() - compile_start)
       run.compiled.add(kind)
-    check_finite(np.asarray(metrics["task_losses"]), run.task_names, step + 1, run.workdir)
+    task_loss = np.asarray(metrics["task_losses"])
+    check_finite(task_loss, run.task_names, step + 1, run.workdir, run.last_saved)
+    if step == 0:  # the starting value divergence is measured against
+      meta = {**meta, "initial_loss": float(task_loss.sum())}
     step += 1
     meta = {**meta, "batch": meta["batch"] + 1,
             "measured_steps": meta["measured_steps"] + bool(measure_now)}
     report_progress(step)
     if step % config.log_every_steps == 0:
-      run.writer.write_scalars(step, named_scalars("train", jax.device_get(metrics),
-                                                   run.task_names))
+      logged = jax.device_get(metrics)
+      run.writer.write_scalars(step, named_scalars("train", logged, run.task_names))
+      check_loss_blowup(float(np.sum(logged["task_losses"])), meta.get("initial_loss"), step,
+                        config)
     if step == config.max_steps:
       break
     if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
@@ -267,6 +385,7 @@ def end_epoch(run: Run, state, meta: dict):
                                                   run.task_names)})
   logging.info("epoch %d: validation loss %.4f, total error %.2f", epoch, val["loss"],
                val["total_error"])
+  check_above_chance(val["task_loss"], step, run.config)
   if stopped:
     logging.info("Early stopping after epoch %d: no network improved its validation loss for "
                  "%d epochs (best epoch %s).", epoch, run.config.early_stopping.patience,
@@ -285,6 +404,10 @@ def end_epoch(run: Run, state, meta: dict):
 def final_results(run: Run, state, meta: dict) -> dict:
   """Evaluates the reported parameters, lets the method write its outputs, writes results.json."""
   config, method = run.config, run.method
+  if not bool(np.asarray(checkpointing.all_finite(state))):
+    raise TrainingDiverged("the trained state holds NaN or infinite values: the run diverged and "
+                           "writes no results; "
+                           + RESTART_HINT.format(lr=config.optimizer.learning_rate))
   best_epoch = meta["early_stopping"]["best_epoch"]
   use_best = config.early_stopping.restore_best and max(best_epoch) > 0
   params, batch_stats = ((state.best_params, state.best_batch_stats) if use_best
@@ -326,10 +449,23 @@ def final_results(run: Run, state, meta: dict) -> dict:
   return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       restart: bool = False) -> dict:
   """Trains `config.method` on `config.dataset`, writes everything under `workdir`; returns the
-  results, or {'stopped_at_step': n} when config.max_steps paused the run (re-run to resume)."""
-  run = set_up(config, workdir)
+  results, or {'stopped_at_step': n} when config.max_steps paused the run (re-run to resume).
+
+  The workdir is locked while the run lives; restart=True deletes what it holds (checkpoints,
+  metrics, outputs) once every check passed, and starts over."""
+  run = set_up(config, workdir, restart=restart)
+  try:
+    return train_loop(run)
+  finally:
+    run.close()
+
+
+def train_loop(run: Run) -> dict:
+  """Restores or initialises the state, trains to the end (or config.max_steps), reports."""
+  config = run.config
   state, meta = restore_or_init(run)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_epochs * run.steps_per_epoch, writer=run.writer,

@@ -235,7 +235,8 @@ def test_cli_unknown_key_and_wrong_type_exit_2_with_one_line(tmp_path):
 
 def test_cli_runs_with_overrides_prints_the_answer_and_stays_quiet(tmp_path):
   proc = run_cli("--config=configs/tiny_test.py", f"--workdir={tmp_path}", "--config.method=tag",
-                 "--config.num_epochs=1", "--config.seed=1", "--config.batch_size=48")
+                 "--config.num_epochs=1", "--config.seed=1", "--config.batch_size=48",
+                 "--config.affinity.every_n_steps=1")  # 2 steps: measure both
   assert proc.returncode == 0, proc.stderr[-2000:]
   config = json.load(open(tmp_path / "config.json"))
   assert (config["num_epochs"], config["seed"], config["batch_size"]) == (1, 1, 48)
