@@ -2,6 +2,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tag_jax import losses, models
 
@@ -72,3 +73,20 @@ def test_padding_rows_do_not_change_batch_statistics():
   np.testing.assert_allclose(out_pad[:4], out_real, rtol=1e-4, atol=1e-5)
   for a, b in zip(jax.tree.leaves(stats_real), jax.tree.leaves(stats_pad)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 15, 15, 4), (2, 9, 12, 2)])
+def test_max_pool_and_its_written_out_gradient_equal_flax(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+
+  def reference(v):
+    return nn.max_pool(v, (3, 3), strides=(2, 2), padding="VALID")
+  y, pull = jax.vjp(models.max_pool_3x3_s2, x)
+  want_y, want_pull = jax.vjp(reference, x)
+  np.testing.assert_array_equal(y, want_y)
+  cotangent = jax.random.normal(jax.random.key(1), y.shape)
+  np.testing.assert_allclose(pull(cotangent)[0], want_pull(cotangent)[0], rtol=1e-6, atol=1e-6)
+  # ties (a constant window): the whole cotangent goes to one position, none is lost
+  flat = jnp.zeros(shape)
+  (grad,) = jax.vjp(models.max_pool_3x3_s2, flat)[1](jnp.ones(y.shape))
+  assert float(grad.sum()) == y.size and float(grad.max()) >= 1.0
