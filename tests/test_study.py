@@ -147,3 +147,25 @@ def test_cli_bad_study_method_exits_2_with_one_line(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: config.study.methods")
+
+
+def test_a_busy_study_folder_is_refused_and_restart_deletes_only_run_outputs(tmp_path):
+  from tag_jax import workdir as workdirs  # pylint: disable=g-import-not-at-top
+  config = load_config("tiny_study")
+  config.study.methods = ("mtl", "tag")
+  workdir = tmp_path / "study"
+  lock = workdirs.acquire(str(workdir))
+  try:
+    with pytest.raises(UserError, match=rf"--workdir {workdir} is in use by process {os.getpid()}"):
+      study.run_study(config, str(workdir))
+  finally:
+    lock.release()
+  for name in ("mtl", "tag", "tag_k2"):
+    (workdir / name / "checkpoints" / "3").mkdir(parents=True)
+    for output in ("results.json", "metrics.jsonl", "groups.png", "events.out.tfevents.1.x"):
+      (workdir / name / output).write_text("{}")
+  for name in ("report.json", "report.md", "total_error_vs_compute.png", "notes.txt"):
+    (workdir / name).write_text("x")
+  study.start_over(str(workdir), study.plan(config, TASKS, str(workdir)))
+  assert sorted(os.listdir(workdir)) == [".lock", "mtl", "notes.txt", "tag", "tag_k2"]
+  assert all(os.listdir(workdir / name) == [] for name in ("mtl", "tag", "tag_k2"))
