@@ -120,7 +120,11 @@ def all_finite(tree) -> jax.Array:
 def restore_latest(manager: ocp.CheckpointManager, state_template):
   """(state, meta) of the latest checkpoint, or None when there is none; CheckpointError when
   it cannot be read, fails its checksums or holds non-finite values."""
-  step = manager.latest_step()
+  try:
+    step = manager.latest_step()
+  except Exception as e:  # an unreadable checkpoints folder
+    raise CheckpointError(f"cannot list the checkpoints in {manager.directory} ({_reason(e)}); "
+                          "make that folder readable, or use another --workdir") from e
   if step is None:
     return None
   folder = step_dir(manager, step)

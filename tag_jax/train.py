@@ -176,8 +176,8 @@ def check_above_chance(task_loss, step: int, config) -> None:
     raise TrainingDiverged(
         f"after {step} steps no task does better on validation than a uniform guess (every "
         f"task's loss >= {CHANCE_FRACTION * chance:.3f}, lowest {task_loss.min():.4g}): the run "
-        "diverged or the labels carry no signal; "
-        + RESTART_HINT.format(lr=config.optimizer.learning_rate) + ", or check the data")
+        "diverged or learned nothing; check config.optimizer.learning_rate (now "
+        f"{config.optimizer.learning_rate:g}) and the labels, then start over with --restart")
 
 
 def named_scalars(prefix: str, metrics: dict, task_names) -> dict:
