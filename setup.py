@@ -18,6 +18,7 @@ setuptools.setup(
         "ml-collections>=1.0",
         "numpy>=1.26",
         "scipy>=1.11",
+        "scikit-learn>=1.3",  # ships the 'digits' dataset's files (no download)
         "clu>=0.0.12",
         # clu.metric_writers writes TensorBoard summaries through TensorFlow.
         "tensorflow-cpu>=2.16",

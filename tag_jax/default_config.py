@@ -18,7 +18,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.tasks = ()
 
   config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "synthetic"  # 'synthetic' | 'npz' | 'celeb_a'
+  config.dataset.name = "synthetic"  # 'synthetic' | 'npz' | 'digits' | 'celeb_a'
   config.dataset.path = ""  # npz: path of the .npz file.
   config.dataset.data_dir = ""  # celeb_a: TFDS data_dir ('' = TFDS default).
   config.dataset.num_train = 4096  # synthetic sizes

@@ -3,7 +3,7 @@
 from tag_jax.data.base import ArrayDataset, Dataset, task_columns
 from tag_jax.errors import UserError
 
-DATASETS = ("synthetic", "npz", "celeb_a")
+DATASETS = ("synthetic", "npz", "digits", "celeb_a")
 
 
 def load_dataset(config) -> Dataset:
@@ -14,6 +14,9 @@ def load_dataset(config) -> Dataset:
   elif name == "npz":
     from tag_jax.data import npz
     dataset = npz.load(config.dataset.path, config.model.num_classes)
+  elif name == "digits":
+    from tag_jax.data import digits
+    dataset = digits.load(config)
   elif name == "celeb_a":
     from tag_jax.data import celeba
     return celeba.load(config)
