@@ -162,6 +162,9 @@ def plan(config, task_names, workdir) -> Plan:
   result = Plan()
   for method in config.study.methods:
     PLANNERS[method](result, config, task_names, workdir)
+    if method in config.study.overrides:
+      result.notes.append(f"{method}: its own runs trained with config.study.overrides.{method} "
+                          f"= {config.study.overrides[method].to_dict()}")
   return result
 
 

@@ -60,7 +60,11 @@ def test_bad_study_config_is_a_user_error(tmp_path):
 
 def test_overrides_change_the_method_runs_only():
   config = load_config("celeba_study")  # DMTG searches with its published Adam, no early stop
-  stages = {s.name: s for s in study.plan(config, TASKS, "w").stages}
+  plan = study.plan(config, TASKS, "w")
+  stages = {s.name: s for s in plan.stages}
+  assert ("dmtg: its own runs trained with config.study.overrides.dmtg = {'early_stopping': "
+          "{'patience': 0, 'restore_best': False}, 'optimizer': {'learning_rate': 0.0008, "
+          "'name': 'adam'}}") in plan.notes  # the report says which recipe DMTG's rows used
   dmtg_search = study.stage_config(config, stages["dmtg_k3"])
   assert (dmtg_search.optimizer.name, dmtg_search.optimizer.learning_rate) == ("adam", 8e-4)
   assert dmtg_search.early_stopping.patience == 0 and dmtg_search.dmtg.num_groups == 3
