@@ -61,8 +61,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.batch_size % jax.process_count():
     raise UserError(f"config.batch_size {config.batch_size} must be divisible by the "
                     f"{jax.process_count()} processes")
-  if config.groups.groups_file:  # a groups.json to train ('groups'): its shape, before any data
-    config_checks.check_groups_file(config.groups.groups_file, config.groups.max_groups)
 
 
 def validate_run_length(config, method: Method, steps_per_epoch: int) -> None:

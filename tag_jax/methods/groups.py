@@ -48,7 +48,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from tag_jax import grouping, models, optim, reporting, sharding, stacking, steps
+from tag_jax import config_checks, grouping, models, optim, reporting, sharding, stacking, steps
 from tag_jax.errors import UserError
 from tag_jax.methods.base import Method
 
@@ -76,6 +76,8 @@ def validate_groups(config) -> None:
                     "lists) and config.groups.groups_file (a groups.json)")
   if cfg.groups_file and not os.path.isfile(cfg.groups_file):
     raise UserError(f"config.groups.groups_file {cfg.groups_file!r} does not exist")
+  if cfg.groups_file:  # its shape and the selection k, before any data is read
+    config_checks.check_groups_file(cfg.groups_file, cfg.max_groups)
 
 
 def validate_random(config) -> None:
