@@ -10,7 +10,7 @@ proof gap) and ``hoa_approximation`` their higher-order approximation.
 ``python -m selection`` is the command line (``selection.cli``).
 """
 
-from .groups import Selection, select_groups
+from .groups import Progress, Selection, select_groups
 from .networks import (
     UNCOVERED_LOSS,
     Network,
@@ -30,6 +30,7 @@ __all__ = [
     "UNCOVERED_LOSS",
     "Network",
     "NetworkSelection",
+    "Progress",
     "Selection",
     "best_losses",
     "from_affinity_matrix",

@@ -15,10 +15,11 @@ bound holds even when pricing or column generation is cut short; at the end of
 column generation it equals the linear programme's optimum.
 
 Incumbents: the one-set partition, beyond ``ENUMERATION_LIMIT`` tasks the
-cuts of an average-linkage clustering into 2..k sets (``clustered_partitions``;
-incumbents only, not columns), an integer programme over the columns
-generated at the root, and every integral master solution, each polished by a
-local search (``improve``).
+cuts of an average-linkage clustering into 2..k sets (``clustered_partitions``)
+and a greedy grouping that merges a finer cut by least loss of value
+(``merged_partitions``; both incumbents only, not columns), an integer
+programme over the columns generated at the root, and every integral master
+solution, each polished by a local search (``improve``).
 
 Branching (Ryan and Foster): when the master's solution is fractional, some
 pair of tasks shares a served set with weight strictly between 0 and 1; one
@@ -26,12 +27,17 @@ child forces them together, the other apart. Both pricers and the master only
 use sets that respect a node's decisions, and a node whose decisions admit no
 partition into k sets (a colouring test) is dropped. Nodes are taken best
 bound first; the search ends when no open node's bound exceeds the incumbent
-(proven optimum) or at the deadline. Then the returned bound is the smaller of
-the largest open bound and ``relaxed_upper_bound``, and a last integer
-programme over all generated columns gets a reserved share of the time (half
-of it, but at least a second, going to the relaxed bound first). Pricing's
-local search stops at the deadline too, so the time limit holds at hundreds
-of tasks, up to the polishing of the starting partitions.
+(proven optimum) or at the deadline. Then a last integer programme over all
+generated columns gets a reserved share of the time.
+
+Anytime bound: the smallest of ``task_upper_bound`` (every task at its best,
+at once), ``relaxed_upper_bound`` (beyond ``ENUMERATION_LIMIT`` tasks computed
+right after the starting partitions, with up to a quarter of the time; for
+fewer tasks only if the search ends unproven), the root's Lagrangian bound and
+the largest bound among open nodes. ``progress`` hears of every better
+incumbent or bound. Pricing's local search stops at the deadline too, so the
+time limit holds at hundreds of tasks, up to the polishing of the starting
+partitions.
 """
 
 import heapq
@@ -47,11 +53,13 @@ from scipy.spatial.distance import squareform
 
 from ._branching import Branching, feasible_partition
 from ._pricing import EnumeratedPricer, SearchPricer, mask_members, column_values
+from ._values import served_values
 
 PENALTY = 1e-7  # per served set, gains scaled to max |gain| = 1
 PRUNE_TOLERANCE = 1e-9
 REDUCED_COST_TOLERANCE = 1e-10
 ENUMERATION_LIMIT = 20  # at most this many tasks: tabulate every set once
+MERGE_FROM = 48  # merged_partitions: clusters to merge from, at most (unless k is larger)
 LP_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
 
 
@@ -63,10 +71,11 @@ class Partition:
     served_sets: tuple
     value: float
     upper_bound: float
+    tolerance: float = PRUNE_TOLERANCE
 
     @property
     def proven(self):
-        return self.upper_bound <= self.value + PRUNE_TOLERANCE
+        return self.upper_bound <= self.value + self.tolerance
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,52 @@ def clustered_partitions(off_gain, max_sets):
     return partitions
 
 
+def merged_partitions(off_gain, alone, max_sets, deadline, finest=None):
+    """Greedy grouping: from a fine partition (the average-linkage cut into ``finest`` sets,
+    default 4 * max_sets but at most max(48, max_sets + 1) and n), repeatedly merge the two sets whose union loses the least
+    value, down to 2 sets. Returns the partitions met with at most ``max_sets`` sets (lists of
+    bit masks), fewest sets last. Unlike the tree's own cuts, the merges follow the objective:
+    weakly related tasks are lumped into one set while strong groups stay apart (the best
+    selection of k groups for many planted groups keeps k - 1 of them and lumps the rest)."""
+    n = len(off_gain)
+    if n < 3 or max_sets < 2:
+        return []
+    together = (off_gain + off_gain.T) / 2
+    tree = linkage(squareform(together.max() - together, checks=False), method="average")
+    finest = finest or max(min(4 * max_sets, MERGE_FROM), max_sets + 1)
+    labels = fcluster(tree, t=min(finest, n), criterion="maxclust")
+    members = [labels == label for label in np.unique(labels)]
+    values = served_values(off_gain, alone, np.array(members))
+    partitions = []
+    while len(members) > 2 and time.monotonic() < deadline:
+        pairs = [(a, b) for a in range(len(members)) for b in range(a + 1, len(members))]
+        unions = np.array([members[a] | members[b] for a, b in pairs])
+        losses = values[[a for a, _ in pairs]] + values[[b for _, b in pairs]] - served_values(
+            off_gain, alone, unions)
+        best = int(np.argmin(losses))
+        a, b = pairs[best]
+        members[a], values[a] = unions[best], values[a] - losses[best] + values[b]
+        del members[b]
+        values = np.delete(values, b)
+        if len(members) <= max_sets:
+            partitions.append([_mask(m) for m in members])
+    return partitions
+
+
+def _mask(members):
+    """Bit mask of a (n,) bool membership row."""
+    return sum(1 << int(t) for t in np.flatnonzero(members))
+
+
+def task_upper_bound(off_gain, alone):
+    """An upper bound on the best penalised total in O(n^2 log n): every task served at its best,
+    max(alone[t], max over m of the mean of its m - 1 largest gains)."""
+    others = np.where(np.eye(len(alone), dtype=bool), -np.inf, off_gain)
+    ranked = -np.sort(-others, axis=1)[:, : len(alone) - 1]
+    best_mean = np.cumsum(ranked, axis=1) / np.arange(1, len(alone))
+    return float(np.maximum(best_mean.max(axis=1, initial=-np.inf), alone).sum())
+
+
 def relaxed_upper_bound(off_gain, alone, max_sets, time_limit=None):
     """An upper bound on the best penalised total, found without pricing
     (infinite if the linear programme below exceeds ``time_limit`` seconds).
@@ -216,7 +271,7 @@ def relaxed_upper_bound(off_gain, alone, max_sets, time_limit=None):
     matrix = coo_matrix((vals, (rows, cols)), shape=(len(upper), len(objective)))
     bounds = [(None, None)] * n + [(0, None)] * (1 + count + n * count)
     options = LP_OPTIONS if time_limit is None else {**LP_OPTIONS, "time_limit": time_limit}
-    result = linprog(objective, A_ub=matrix, b_ub=upper, bounds=bounds, method="highs-ds", options=options)
+    result = linprog(objective, A_ub=matrix, b_ub=upper, bounds=bounds, method="highs-ipm", options=options)
     if result.status != 0:
         return np.inf
     pi = result.x[:n]  # re-evaluate the bound for these duals exactly, not trusting tolerances
@@ -245,18 +300,32 @@ class _Search:
     """State of one branch-and-price run."""
 
     MAX_NEW_COLUMNS_PER_TASK = 2
-    FINAL_SHARE = 0.1  # of the time, kept for the relaxed bound and a last integer programme if unproven
-    RELAXATION_MIN_SECONDS = 1.0  # its (n^2-variable) programme takes ~5 s at 200 tasks
+    FINAL_SHARE = 0.1  # of the time, kept for a last integer programme if unproven
+    RELAXATION_SHARE = 0.25  # of the time, at most, for the relaxed bound (beyond ENUMERATION_LIMIT)
+    RELAXATION_MIN_SECONDS = 1.0  # its (n^2-variable) programme takes ~10 s at 200 tasks
 
-    def __init__(self, off_gain, alone, max_sets, deadline):
+    def __init__(self, off_gain, alone, max_sets, deadline, progress=None):
         self.off_gain, self.alone, self.max_sets = off_gain, alone, max_sets
-        self.final_deadline = deadline
-        self.deadline = deadline - self.FINAL_SHARE * (deadline - time.monotonic())
+        self.start, self.final_deadline = time.monotonic(), deadline
+        self.deadline = deadline - self.FINAL_SHARE * (deadline - self.start)
         self.n = len(alone)
         pricer = EnumeratedPricer if self.n <= ENUMERATION_LIMIT else SearchPricer
         self.pricer = pricer(off_gain, alone, PENALTY)
         self.master = _Master(self.n, max_sets)
         self.best_sets, self.best_value = None, -np.inf
+        self.upper, self.progress = np.inf, progress
+
+    def _report(self):
+        """Tell ``progress`` the incumbent and the proven bound (as a Partition)."""
+        if self.progress is not None and self.best_sets is not None:
+            self.progress(Partition(self.best_sets, self.best_value, max(self.upper, self.best_value),
+                                    self._tolerance()))
+
+    def tighten(self, bound):
+        """Take a proven upper bound on the best penalised total; reports when it is lower."""
+        if bound < self.upper - PRUNE_TOLERANCE:
+            self.upper = bound
+            self._report()
 
     def offer(self, sets, as_columns=True):
         """Polish a partition by local search and keep it if it beats the
@@ -268,9 +337,19 @@ class _Search:
         value = float(values.sum())
         if value > self.best_value:
             self.best_sets, self.best_value = tuple(sorted(sets)), value
+            self._report()
 
     def _time_left(self):
         return self.deadline - time.monotonic()
+
+    def _tolerance(self):
+        """How far a bound may exceed the incumbent and still count as proving it. Beyond
+        ENUMERATION_LIMIT tasks this includes the incumbent's set penalties but one: a linear
+        programme with fewer (fractional) sets scores above any partition by at most that, and
+        closing it by branching took the whole time limit at 100 tasks for a tie-break at 1e-7."""
+        if self.n <= ENUMERATION_LIMIT or self.best_sets is None:
+            return PRUNE_TOLERANCE
+        return PRUNE_TOLERANCE + (len(self.best_sets) - 1) * PENALTY
 
     def column_generation(self, branching):
         """(master solution, proven bound on the node, whether pricing converged)."""
@@ -284,7 +363,7 @@ class _Search:
                 self.MAX_NEW_COLUMNS_PER_TASK * self.n, in_use)
             bound = min(bound, float(solution.duals.sum()) + self.max_sets * price_bound)
             new = [(m, v) for m, v in columns if m not in self.master.columns]
-            if not new or bound <= self.best_value + PRUNE_TOLERANCE or self._time_left() <= 0:
+            if not new or bound <= self.best_value + self._tolerance() or self._time_left() <= 0:
                 # Columns already in the master only come back through the linear
                 # programme's tolerances: the master is then optimal.
                 return solution, bound, not new and (bool(columns) or price_bound <= threshold)
@@ -293,17 +372,23 @@ class _Search:
     def run(self):
         """Best-bound-first branch and price; returns the Partition found."""
         self.offer([(1 << self.n) - 1])
+        # The two relaxations bound the unpenalised total; every partition pays at least one PENALTY.
+        self.tighten(task_upper_bound(self.off_gain, self.alone) - PENALTY)
         if self.n > ENUMERATION_LIMIT:
-            for sets in clustered_partitions(self.off_gain, self.max_sets):
+            starts = clustered_partitions(self.off_gain, self.max_sets) + merged_partitions(
+                self.off_gain, self.alone, self.max_sets, self.deadline)
+            for sets in starts:
                 if self._time_left() <= 0:
                     break
                 self.offer(sets, as_columns=False)  # as columns they steered a 40-task search to worse sets
+            seconds = max(self.RELAXATION_SHARE * (self.final_deadline - self.start), self.RELAXATION_MIN_SECONDS)
+            self.tighten(relaxed_upper_bound(self.off_gain, self.alone, self.max_sets, seconds) - PENALTY)
         counter = itertools.count()
         root = Branching()
         open_nodes = [(-np.inf, next(counter), root)]
-        while open_nodes and self._time_left() > 0:
+        while open_nodes and self._time_left() > 0 and self.upper > self.best_value + self._tolerance():
             node_bound, _, branching = heapq.heappop(open_nodes)
-            if -node_bound <= self.best_value + PRUNE_TOLERANCE:
+            if -node_bound <= self.best_value + self._tolerance():
                 open_nodes = []
                 break
             start = feasible_partition(self.n, branching, self.max_sets)
@@ -312,34 +397,43 @@ class _Search:
             self.master.add(zip(start, column_values(self.off_gain, self.alone, start, PENALTY)))
             solution, bound, converged = self.column_generation(branching)
             if branching == root:
+                self.tighten(max(bound, self.best_value))
                 root_sets = self.master.best_integer(min(self._time_left(), 10.0))
                 if root_sets:
                     self.offer(root_sets)
             if not converged:
-                if bound > self.best_value + PRUNE_TOLERANCE:
+                if bound > self.best_value + self._tolerance():
                     heapq.heappush(open_nodes, (-bound, next(counter), branching))
                 continue
             pair = _fractional_pair(solution, self.n)
             if pair is None:
                 self.offer([m for m, w in zip(solution.masks, solution.weights) if w > 0.5])
-            elif bound > self.best_value + PRUNE_TOLERANCE:
+            elif bound > self.best_value + self._tolerance():
                 for same in (True, False):
                     heapq.heappush(open_nodes, (-bound, next(counter), branching.with_pair(*pair, same)))
+            if open_nodes:  # best bound first: the open nodes' largest bound holds everywhere
+                self.tighten(max(self.best_value, -open_nodes[0][0]))
         upper = max([self.best_value] + [-b for b, _, _ in open_nodes])
-        if upper > self.best_value + PRUNE_TOLERANCE:
-            seconds = max((self.final_deadline - time.monotonic()) / 2, self.RELAXATION_MIN_SECONDS)
-            upper = min(upper, relaxed_upper_bound(self.off_gain, self.alone, self.max_sets, seconds))
+        if self.upper <= self.best_value + self._tolerance():
+            upper = self.best_value  # the anytime bound already proves it
+        if upper > self.best_value + self._tolerance():
+            if self.n <= ENUMERATION_LIMIT:
+                seconds = max((self.final_deadline - time.monotonic()) / 2, self.RELAXATION_MIN_SECONDS)
+                upper = min(upper, relaxed_upper_bound(self.off_gain, self.alone, self.max_sets, seconds) - PENALTY)
             final_sets = self.master.best_integer(self.final_deadline - time.monotonic())
             if final_sets:
                 self.offer(final_sets)
-        return Partition(self.best_sets, self.best_value, max(upper, self.best_value))
+        self.upper = min(self.upper, max(upper, self.best_value))
+        return Partition(self.best_sets, self.best_value, self.upper, self._tolerance())
 
 
-def solve_partition(off_gain, alone, max_sets, deadline):
+def solve_partition(off_gain, alone, max_sets, deadline, progress=None):
     """Best partition of range(n) into at most ``max_sets`` served sets.
 
     off_gain: (n, n) gains (maximised) with zero diagonal, scaled so that
     max |gain| is about 1; alone: (n,) singleton values (-inf: forbidden);
-    deadline: a ``time.monotonic()`` instant. Returns a ``Partition``.
+    deadline: a ``time.monotonic()`` instant; progress: None or a callable
+    given a ``Partition`` (incumbent and proven bound) whenever either improves.
+    Returns a ``Partition``.
     """
-    return _Search(off_gain, alone, max_sets, deadline).run()
+    return _Search(off_gain, alone, max_sets, deadline, progress).run()

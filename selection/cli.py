@@ -5,7 +5,9 @@ tag_jax's affinity.json, whose "matrix[source][target]" orientation is
 transposed automatically, or the pairs.json of its HOA 'pairs' method, of
 which --pairs-key picks the table, default validation_loss), --max-groups K
 [K ...], --minimize, --transpose (flip the dict-of-dicts form), --singletons
-forbid|diagonal, --time-limit S, --json.
+forbid|diagonal, --time-limit S, --json, --progress (on stderr, a line each
+time the best selection or its proven gap improves, and one when the search
+stops: useful at many tasks, where the time limit is reached).
 
 networks: --networks FILE.csv (format in ``selection.networks``), --budget B,
 --hoa (apply the higher-order approximation first), --test FILE.csv (report
@@ -40,6 +42,8 @@ def _parser():
                         help=f"table of a pairs.json (default {DEFAULT_PAIRS_KEY})")
     groups.add_argument("--time-limit", type=float, default=60.0, help="seconds per value of k")
     groups.add_argument("--json", action="store_true", help="machine-readable output")
+    groups.add_argument("--progress", action="store_true",
+                        help="print the best score and proven gap on stderr as they improve")
     networks = commands.add_parser("networks", help="budgeted choice among trained networks")
     networks.add_argument("--networks", required=True, help="CSV of networks (selection values)")
     networks.add_argument("--budget", required=True, type=float)
@@ -51,6 +55,8 @@ def _parser():
 
 
 def _status(gap):
+    if gap == float("inf"):
+        return "no bound yet"
     return "proven optimal" if gap == 0 else f"gap {gap:.6g}: not proven optimal"
 
 
@@ -61,11 +67,23 @@ def _groups_report(k, selection):
     return "\n".join(lines)
 
 
+def _progress_printer(k):
+    """A select_groups progress callback printing one line per report on stderr."""
+    def report(progress):
+        sizes = "+".join(str(len(g)) for g in progress.groups)
+        print(f"max groups {k}: {progress.seconds:7.1f} s  score {progress.score:.6g}  "
+              f"{_status(progress.gap)}  group sizes {sizes}" + ("  (stopped)" if progress.final else ""),
+              file=sys.stderr, flush=True)
+    return report
+
+
 def _run_groups(args):
     table = load_scores(args.scores, transpose=args.transpose, pairs_key=args.pairs_key)
     objective = "minimize" if args.minimize else "maximize"
     results = [(k, select_groups(table, max_groups=k, objective=objective, singletons=args.singletons,
-                                 time_limit=args.time_limit)) for k in args.max_groups]
+                                 time_limit=args.time_limit,
+                                 progress=_progress_printer(k) if args.progress else None))
+               for k in args.max_groups]
     if args.json:
         return json.dumps([{"max_groups": k, **s.to_dict()} for k, s in results], indent=1)
     return "\n".join(_groups_report(k, s) for k, s in results)

@@ -28,17 +28,23 @@ so the optimum is proven. Beyond, pricing is a branch and bound over sets
 whose proof grows exponentially: at 40 tasks expect the time limit to be
 reached and a positive gap, with the best selection found (column generation,
 an integer programme over the columns, local search, starting from the cuts
-of an average-linkage clustering) returned. The gap then comes from the
-better of the branch-and-price bound and a relaxation in which every task
-picks its own best partners (``_solver.relaxed_upper_bound``). Served sets are
-Python-int bit masks, so there is no limit on the number of tasks: 70 tasks
-in 7 planted groups of 10 are found in about a second.
+of an average-linkage clustering and from a greedy merging of its clusters)
+returned. The gap then comes from the better of the branch-and-price bound
+and a relaxation in which every task picks its own best partners
+(``_solver.relaxed_upper_bound``); that relaxation is what limits the proof
+when k is below the number of natural groups (measured in
+``benchmarks/selection_scaling.py``). ``progress`` reports the best selection
+and its gap as either improves. Served sets are Python-int bit masks, so
+there is no limit on the number of tasks: 70 tasks in 7 planted groups of 10
+are found in about a second, 200 tasks get a selection and its gap within the
+time limit.
 
 Ties. Scores are compared after scaling the table to max |score| = 1; every
 group costs 1e-7 there (in the summed objective), so among scores equal to
 that precision the selection with fewer groups wins.
 """
 
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,6 +114,19 @@ def _groups_from_partition(off_gain, alone, served_sets, n):
     return groups, home
 
 
+@dataclass(frozen=True)
+class Progress:
+    """An anytime report of ``select_groups``: ``seconds`` since it started, the
+    best selection found so far (``groups``, ``score``) and its proven ``gap``;
+    ``final`` on the report made when the search stops."""
+
+    seconds: float
+    score: float
+    gap: float
+    groups: tuple
+    final: bool = False
+
+
 def _checked_options(objective, singletons, max_groups, time_limit):
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -132,24 +151,9 @@ def _gain_tables(matrix, objective, singletons):
     return without_diagonal(gain), np.full(len(matrix), -np.inf)
 
 
-def select_groups(scores, *, max_groups, objective="maximize", singletons="forbid", time_limit=60.0):
-    """The best selection of at most ``max_groups`` groups.
-
-    scores: ``scores[t][u]`` = score ONTO t FROM u (mapping of mappings), or a
-    pair (tasks, matrix) in that orientation; TAG's affinity.json rows are
-    sources, so pass it through ``from_affinity_matrix`` or ``load_scores``.
-    objective: 'maximize' (affinities) or 'minimize' (errors, losses).
-    singletons: 'forbid' or 'diagonal' (the singleton {t} scores scores[t][t]).
-    time_limit: seconds; if the optimum is not proven by then, the best
-    selection found is returned with a positive ``gap``.
-    """
-    _checked_options(objective, singletons, max_groups, time_limit)
-    deadline = time.monotonic() + time_limit
-    tasks, matrix = score_table(scores)
+def _selection(tasks, objective, off_gain, alone, scale, partition, max_groups):
+    """The Selection of a Partition (solver units: gains / scale, penalised)."""
     n = len(tasks)
-    off_gain, alone = _gain_tables(matrix, objective, singletons)
-    scale = max(np.abs(off_gain).max(), np.abs(alone[np.isfinite(alone)]).max(initial=0.0)) or 1.0
-    partition = solve_partition(off_gain / scale, alone / scale, min(max_groups, n), deadline)
     groups, home = _groups_from_partition(off_gain, alone, partition.served_sets, n)
     serving, best = _serving_groups(off_gain, alone, groups, home)
     used = sorted(set(serving.tolist()), key=lambda g: groups[g].tolist())
@@ -163,3 +167,37 @@ def select_groups(scores, *, max_groups, objective="maximize", singletons="forbi
         assignment={t: names[serving[i]] for i, t in enumerate(tasks)},
         gap=gap,
     )
+
+
+def select_groups(scores, *, max_groups, objective="maximize", singletons="forbid", time_limit=60.0,
+                  progress=None):
+    """The best selection of at most ``max_groups`` groups.
+
+    scores: ``scores[t][u]`` = score ONTO t FROM u (mapping of mappings), or a
+    pair (tasks, matrix) in that orientation; TAG's affinity.json rows are
+    sources, so pass it through ``from_affinity_matrix`` or ``load_scores``.
+    objective: 'maximize' (affinities) or 'minimize' (errors, losses).
+    singletons: 'forbid' or 'diagonal' (the singleton {t} scores scores[t][t]).
+    time_limit: seconds; if the optimum is not proven by then, the best
+    selection found is returned with a positive ``gap``.
+    progress: None, or a callable given a ``Progress`` whenever the best
+    selection or the proven bound improves, and once more (``final``) at the end.
+    """
+    _checked_options(objective, singletons, max_groups, time_limit)
+    start = time.monotonic()
+    deadline = start + time_limit
+    tasks, matrix = score_table(scores)
+    n = len(tasks)
+    off_gain, alone = _gain_tables(matrix, objective, singletons)
+    scale = max(np.abs(off_gain).max(), np.abs(alone[np.isfinite(alone)]).max(initial=0.0)) or 1.0
+    selection = functools.partial(_selection, tasks, objective, off_gain, alone, scale,
+                                  max_groups=max_groups)
+
+    def report(partition, final=False):
+        chosen = selection(partition)
+        progress(Progress(time.monotonic() - start, chosen.score, chosen.gap, chosen.groups, final))
+        return chosen
+
+    partition = solve_partition(off_gain / scale, alone / scale, min(max_groups, n), deadline,
+                                progress=report if progress else None)
+    return report(partition, final=True) if progress else selection(partition)

@@ -261,6 +261,18 @@ def test_bad_network_file_exits_2(tmp_path, capsys, content, message):
     assert status == 2 and len(err.strip().splitlines()) == 1 and message in err
 
 
+def test_progress_lines_on_stderr_end_with_the_stop(affinity_file, capsys):
+    status, out, err = run(["groups", "--scores", affinity_file, "--max-groups", 2, 3, "--progress"], capsys)
+    assert status == 0
+    lines = err.splitlines()
+    assert lines and all(line.startswith("max groups ") for line in lines)
+    for k in (2, 3):
+        mine = [line for line in lines if line.startswith(f"max groups {k}:")]
+        assert mine[-1].endswith("(stopped)") and "proven optimal" in mine[-1]
+        assert sum(line.endswith("(stopped)") for line in mine) == 1
+    assert out == run(["groups", "--scores", affinity_file, "--max-groups", 2, 3], capsys)[1]
+
+
 def test_python_dash_m_entry_point(affinity_file):
     completed = subprocess.run([sys.executable, "-m", "selection", "groups", "--scores", str(affinity_file),
                                 "--max-groups", "2", "--json"], capture_output=True, text=True,

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import selection._solver as solver
 from selection import Selection, from_affinity_matrix, load_scores, select_groups
 from selection._pricing import mask_members
+from selection._values import without_diagonal
 
 
 def brute_force(matrix, max_groups, maximize, diagonal):
@@ -311,6 +312,64 @@ def test_seventy_tasks_in_seven_planted_groups():
     assert result.score == pytest.approx(planted_value(matrix, labels), abs=1e-12)
     assert 0.0 <= result.gap < 1e-6
     check_selection(result, tasks, matrix, 7, True)
+
+
+def groups_score(matrix, tasks, groups):
+    """Mean over tasks of the best score among the groups holding it (maximised)."""
+    index = {t: i for i, t in enumerate(tasks)}
+    members = [[index[t] for t in g] for g in groups]
+    return np.mean([max(task_score(matrix, g, t) for g in members if t in g) for t in range(len(tasks))])
+
+
+@pytest.mark.parametrize("n, max_groups", [(9, 3), (40, 5)])
+def test_progress_reports_improve_and_end_with_the_answer(n, max_groups):
+    tasks, matrix, _ = planted(n, max(3, n // 5), 0.3, n)
+    reports = []
+    result = select_groups((tasks, matrix), max_groups=max_groups, time_limit=3.0, progress=reports.append)
+    assert reports and [r.final for r in reports] == [False] * (len(reports) - 1) + [True]
+    last = reports[-1]
+    assert (last.score, last.gap, last.groups) == (result.score, result.gap, result.groups)
+    for before, after in zip(reports, reports[1:]):
+        assert after.score >= before.score - 1e-12 and after.seconds >= before.seconds
+        assert after.score + after.gap <= before.score + before.gap + 1e-9  # the bound only falls
+    for report in reports:
+        assert report.gap >= 0.0 and len(report.groups) <= max_groups
+        assert report.score == pytest.approx(groups_score(matrix, tasks, report.groups), abs=1e-12)
+
+
+def test_merged_partitions_keep_strong_groups_and_lump_the_rest():
+    """8 planted blocks, 5 sets: the best split keeps 4 blocks and lumps the other 4, which the
+    average-linkage cut (5 sets of blocks merged by noise) does not find."""
+    _, matrix, labels = planted(40, 8, 0.05, 1)
+    off_gain, alone = without_diagonal(matrix), np.full(40, -np.inf)
+    merged = solver.merged_partitions(off_gain, alone, 5, time.monotonic() + 10)
+    assert [len(p) for p in merged] == [5, 4, 3, 2]
+    sizes = sorted(int(c).bit_count() for c in merged[0])
+    assert sizes == [5, 5, 5, 5, 20]
+    for mask in merged[0]:
+        members = np.flatnonzero(mask_members([mask], 40)[0])
+        assert len(members) == 20 or len(set(labels[members])) == 1
+    value = lambda sets: solver.column_values(off_gain, alone, sets, 0.0).sum()  # noqa: E731
+    cuts = solver.clustered_partitions(off_gain, 5)
+    assert value(merged[0]) > max(value(c) for c in cuts if len(c) == 5) + 0.1
+
+
+def test_two_hundred_tasks_a_selection_with_its_gap_within_the_limit():
+    tasks, matrix, labels = planted(200, 40, 0.3, 2)
+    start = time.monotonic()
+    result = select_groups((tasks, matrix), max_groups=5, time_limit=8.0)
+    assert time.monotonic() - start < 8.0 + 2.0
+    check_selection(result, tasks, matrix, 5, True)
+    assert 0.0 < result.gap < math.inf
+
+
+def test_task_upper_bound_holds():
+    for seed in range(5):
+        _, matrix, _ = planted(6, 2, 0.5, seed)
+        off_gain = without_diagonal(matrix)
+        for alone in (np.full(6, -np.inf), np.diag(matrix).copy()):
+            best, _ = brute_force(matrix, 3, True, np.isfinite(alone).all())
+            assert solver.task_upper_bound(off_gain, alone) >= 6 * best - 1e-9
 
 
 @pytest.mark.slow
