@@ -144,47 +144,40 @@ def masked_batch_norm(train: bool, mask, epsilon: float, momentum: float) -> Cal
   return norm
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """3x3 max-pool, stride 2, VALID: (B, H, W, C) -> (B, (H - 3) // 2 + 1, (W - 3) // 2 + 1, C).
 
-  Same values as nn.max_pool. Its gradient is written out (below) because XLA:CPU's own
-  (select_and_scatter) took half of a plain training step here (../PERF_NOTES item 12).
+  Same values as nn.max_pool. Its derivative is written out (below) because XLA:CPU's own
+  gradient (select_and_scatter) took half of a plain training step here (PERF_NOTES item 12).
   """
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
 
 
 def _window_views(x, out_h: int, out_w: int):
   """The 9 strided views x[:, dy::2, dx::2] (B, out_h, out_w, C), in window order (dy, dx)."""
-  return [(dy, dx, jax.lax.slice(x, (0, dy, dx, 0),
-                                 (x.shape[0], dy + 2 * out_h - 1, dx + 2 * out_w - 1, x.shape[3]),
-                                 (1, 2, 2, 1)))
+  return [jax.lax.slice(x, (0, dy, dx, 0),
+                        (x.shape[0], dy + 2 * out_h - 1, dx + 2 * out_w - 1, x.shape[3]),
+                        (1, 2, 2, 1))
           for dy in range(3) for dx in range(3)]
 
 
-def _max_pool_fwd(x):
+@max_pool_3x3_s2.defjvp
+def _max_pool_jvp(primals, tangents):
+  """Each output's tangent is the input tangent at the first window position (in window order)
+  that holds the maximum. Linear in the tangent, so reverse mode transposes it: the cotangent
+  goes back through the strided slices as interior padding, no select_and_scatter."""
+  (x,), (tangent,) = primals, tangents
   y = max_pool_3x3_s2(x)
-  return y, (x, y)
-
-
-def _max_pool_bwd(residuals, cotangent):
-  """Each output's cotangent goes to the first window position (in window order) that holds the
-  maximum, put back in place by interior padding (the transpose of a stride-2 slice)."""
-  x, y = residuals
   out_h, out_w = y.shape[1:3]
   taken = jnp.zeros(y.shape, bool)
-  grad = jnp.zeros_like(x)
-  zero = jnp.zeros((), x.dtype)
-  for dy, dx, view in _window_views(x, out_h, out_w):
+  out = jnp.zeros(y.shape, tangent.dtype)
+  for view, tangent_view in zip(_window_views(x, out_h, out_w),
+                                _window_views(tangent, out_h, out_w)):
     first = (view == y) & ~taken
     taken = taken | first
-    grad = grad + jax.lax.pad(jnp.where(first, cotangent, zero), zero,
-                              ((0, 0, 0), (dy, x.shape[1] - dy - 2 * out_h + 1, 1),
-                               (dx, x.shape[2] - dx - 2 * out_w + 1, 1), (0, 0, 0)))
-  return (grad,)
-
-
-max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+    out = out + jnp.where(first, tangent_view, 0)
+  return y, out
 
 
 def stem_layers(x, width: int, conv: str, norm: Callable):

@@ -90,3 +90,12 @@ def test_max_pool_and_its_written_out_gradient_equal_flax(shape):
   flat = jnp.zeros(shape)
   (grad,) = jax.vjp(models.max_pool_3x3_s2, flat)[1](jnp.ones(y.shape))
   assert float(grad.sum()) == y.size and float(grad.max()) >= 1.0
+
+
+def test_max_pool_forward_mode_equals_flax():
+  x = jax.random.normal(jax.random.key(2), (2, 9, 9, 3))
+  tangent = jax.random.normal(jax.random.key(3), x.shape)
+  _, got = jax.jvp(models.max_pool_3x3_s2, (x,), (tangent,))
+  _, want = jax.jvp(lambda v: nn.max_pool(v, (3, 3), strides=(2, 2), padding="VALID"), (x,),
+                    (tangent,))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
