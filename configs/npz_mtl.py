@@ -13,15 +13,6 @@ from tag_jax import default_config
 
 
 def get_config():
-  config = default_config.get_synthetic_config()
+  config = default_config.get_npz_config()
   config.method = "mtl"
-  config.dataset.name = "npz"
-  config.model.width = 16
-  config.model.bn_momentum = 0.9  # running averages settle within ~30 steps
-  config.batch_size = 64
-  config.num_epochs = 10
-  config.optimizer.name = "adam"
-  config.optimizer.learning_rate = 0.01
-  config.optimizer.schedule = "constant"
-  config.early_stopping.patience = 0  # the best validation epoch is still the one reported
   return config

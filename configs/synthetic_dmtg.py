@@ -13,15 +13,4 @@ from tag_jax import default_config
 
 
 def get_config():
-  config = default_config.get_synthetic_config()
-  config.method = "dmtg"
-  config.dataset.group_sizes = (3, 3)
-  config.dataset.num_train = 16384
-  config.model.width = 2
-  config.batch_size = 32
-  config.eval_batch_size = 512
-  config.num_epochs = 1
-  config.update(default_config.DMTG_SYNTHETIC_TRAINING)  # Adam 1e-2, no early stopping
-  config.log_every_steps = 64
-  config.dmtg.num_groups = len(config.dataset.group_sizes)
-  return config
+  return default_config.get_synthetic_dmtg_config()

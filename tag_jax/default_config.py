@@ -123,6 +123,38 @@ def get_celeba_config() -> ml_collections.ConfigDict:
   return config
 
 
+def get_npz_config() -> ml_collections.ConfigDict:
+  """The recipe for your own .npz data, chosen on real data (the 'digits' dataset; numbers in
+  configs/npz_mtl.py): Adam 1e-2, batch 64, 10 epochs, width 16, batch-norm momentum 0.9."""
+  config = get_synthetic_config()
+  config.dataset.name = "npz"
+  config.model.width = 16
+  config.model.bn_momentum = 0.9  # running averages settle within ~30 steps
+  config.batch_size = 64
+  config.num_epochs = 10
+  config.optimizer.name = "adam"
+  config.optimizer.learning_rate = 0.01
+  config.optimizer.schedule = "constant"
+  config.early_stopping.patience = 0  # the best validation epoch is still the one reported
+  return config
+
+
+def get_synthetic_dmtg_config() -> ml_collections.ConfigDict:
+  """DMTG on the synthetic data with K = 2 for 2 planted groups of 3 (configs/synthetic_dmtg.py)."""
+  config = get_synthetic_config()
+  config.method = "dmtg"
+  config.dataset.group_sizes = (3, 3)
+  config.dataset.num_train = 16384
+  config.model.width = 2
+  config.batch_size = 32
+  config.eval_batch_size = 512
+  config.num_epochs = 1
+  config.update(DMTG_SYNTHETIC_TRAINING)  # Adam 1e-2, no early stopping
+  config.log_every_steps = 64
+  config.dmtg.num_groups = len(config.dataset.group_sizes)
+  return config
+
+
 # DMTG's published CelebA training (REFERENCE §6) where it differs from the TAG setting: one Adam
 # at 8e-4 for all parameters and the group logits, no early stopping (the network of the final
 # grouping is reported). Its other values (batch 256, 100 epochs, lr halved every 15, K = 3,
