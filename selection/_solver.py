@@ -125,16 +125,18 @@ class _Master:
         return [m for m, x in zip(masks, result.x) if x > 0.5]
 
 
-def improve(off_gain, alone, served_sets, max_sets):
+def improve(off_gain, alone, served_sets, max_sets, deadline=None):
     """Local search: move one task at a time to the other set (or a new set)
-    where the penalised total rises most, until no move helps.
-    Returns the improved list of bit masks."""
+    where the penalised total rises most, until no move helps (or the
+    ``time.monotonic()`` deadline passes). Returns the improved list of bit masks."""
     sets = list(served_sets)
     values = list(column_values(off_gain, alone, sets, PENALTY))
     moved = True
     while moved:
         moved = False
         for t in range(len(alone)):
+            if deadline is not None and time.monotonic() > deadline:
+                return sets
             bit = 1 << t
             home = next(i for i, s in enumerate(sets) if s & bit)
             rest = sets[home] & ~bit
@@ -330,7 +332,7 @@ class _Search:
     def offer(self, sets, as_columns=True):
         """Polish a partition by local search and keep it if it beats the
         incumbent; its sets join the master's columns if ``as_columns``."""
-        sets = improve(self.off_gain, self.alone, sets, self.max_sets)
+        sets = improve(self.off_gain, self.alone, sets, self.max_sets, self.final_deadline)
         values = column_values(self.off_gain, self.alone, sets, PENALTY)
         if as_columns:
             self.master.add(zip(sets, values))
