@@ -10,8 +10,10 @@ import optax
 import pytest
 
 from tag_jax import affinity, methods, steps, train
+from tag_jax.data import synthetic
 from tag_jax.errors import UserError
 
+from conftest import load_config
 from test_affinity import mlp_problem, trunk_problem
 
 
@@ -200,3 +202,15 @@ def test_run_writes_the_estimator_into_affinity_json(tiny_config, tmp_path, esti
   results = json.load(open(os.path.join(tmp_path, "results.json")))
   assert results["compute"]["trunk_passes_per_step"] == [1, 1 + (3 if estimator == "sketched"
                                                                   else 4)]
+
+
+@pytest.mark.slow
+def test_hundred_tasks_end_to_end_with_sketched_affinity_recovers_planted_groups(tmp_path):
+  """configs/synthetic_many_tasks.py (100 tasks, 10 planted groups) with the sketched estimator:
+  minutes on 2 CPU cores; the 10 groups selected are the planted ones."""
+  config = load_config("synthetic_many_tasks")
+  config.affinity.estimator = "sketched"
+  config.mesh.data = 1
+  train.train_and_evaluate(config, str(tmp_path))
+  chosen = json.load(open(os.path.join(tmp_path, "groups.json")))["selections"][0]["groups"]
+  assert sorted(map(tuple, chosen)) == sorted(synthetic.planted_groups((10,) * 10))
