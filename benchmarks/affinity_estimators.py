@@ -22,7 +22,6 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
