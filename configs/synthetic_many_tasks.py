@@ -13,17 +13,4 @@ from tag_jax import default_config
 
 
 def get_config():
-  config = default_config.get_synthetic_config()
-  config.method = "tag"
-  config.dataset.group_sizes = (10,) * 10
-  config.dataset.num_train = 8192
-  config.model.width = 32
-  config.optimizer.learning_rate = 0.02
-  config.num_epochs = 12
-  config.log_every_steps = 100
-  config.affinity.every_n_steps = 10
-  config.affinity.lookahead = "sgd"
-  config.affinity.scale_by_lr = False
-  config.affinity.estimator = "first_order"
-  config.selection.max_groups = (10,)
-  return config
+  return default_config.get_many_tasks_config(10)

@@ -123,6 +123,25 @@ def get_celeba_config() -> ml_collections.ConfigDict:
   return config
 
 
+def get_many_tasks_config(num_groups: int) -> ml_collections.ConfigDict:
+  """TAG with `num_groups` planted groups of 10 synthetic tasks, the first-order estimator, and
+  the selection of that many groups (configs/synthetic_many_tasks*.py)."""
+  config = get_synthetic_config()
+  config.method = "tag"
+  config.dataset.group_sizes = (10,) * num_groups
+  config.dataset.num_train = 8192
+  config.model.width = 32
+  config.optimizer.learning_rate = 0.02  # the loss sums many tasks
+  config.num_epochs = 12
+  config.log_every_steps = 100
+  config.affinity.every_n_steps = 10
+  config.affinity.lookahead = "sgd"
+  config.affinity.scale_by_lr = False
+  config.affinity.estimator = "first_order"
+  config.selection.max_groups = (num_groups,)
+  return config
+
+
 def get_npz_config() -> ml_collections.ConfigDict:
   """The recipe for your own .npz data, chosen on real data (the 'digits' dataset; numbers in
   configs/npz_mtl.py): Adam 1e-2, batch 64, 10 epochs, width 16, batch-norm momentum 0.9."""
