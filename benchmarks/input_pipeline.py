@@ -45,7 +45,7 @@ def training_examples_per_second(*, batch_size: int, image_size: int, repeats: i
   """Examples/s of the jitted plain MTL step (median of `repeats`) on random data."""
   config = get_base_config()
   model = models.create_model(config, num_tasks)
-  optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch=100)
+  optimizer = optim.create_optimizer(config, steps_per_epoch=100)
   state = steps.init_train_state(model, optimizer, jax.random.key(0),
                                  (image_size, image_size, 3))
   batch = random_batch(num_tasks, image_size, batch_size)

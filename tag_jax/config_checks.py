@@ -95,14 +95,17 @@ VALID = {
     "eval_batch_size": POSITIVE,
     "drop_remainder": BOOL,
     "num_epochs": POSITIVE,
+    "min_train_steps": NON_NEGATIVE,
     "max_steps": ("-1 (no limit) or an integer >= 1", lambda v: _integer(v) and (v == -1 or v >= 1)),
     "optimizer.learning_rate": number(0, low_open=True),
     "optimizer.momentum": number(0, 1, high_open=True),
     "optimizer.weight_decay": number(0),
     "optimizer.decay_every_epochs": number(0, low_open=True),
     "optimizer.decay_factor": number(0, 1, low_open=True),
+    "optimizer.warmup_steps": NON_NEGATIVE,
     "early_stopping.patience": NON_NEGATIVE,
     "early_stopping.restore_best": BOOL,
+    "early_stopping.min_steps": NON_NEGATIVE,
     "affinity.every_n_steps": POSITIVE,
     "affinity.momentum": number(),
     "affinity.weight_decay": number(0),
@@ -134,6 +137,7 @@ VALID = {
     "study.max_groups": ("a non-empty tuple of k values >= 1", _ks),
     "study.epochs_search": NON_NEGATIVE,
     "study.epochs_train": NON_NEGATIVE,
+    "study.seeds": POSITIVE,
 }
 
 

@@ -47,6 +47,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   config.drop_remainder = False  # reference keeps the last partial batch
   config.num_epochs = 100
+  # Train at least this many steps: epochs are added to config.num_epochs until they hold this many
+  # (a small dataset still gets trained); 0 = exactly num_epochs.
+  config.min_train_steps = 0
   config.max_steps = -1  # stop (after a checkpoint) at this global step; -1 = no limit
 
   config.optimizer = ml_collections.ConfigDict()
@@ -54,13 +57,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = 5e-4
   config.optimizer.momentum = 0.9  # sgd only; 0 = plain SGD
   config.optimizer.weight_decay = 0.0  # L2 added to the gradient (coupled), like the references
-  config.optimizer.schedule = "step"  # 'step' | 'constant'
+  config.optimizer.schedule = "step"  # 'step' | 'constant' | 'cosine' (to 0 at the last step)
   config.optimizer.decay_every_epochs = 15  # 'step': multiply by decay_factor every this many epochs
   config.optimizer.decay_factor = 0.5
+  config.optimizer.warmup_steps = 0  # linear warm-up of the learning rate over this many steps
 
   config.early_stopping = ml_collections.ConfigDict()
   config.early_stopping.patience = 10  # epochs without a better summed validation loss; 0 = off
   config.early_stopping.restore_best = True
+  config.early_stopping.min_steps = 0  # no network stops before this many training steps
 
   # Method-owned blocks: config.affinity, selection, baselines, groups, dmtg (defaults and
   # meanings in the method modules, tag_jax.methods.CONFIG_BLOCKS).
@@ -78,6 +83,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Per study method, config changes for that method's own run(s) (not for retraining the
   # groups it selects), applied last: e.g. overrides.dmtg = DMTG_CELEBA_TRAINING.
   config.study.overrides = ml_collections.ConfigDict()
+  # Every stage is run with seeds config.seed, config.seed + 1, ... (report: mean and spread).
+  config.study.seeds = 1
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # devices on the batch axis; -1 = all (divided by mesh.networks)

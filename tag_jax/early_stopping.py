@@ -20,21 +20,22 @@ def initial_record(num_networks: int) -> dict:
           "epochs_without_improvement": [0] * num_networks}
 
 
-def update(record: dict, losses: np.ndarray, epoch: int, patience: int):
+def update(record: dict, losses: np.ndarray, epoch: int, patience: int, may_stop: bool = True):
   """(new record, improved (G,) bool, stopped: every network out of patience); epoch is 1-based.
 
-  patience 0 = never stop (every network stays active).
+  patience 0 = never stop (every network stays active); may_stop False (before
+  config.early_stopping.min_steps) keeps every network active and the run going.
   """
   best = np.asarray(record["best_loss"], np.float64)
   waited = np.asarray(record["epochs_without_improvement"])
   best_epoch = np.asarray(record["best_epoch"])
-  active = waited < patience if patience else np.ones(len(best), bool)
+  active = waited < patience if patience and may_stop else np.ones(len(best), bool)
   improved = active & (np.asarray(losses) < best)
   new = {"best_loss": np.where(improved, losses, best).tolist(),
          "best_epoch": np.where(improved, epoch, best_epoch).tolist(),
          "epochs_without_improvement": np.where(improved, 0, waited + 1).tolist()}
-  stopped = bool(patience) and bool((np.asarray(new["epochs_without_improvement"])
-                                     >= patience).all())
+  stopped = bool(patience) and may_stop and bool(
+      (np.asarray(new["epochs_without_improvement"]) >= patience).all())
   return new, improved, stopped
 
 

@@ -39,3 +39,28 @@ def serving_summary(networks: dict, serving: np.ndarray) -> dict:
 def network_losses(networks: dict, members: np.ndarray) -> np.ndarray:
   """(G,) each network's validation objective: the sum of its member tasks' losses."""
   return (members * networks["task_loss"]).sum(1)
+
+
+# A run learned when its validation Total Error is at most this fraction of the majority baseline's.
+LEARNED_FRACTION = 0.9
+
+
+def majority_baseline(dataset, num_classes: int) -> dict:
+  """Each task's most frequent class in the training labels, answered for every example.
+
+  {'classes': (T,) majority class per task, 'validation'/'test': {'task_accuracy' (T,),
+  'total_error'}} (ties go to the lower class).
+  """
+  train = dataset.labels("train")
+  classes = np.array([np.bincount(column, minlength=num_classes).argmax() for column in train.T])
+  baseline = {"classes": classes.tolist()}
+  for split in ("validation", "test"):
+    accuracy = (dataset.labels(split) == classes).mean(0)
+    baseline[split] = {"task_accuracy": accuracy.tolist(),
+                       "total_error": float((100.0 * (1.0 - accuracy)).sum())}
+  return baseline
+
+
+def learned(validation_total_error: float, baseline: dict) -> bool:
+  """Whether the validation Total Error is clearly (LEARNED_FRACTION) below the baseline's."""
+  return validation_total_error <= LEARNED_FRACTION * baseline["validation"]["total_error"]

@@ -72,12 +72,28 @@ def truncate_jsonl(path: str, last_step: int, keep_records=None) -> None:
   _replace_with_usual_mode(f.name, path)
 
 
+def did_not_learn_line(results: dict) -> str:
+  """The warning for a run whose validation Total Error is not clearly below the baseline's."""
+  return (f"WARNING: the run did not learn: validation Total Error "
+          f"{results['validation']['total_error']:.2f} is not clearly below "
+          f"{results['majority_baseline']['validation']['total_error']:.2f}, what answering each "
+          "task's most frequent class scores; its groups and numbers are not findings. Try "
+          "another config.optimizer.learning_rate, more steps (config.min_train_steps) or the "
+          "configs/npz_mtl.py recipe (batch-norm momentum 0.9)")
+
+
 def answer_lines(results: dict, workdir: str) -> list[str]:
-  """What a run found, for the console: test Total Error, the groups that served the tasks, each
-  selection (k, groups, score, proof gap) the method made, and the files written."""
+  """What a run found, for the console: test Total Error next to the majority baseline's, a
+  warning when the run did not learn, the groups that served the tasks, each selection (k,
+  groups, score, proof gap) the method made, and the files written."""
+  restored = (f", parameters of epoch {results['restored_epoch']}"
+              if results.get("restored_epoch") not in (None, results["epochs"]) else "")
   lines = ["", f"{results['method']}: test Total Error {results['test']['total_error']:.2f} "
-           f"(sum over {len(results['tasks'])} tasks of error %), best epoch "
-           f"{results['best_epoch']} of {results['epochs']}"]
+           f"(sum over {len(results['tasks'])} tasks of error %; always answering the majority "
+           f"class: {results['majority_baseline']['test']['total_error']:.2f}), "
+           f"{results['epochs']} epochs{restored}"]
+  if not results["learned"]:
+    lines.append(did_not_learn_line(results))
   if len(results["groups"]) > 1:
     lines.append("served by: " + " ".join("{" + ", ".join(g) + "}" for g in results["groups"]))
   selections = results.get("outputs", {}).get("selections", [])

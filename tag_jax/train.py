@@ -247,6 +247,18 @@ class Run:
         self.lock.release()
 
 
+def with_training_length(config, steps_per_epoch: int):
+  """config, with num_epochs raised (in a copy) until the epochs hold config.min_train_steps."""
+  epochs = max(config.num_epochs, math.ceil(config.min_train_steps / steps_per_epoch))
+  if epochs == config.num_epochs:
+    return config
+  logging.info("config.min_train_steps=%d: training %d epochs of %d steps (config.num_epochs=%d).",
+               config.min_train_steps, epochs, steps_per_epoch, config.num_epochs)
+  config = config.copy_and_resolve_references()
+  config.num_epochs = epochs
+  return config
+
+
 def set_up(config, workdir: str, *, restart: bool = False) -> Run:
   """Validates the config, reads and checks the data, builds the method and its jitted steps
   (compiled on first use), then (only then) locks and prepares the workdir."""
@@ -259,6 +271,7 @@ def set_up(config, workdir: str, *, restart: bool = False) -> Run:
   if steps_per_epoch < 1:
     raise UserError(f"config.batch_size {config.batch_size} is larger than the training split "
                     f"({dataset.num_examples('train')} examples) with drop_remainder")
+  config = with_training_length(config, steps_per_epoch)
   mesh = sharding.create_mesh(config.mesh)
   sharding.check_divisible(config.batch_size, mesh, "batch_size")
   sharding.check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
@@ -319,10 +332,30 @@ def save(run: Run, state, meta: dict) -> None:
   run.last_saved = step
 
 
+def check_pending(run: Run, pending: list, meta: dict) -> dict:
+  """Fetches the task losses of the steps run since the last check (one transfer, not one per
+  step, so the host never waits on the device between them), raises TrainingDiverged at the first
+  non-finite one, records the step-1 loss divergence is measured against; empties `pending`
+  (a list of (step, task losses (T,) on device)); returns meta."""
+  if not pending:
+    return meta
+  values = jax.device_get([losses for _, losses in pending])
+  for (step, _), task_loss in zip(pending, values):
+    check_finite(np.asarray(task_loss), run.task_names, step, run.workdir, run.last_saved)
+  if pending[0][0] == 1:  # the starting value divergence is measured against
+    meta = {**meta, "initial_loss": float(np.sum(values[0]))}
+  pending.clear()
+  return meta
+
+
 def train_epoch(run: Run, state, meta: dict, report_progress):
-  """The rest of the current epoch, or up to config.max_steps; returns (state, meta)."""
+  """The rest of the current epoch, or up to config.max_steps; returns (state, meta).
+
+  The losses are checked for NaN/inf at log steps, before every checkpoint and at the epoch's
+  end (`check_pending`), so a diverged run keeps its last good checkpoint."""
   config, method = run.config, run.method
   step = int(state.step)
+  pending = []
   for batch in run.dataset.batches(
       "train", batch_size=config.batch_size, seed=config.seed, epoch=meta["epoch"], shuffle=True,
       drop_remainder=config.drop_remainder, start_batch=meta["batch"],
@@ -340,15 +373,13 @@ def train_epoch(run: Run, state, meta: dict, report_progress):
       logging.info("Compiled and ran the first %s step in %.1f s.", kind,
                    time.time() - compile_start)
       run.compiled.add(kind)
-    task_loss = np.asarray(metrics["task_losses"])
-    check_finite(task_loss, run.task_names, step + 1, run.workdir, run.last_saved)
-    if step == 0:  # the starting value divergence is measured against
-      meta = {**meta, "initial_loss": float(task_loss.sum())}
     step += 1
+    pending.append((step, metrics["task_losses"]))
     meta = {**meta, "batch": meta["batch"] + 1,
             "measured_steps": meta["measured_steps"] + bool(measure_now)}
     report_progress(step)
     if step % config.log_every_steps == 0:
+      meta = check_pending(run, pending, meta)
       logged = jax.device_get(metrics)
       run.writer.write_scalars(step, named_scalars("train", logged, run.task_names))
       check_loss_blowup(float(np.sum(logged["task_losses"])), meta.get("initial_loss"), step,
@@ -357,8 +388,9 @@ def train_epoch(run: Run, state, meta: dict, report_progress):
       break
     if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
         and meta["batch"] < run.steps_per_epoch):
+      meta = check_pending(run, pending, meta)
       save(run, state, meta)
-  return state, meta
+  return state, check_pending(run, pending, meta)
 
 
 def end_epoch(run: Run, state, meta: dict):
@@ -370,7 +402,7 @@ def end_epoch(run: Run, state, meta: dict):
   val = evaluation.serving_summary(networks, method.serving)
   record, improved, stopped = early_stopping.update(
       meta["early_stopping"], evaluation.network_losses(networks, method.members), epoch,
-      run.config.early_stopping.patience)
+      run.config.early_stopping.patience, may_stop=step >= run.config.early_stopping.min_steps)
   if improved.any():
     state = state.replace(
         best_params=early_stopping.keep_best(improved, state.params, state.best_params,
@@ -417,6 +449,12 @@ def final_results(run: Run, state, meta: dict) -> dict:
   plain, measured = method.trunk_passes
   groups = (method.served_groups(params) if method.served_groups
             else groups_of(method.members, method.serving, run.task_names))
+  validation = evaluation.serving_summary(final.validation, method.serving)
+  baseline = evaluation.majority_baseline(run.dataset, config.model.num_classes)
+  restored_epoch = max(best_epoch) if use_best else None
+  if use_best and restored_epoch != meta["epoch"]:
+    logging.info("Reporting the parameters of epoch %d (best validation loss), not those of the "
+                 "last epoch %d.", restored_epoch, meta["epoch"])
   results = {
       "method": config.method,
       "tasks": list(run.task_names),
@@ -425,14 +463,19 @@ def final_results(run: Run, state, meta: dict) -> dict:
       "steps": step,
       "best_epoch": max(best_epoch),
       "stopped_early": meta["stopped_early"],
-      "validation": evaluation.serving_summary(final.validation, method.serving),
+      "restored_epoch": restored_epoch,
+      "validation": validation,
       "test": evaluation.serving_summary(final.test, method.serving),
+      "majority_baseline": baseline,
+      "learned": evaluation.learned(validation["total_error"], baseline),
       "compute": {"trunk_passes": plain * (step - meta["measured_steps"])
                                   + measured * meta["measured_steps"],
                   "trunk_passes_per_step": [plain, measured],
                   "measured_steps": meta["measured_steps"],
                   "train_seconds": run.seconds()},
   }
+  if not results["learned"]:
+    logging.warning("%s", reporting.did_not_learn_line(results))
   if len(best_epoch) > 1:
     results["network_best_epoch"] = best_epoch
   run.writer.write_scalars(step, {"test/total_error": results["test"]["total_error"],

@@ -241,6 +241,9 @@ NPZ_CASES = [
         p / "nan.npz", images=np.full((40, 8, 8, 3), np.nan, np.float32),
         labels=np.zeros((40, 1), int), task_names=np.array(["a"])) or str(p / "nan.npz"),
      r"images contain NaN or infinite values"),
+    ("npz with a single-class task", lambda p: write_npz(
+        p / "one.npz", labels=np.stack([np.arange(40) % 2, np.ones(40, int)], 1)),
+     r"task\(s\) b \(only class 1\) have a single class in the train split"),
     ("npz with a bad split", lambda p: write_npz(p / "split.npz", split=np.full(40, 7)),
      r"split must be \(N,\) with values 0 \(train\), 1 \(validation\), 2 \(test\)"),
 ]

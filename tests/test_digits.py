@@ -1,6 +1,7 @@
 """The offline real dataset 'digits': arrays, tasks and split, and that the npz recipe learns it."""
 
 import numpy as np
+import pytest
 
 from tag_jax import data, train
 from tag_jax.data import digits
@@ -32,3 +33,17 @@ def test_the_npz_recipe_learns_the_digits_far_below_always_no(tmp_path):
   always_no = float((100 * positives).sum())  # Total Error of answering "no" everywhere
   assert 90 < always_no < 110
   assert results["test"]["total_error"] < always_no / 3
+  assert results["majority_baseline"]["classes"] == [0] * 10  # "no" is every task's majority
+  assert results["majority_baseline"]["test"]["total_error"] == pytest.approx(always_no)
+  assert results["learned"]
+
+
+def test_a_run_that_cannot_learn_ends_with_the_warning(tmp_path, capsys):
+  config = load_config("npz_mtl")
+  config.dataset.name, config.image_size, config.mesh.data = "digits", 8, 1
+  config.num_epochs, config.optimizer.learning_rate = 1, 1e-9
+  results = train.train_and_evaluate(config, str(tmp_path / "frozen"))
+  assert not results["learned"]
+  assert results["validation"]["total_error"] > 0.9 * results["majority_baseline"]["validation"][
+      "total_error"]
+  assert "WARNING: the run did not learn" in capsys.readouterr().out

@@ -42,3 +42,16 @@ def test_patience_zero_never_stops():
     record, _, stopped = early_stopping.update(record, np.array([1.0]), epoch, patience=0)
     assert not stopped
   assert record["best_epoch"] == [1] and record["epochs_without_improvement"] == [28]
+
+
+def test_no_network_stops_before_the_minimum_steps():
+  """Out of patience after epoch 3, but may_stop is False until epoch 5: the later improvement
+  at epoch 4 counts, and the run stops two epochs after it, not at epoch 3."""
+  record = early_stopping.initial_record(1)
+  stops = []
+  for epoch, loss in enumerate([1.0, 2.0, 2.0, 0.5, 0.9, 0.9, 0.9], start=1):
+    record, improved, stopped = early_stopping.update(record, np.array([loss]), epoch, patience=2,
+                                                      may_stop=epoch >= 5)
+    stops.append(stopped)
+  assert record["best_epoch"] == [4]
+  assert stops == [False] * 5 + [True, True]

@@ -28,7 +28,7 @@ def tiny_problem(config):
   batches = list(dataset.batches("train", batch_size=32, seed=0, epoch=0, shuffle=True,
                                  drop_remainder=False))[:2]
   model = models.create_model(config, len(TASKS))
-  optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch=3)
+  optimizer = optim.create_optimizer(config, steps_per_epoch=3)
   return dataset, batches, model, optimizer
 
 

@@ -11,7 +11,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from tag_jax import checkpointing, data, models, steps, train
+from tag_jax import checkpointing, data, evaluation, models, steps, train
 from tag_jax.errors import TrainingDiverged, UserError
 
 from conftest import REPO
@@ -281,3 +281,35 @@ def test_a_workdir_holding_another_run_is_refused_before_anything_changes(tiny_c
   assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
   tiny_config.num_epochs = 2  # more epochs of the same run: resumed
   assert train.train_and_evaluate(tiny_config, str(workdir))["epochs"] == 2
+
+
+def test_majority_baseline_against_a_count_by_hand():
+  rng = np.random.default_rng(0)
+  train_labels = np.stack([rng.random(50) < 0.3, rng.random(50) < 0.8, rng.integers(0, 3, 50)], 1)
+  splits = {"train": (None, train_labels.astype(int)),
+            "validation": (None, rng.integers(0, 3, (20, 3))),
+            "test": (None, rng.integers(0, 3, (30, 3)))}
+  baseline = evaluation.majority_baseline(data.ArrayDataset(("a", "b", "c"), splits), 3)
+  for t in range(3):
+    counts = [sum(1 for v in train_labels[:, t] if v == c) for c in range(3)]
+    majority = counts.index(max(counts))
+    assert baseline["classes"][t] == majority
+    for split in ("validation", "test"):
+      labels = splits[split][1][:, t]
+      accuracy = sum(1 for v in labels if v == majority) / len(labels)
+      assert baseline[split]["task_accuracy"][t] == pytest.approx(accuracy)
+  for split in ("validation", "test"):
+    assert baseline[split]["total_error"] == pytest.approx(
+        sum(100 * (1 - a) for a in baseline[split]["task_accuracy"]))
+  assert evaluation.learned(0.9 * baseline["validation"]["total_error"], baseline)
+  assert not evaluation.learned(0.95 * baseline["validation"]["total_error"], baseline)
+
+
+def test_min_train_steps_adds_epochs_and_min_steps_delays_early_stopping(tiny_config, tmp_path):
+  tiny_config.min_train_steps = 10  # 3 steps per epoch: 4 epochs, not 2
+  tiny_config.early_stopping.patience = 1
+  tiny_config.early_stopping.min_steps = 12
+  tiny_config.optimizer.learning_rate = 1e-9  # no epoch improves on the first: patience 1 would
+  results = train.train_and_evaluate(tiny_config, str(tmp_path / "steps"))  # stop at epoch 2
+  assert results["steps"] == 12 and results["epochs"] == 4
+  assert results["stopped_early"] and results["restored_epoch"] == results["best_epoch"]

@@ -18,6 +18,10 @@ class Dataset(Protocol):
   def num_examples(self, split: str) -> int:
     ...
 
+  def labels(self, split: str) -> np.ndarray:
+    """(N, T) int32 class labels of a split, in example order (no images read)."""
+    ...
+
   def batches(self, split: str, *, batch_size: int, seed: int, epoch: int, shuffle: bool,
               drop_remainder: bool, start_batch: int = 0, process_index: int = 0,
               process_count: int = 1) -> Iterator[dict]:
@@ -38,6 +42,9 @@ class ArrayDataset:
 
   def num_examples(self, split: str) -> int:
     return len(self.splits[split][1])
+
+  def labels(self, split: str) -> np.ndarray:
+    return np.asarray(self.splits[split][1], np.int32)
 
   def batches(self, split, *, batch_size, seed, epoch, shuffle, drop_remainder, start_batch=0,
               process_index=0, process_count=1):

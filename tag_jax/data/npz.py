@@ -89,4 +89,9 @@ def load(path: str, num_classes: int) -> ArrayDataset:
   for name, (_, lab) in splits.items():
     if not len(lab):
       _fail(path, f"the {name} split is empty")
+  single = [f"{n!s} (only class {lab[0]})" for n, lab in zip(names, splits["train"][1].T)
+            if (lab == lab[0]).all()]
+  if single:
+    _fail(path, f"task(s) {', '.join(single)} have a single class in the train split: there is "
+          "nothing to learn; drop them from task_names/labels or give examples of another class")
   return ArrayDataset(tuple(str(n) for n in names), splits)

@@ -83,7 +83,7 @@ def build_tag(config, task_names, image_shape, steps_per_epoch) -> Method:
   model = models.create_model(config, len(task_names))
   sources = affinity.sources_for_order(len(task_names), aff.order)
   measure, measured_passes = _tag_measure(
-      config, model, optim.learning_rate_schedule(config.optimizer, steps_per_epoch), sources,
+      config, model, optim.learning_rate_schedule(config, steps_per_epoch), sources,
       len(task_names))
   source_names = [[task_names[t] for t in members] for members in sources]
   return _affinity_method("tag", config, task_names, image_shape, steps_per_epoch, model, measure,
@@ -133,7 +133,7 @@ def build_cs(config, task_names, image_shape, steps_per_epoch) -> Method:
 def _affinity_method(name, config, task_names, image_shape, steps_per_epoch, model, measure,
                      source_names, measured_passes, per_task=True, estimator=None) -> Method:
   """The MTL network with `measure` recorded every config.affinity.every_n_steps steps."""
-  optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch)
+  optimizer = optim.create_optimizer(config, steps_per_epoch)
   tracker = steps.init_affinity_tracker(len(source_names), len(task_names))
   finish = functools.partial(write_outputs, name=name, source_names=source_names,
                              max_groups=tuple(config.selection.max_groups),

@@ -77,7 +77,7 @@ def build_pcgrad(config, task_names, image_shape, steps_per_epoch) -> Method:
 
 def _model_and_optimizer(config, task_names, steps_per_epoch):
   return (models.create_model(config, len(task_names)),
-          optim.create_optimizer(config.optimizer, steps_per_epoch))
+          optim.create_optimizer(config, steps_per_epoch))
 
 
 def _baseline(model, optimizer, image_shape, task_names, train_step, *, per_step_passes: int,

@@ -102,7 +102,7 @@ def validate(config) -> None:
 def build(config, task_names, image_shape, steps_per_epoch) -> Method:
   cfg = config.dmtg
   net = create_grouped_net(config, len(task_names))
-  optimizer = with_logits_optimizer(optim.create_optimizer(config.optimizer, steps_per_epoch),
+  optimizer = with_logits_optimizer(optim.create_optimizer(config, steps_per_epoch),
                                     cfg.logits_optimizer, cfg.logits_learning_rate)
   search_steps = (config.num_epochs - cfg.finetune_epochs) * steps_per_epoch
   return Method(

@@ -140,7 +140,7 @@ def stacked_networks_method(name, config, task_names, image_shape, steps_per_epo
   nets = StackedNets(model, len(networks),
                      stacking.resolve(config.groups.network_strategy, len(networks),
                                       differentiated=True))
-  optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch)
+  optimizer = optim.create_optimizer(config, steps_per_epoch)
 
   def init_state(rng):
     return steps.init_train_state(nets, optimizer, rng, image_shape)

@@ -6,7 +6,7 @@ from tag_jax.methods.base import Method, one_network
 
 def build(config, task_names, image_shape, steps_per_epoch) -> Method:
   model = models.create_model(config, len(task_names))
-  optimizer = optim.create_optimizer(config.optimizer, steps_per_epoch)
+  optimizer = optim.create_optimizer(config, steps_per_epoch)
   return Method(
       init_state=lambda rng: steps.init_train_state(model, optimizer, rng, image_shape),
       train_step=steps.make_mtl_step(model, optimizer),
