@@ -9,4 +9,5 @@ def get_config():
   config.study.methods = ("mtl", "single", "tag", "cs", "hoa", "random", "uw", "gradnorm",
                           "pcgrad", "dmtg")
   config.study.max_groups = (2, 3)
+  config.study.seeds = 3  # every row: mean ± spread over 3 seeds
   return config

@@ -158,7 +158,9 @@ def groupings(record: dict):
 def total_error_vs_compute(rows: list):
   """The grouping study: test Total Error of every report row against its trunk passes and seconds.
 
-  rows: report.json rows ('label', 'k', 'test_total_error', 'trunk_passes', 'seconds').
+  rows: report.json rows ('label', 'k', 'test_total_error', 'trunk_passes', 'seconds', and with
+  several seeds 'test_total_error_stats' {'std', 'values'}): the mean with a bar of one standard
+  deviation, and each seed's value as a small dot.
   """
   labels = sorted({r["label"] for r in rows})
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
@@ -166,9 +168,14 @@ def total_error_vs_compute(rows: list):
                         (axes[1], "seconds", "training seconds")):
     for i, label in enumerate(labels):
       mine = [r for r in rows if r["label"] == label]
-      ax.scatter([r[key] for r in mine], [r["test_total_error"] for r in mine], color=f"C{i % 10}",
-                 marker="osD^v<>pX*h"[i % 11], label=label)
+      color, marker = f"C{i % 10}", "osD^v<>pX*h"[i % 11]
+      spread = [(r.get("test_total_error_stats") or {}).get("std") or 0.0 for r in mine]
+      ax.errorbar([r[key] for r in mine], [r["test_total_error"] for r in mine], yerr=spread,
+                  color=color, marker=marker, linestyle="none", capsize=3, label=label)
       for r in mine:
+        seeds = (r.get("test_total_error_stats") or {}).get("values") or []
+        if len(seeds) > 1:
+          ax.scatter([r[key]] * len(seeds), seeds, color=color, s=6, alpha=0.5)
         ax.annotate(f"k={r['k']}", (r[key], r["test_total_error"]), fontsize=7,
                     textcoords="offset points", xytext=(3, 3))
     ax.set_xscale("log")
@@ -176,6 +183,8 @@ def total_error_vs_compute(rows: list):
     ax.set_xlabel(f"{name} (log scale)")
   axes[0].set_ylabel("Total Error, test (sum of task error %)")
   axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-  fig.suptitle("Total Error against compute (lower left is better)")
+  seeds = max(len((r.get("test_total_error_stats") or {}).get("values") or [0]) for r in rows)
+  fig.suptitle("Total Error against compute (lower left is better)"
+               + (f"; mean ± std over {seeds} seeds, dots: each seed" if seeds > 1 else ""))
   fig.tight_layout()
   return fig

@@ -23,6 +23,15 @@ Grouping runs take config.study.epochs_search epochs, the others
 config.study.epochs_train (0 = config.num_epochs). config.study.overrides.<method>
 changes the config of that method's own runs (not of the groups it selected).
 
+Seeds: with config.study.seeds = S > 1 every stage runs for each seed
+(config.seed + i, in workdir/seed_<i>/<stage>: initialisation, data order and
+the methods' own randomness differ). Each row then gives the mean, standard
+deviation and 95% interval of its test Total Error over seeds, whether it
+differs from all-in-one MTL by more than the seed noise (Welch's interval of
+the difference), and how often each grouping was chosen. A row one of whose
+runs did not learn (validation Total Error not clearly below the majority
+baseline, results.json 'learned') is marked and not compared.
+
 Resumable: a stage whose results.json exists is skipped; an interrupted one
 resumes from its checkpoints. A stage's own results.json (written atomically,
 last) is the only record that it is done, so a kill at any instant leaves a
@@ -35,9 +44,12 @@ passes counted by the loop, training seconds summed over resumes).
 
 import dataclasses
 import json
+import math
 import os
 
 import jax
+import numpy as np
+import scipy.stats
 from absl import logging
 
 from tag_jax import cli, config_checks, data, plots, reporting, workdir as workdirs
@@ -60,12 +72,14 @@ class Stage:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """A report row: `share` of the compute of `stages` spent on it, the last one's results reported."""
+  """One seed's run of a report row: `share` of the compute of `stages` spent on it, the last
+  one's results reported; the rows of config.study.seeds seeds share label and k."""
 
   label: str
   k: int
   stages: tuple
   share: float = 1.0
+  seed: int = 0
 
 
 @dataclasses.dataclass
@@ -157,14 +171,37 @@ PLANNERS = {
 STUDY_METHODS = tuple(PLANNERS)
 
 
-def plan(config, task_names, workdir) -> Plan:
-  """The stages and report rows of config.study.methods, in that order."""
+def plan_one_seed(config, task_names, workdir) -> Plan:
+  """The stages and report rows of config.study.methods, in that order, for config.seed."""
   result = Plan()
   for method in config.study.methods:
     PLANNERS[method](result, config, task_names, workdir)
     if method in config.study.overrides:
       result.notes.append(f"{method}: its own runs trained with config.study.overrides.{method} "
                           f"= {config.study.overrides[method].to_dict()}")
+  return result
+
+
+def plan(config, task_names, workdir) -> Plan:
+  """The stages and report rows of every seed: with config.study.seeds = 1 the stages of
+  `plan_one_seed` in workdir/<stage>; with S > 1 seed i's stages in workdir/seed_<i>/<stage>,
+  run with config.seed + i (initialisation, data order and the methods' own randomness)."""
+  seeds = config.study.seeds
+  if seeds == 1:
+    return plan_one_seed(config, task_names, workdir)
+  result = Plan()
+  for i in range(seeds):
+    prefix = f"seed_{i}/"
+    one = plan_one_seed(config, task_names, os.path.join(workdir, prefix))
+    result.stages += [dataclasses.replace(s, name=prefix + s.name,
+                                          settings={**s.settings, "seed": config.seed + i})
+                      for s in one.stages]
+    result.entries += [dataclasses.replace(e, stages=tuple(prefix + n for n in e.stages), seed=i)
+                       for e in one.entries]
+    if not i:
+      result.notes = one.notes + [f"every row: {seeds} seeds (config.seed + 0..{seeds - 1}: "
+                                  "initialisation, data order and the methods' randomness), "
+                                  "each seed's stages in seed_<i>/"]
   return result
 
 
@@ -177,6 +214,9 @@ def validate(config) -> None:
   if unknown:
     raise UserError(f"config.study.overrides has {unknown}; its keys must be study methods "
                     f"{STUDY_METHODS}")
+  if not (isinstance(config.study.seeds, int) and config.study.seeds >= 1):
+    raise UserError(f"config.study.seeds must be an integer >= 1 (runs per stage), got "
+                    f"{config.study.seeds!r}")
   if not config.study.max_groups or min(config.study.max_groups) < 1:
     raise UserError(f"config.study.max_groups must be k values >= 1, got "
                     f"{tuple(config.study.max_groups)}")
@@ -285,61 +325,181 @@ def planted_groups(config, task_names):
   return [g for g in planted if g]
 
 
+def seed_statistics(values) -> dict:
+  """mean, std (ddof 1), 95% half-width (Student t, n - 1 degrees of freedom) of per-seed values;
+  std and half-width None for one value."""
+  values = np.asarray(values, np.float64)
+  n = len(values)
+  std = float(values.std(ddof=1)) if n > 1 else None
+  half = float(scipy.stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else None
+  return {"mean": float(values.mean()), "std": std, "ci95": half, "values": values.tolist()}
+
+
+def compare_to_reference(values, reference) -> dict:
+  """values - reference (per-seed Total Errors of a row and of all-in-one MTL): the difference of
+  means with its Welch 95% interval, and the verdict 'lower' / 'higher' when the interval
+  excludes 0, 'within seed noise' otherwise (None with fewer than 2 seeds on either side)."""
+  a, b = np.asarray(values, np.float64), np.asarray(reference, np.float64)
+  difference = float(a.mean() - b.mean())
+  if len(a) < 2 or len(b) < 2:
+    return {"difference": difference, "ci95": None, "verdict": None}
+  var_a, var_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  if var_a + var_b == 0:
+    half = 0.0
+  else:
+    dof = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
+    half = float(scipy.stats.t.ppf(0.975, dof) * math.sqrt(var_a + var_b))
+  verdict = ("lower" if difference + half < 0 else "higher" if difference - half > 0
+             else "within seed noise")
+  return {"difference": difference, "ci95": half, "verdict": verdict}
+
+
+def grouping_counts(groupings) -> list:
+  """How often each grouping occurs: [{'groups', 'seeds'}], most frequent first (groups compared
+  as sets of sets; first seen first among equals)."""
+  counts = {}
+  for groups in groupings:
+    key = frozenset(frozenset(g) for g in groups)
+    counts.setdefault(key, [groups, 0])[1] += 1
+  return [{"groups": g, "seeds": n} for g, n in sorted(counts.values(), key=lambda c: -c[1])]
+
+
+def seed_run(entry: Entry, results: dict, planted) -> dict:
+  """One seed's run of a row, from its stages' results.json."""
+  reported = results[entry.stages[-1]]
+  groups = reported["groups"]
+  return {
+      "seed": entry.seed, "stages": list(entry.stages), "groups": groups,
+      "recovers_planted": (None if planted is None or entry.label not in GROUPING_LABELS else
+                           {frozenset(g) for g in groups} == {frozenset(g) for g in planted}),
+      "learned": all(results[s].get("learned", True) for s in entry.stages),
+      "test_total_error": reported["test"]["total_error"],
+      "validation_total_error": reported["validation"]["total_error"],
+      "baseline_test_total_error": reported["majority_baseline"]["test"]["total_error"],
+      "test_task_accuracy": dict(zip(reported["tasks"], reported["test"]["task_accuracy"])),
+      "seconds": entry.share * sum(results[s]["compute"]["train_seconds"] for s in entry.stages),
+      "trunk_passes": round(entry.share * sum(results[s]["compute"]["trunk_passes"]
+                                              for s in entry.stages)),
+  }
+
+
+def summary_row(label: str, k: int, runs: list, mtl_runs) -> dict:
+  """A report row over its seeds' runs: means (and statistics) of Total Error and compute, the
+  most frequent grouping and how often each was chosen, the comparison with MTL."""
+  test = seed_statistics([r["test_total_error"] for r in runs])
+  planted = [r["recovers_planted"] for r in runs]
+  groupings = grouping_counts([r["groups"] for r in runs])
+  learned = sum(r["learned"] for r in runs)
+  comparable = label != "mtl" and mtl_runs and learned == len(runs) and all(
+      r["learned"] for r in mtl_runs)
+  tasks = runs[0]["test_task_accuracy"]
+  return {
+      "label": label, "k": k, "seeds": len(runs), "groups": groupings[0]["groups"],
+      "groupings": groupings, "learned_seeds": learned,
+      "recovers_planted": None if planted[0] is None else sum(planted) / len(planted),
+      "test_total_error": test["mean"], "test_total_error_stats": test,
+      "validation_total_error": float(np.mean([r["validation_total_error"] for r in runs])),
+      "baseline_test_total_error": float(np.mean([r["baseline_test_total_error"] for r in runs])),
+      "vs_mtl": (compare_to_reference(test["values"], [r["test_total_error"] for r in mtl_runs])
+                 if comparable else None),
+      "test_task_accuracy": {t: float(np.mean([r["test_task_accuracy"][t] for r in runs]))
+                             for t in tasks},
+      "seconds": float(np.mean([r["seconds"] for r in runs])),
+      "trunk_passes": round(float(np.mean([r["trunk_passes"] for r in runs]))),
+      "runs": runs,
+  }
+
+
 def build_report(config, task_names, study_plan: Plan, workdir) -> dict:
-  """report.json's content: one row per entry, with groups, test metrics and compute, all read
-  from the stages' results.json."""
+  """report.json's content: one row per method and k over its seeds, with groups, test metrics
+  and compute, all read from the stages' results.json."""
   results = {stage: read_json(os.path.join(workdir, stage, "results.json"))
              for stage in dict.fromkeys(s for e in study_plan.entries for s in e.stages)}
   planted = planted_groups(config, task_names)
-  rows = []
+  runs = {}
   for entry in study_plan.entries:
-    reported = results[entry.stages[-1]]
-    groups = reported["groups"]
-    rows.append({
-        "label": entry.label, "k": entry.k, "stages": list(entry.stages), "groups": groups,
-        "recovers_planted": (None if planted is None or entry.label not in GROUPING_LABELS else
-                             {frozenset(g) for g in groups} == {frozenset(g) for g in planted}),
-        "test_total_error": reported["test"]["total_error"],
-        "validation_total_error": reported["validation"]["total_error"],
-        "test_task_accuracy": dict(zip(reported["tasks"], reported["test"]["task_accuracy"])),
-        "seconds": entry.share * sum(results[s]["compute"]["train_seconds"]
-                                     for s in entry.stages),
-        "trunk_passes": round(entry.share * sum(results[s]["compute"]["trunk_passes"]
-                                                for s in entry.stages)),
-    })
+    runs.setdefault((entry.label, entry.k), []).append(seed_run(entry, results, planted))
+  mtl_runs = next((r for (label, _), r in runs.items() if label == "mtl"), None)
+  rows = [summary_row(label, k, seed_runs, mtl_runs) for (label, k), seed_runs in runs.items()]
   compute = {name: {"method": r["method"], "steps": r["steps"], **r["compute"]}
              for name, r in results.items()}
-  return {"tasks": list(task_names), "planted_groups": planted, "rows": rows,
-          "notes": study_plan.notes, "stages": compute}
+  return {"tasks": list(task_names), "planted_groups": planted, "seeds": config.study.seeds,
+          "rows": rows, "notes": study_plan.notes, "stages": compute}
 
 
 def format_groups(groups) -> str:
   return " ".join("{" + ", ".join(g) + "}" for g in groups)
 
 
+def format_total_error(row) -> str:
+  stats = row["test_total_error_stats"]
+  if stats["std"] is None:
+    return f"{stats['mean']:.2f}"
+  return f"{stats['mean']:.2f} ± {stats['std']:.2f} (95% CI ± {stats['ci95']:.2f})"
+
+
+VERDICTS = {"lower": "lower", "higher": "higher", "within seed noise": "within noise"}
+
+
+def format_vs_mtl(row) -> str:
+  compared = row["vs_mtl"]
+  if compared is None:
+    return "-"
+  if compared["verdict"] is None:
+    return f"{compared['difference']:+.2f}"
+  return (f"{compared['difference']:+.2f} ± {compared['ci95']:.2f}: "
+          f"{VERDICTS[compared['verdict']]}")
+
+
 def main_table(rows) -> list[str]:
-  """The report's main table (markdown lines): a row per method and k."""
-  lines = ["| method | k | groups | Total Error (test) | val | planted? | seconds | trunk passes |",
-           "|---|---|---|---|---|---|---|---|"]
+  """The report's main table (markdown lines): a row per method and k, mean ± std over seeds; the
+  groups column shows the most frequent grouping and in how many seeds it was chosen."""
+  lines = ["| method | k | groups (seeds) | Total Error (test) | vs MTL | val | planted? | "
+           "seconds | trunk passes |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    planted = {None: "-", True: "yes", False: "no"}[r["recovers_planted"]]
-    lines.append(f"| {r['label']} | {r['k']} | {format_groups(r['groups'])} | "
-                 f"{r['test_total_error']:.2f} | {r['validation_total_error']:.2f} | {planted} | "
+    seeds = r["seeds"]
+    if r["learned_seeds"] < seeds:
+      groups = f"did not learn ({seeds - r['learned_seeds']}/{seeds} seeds)"
+    else:
+      groups = format_groups(r["groups"]) + (
+          f" ({r['groupings'][0]['seeds']}/{seeds})" if seeds > 1 else "")
+    planted = ("-" if r["recovers_planted"] is None else
+               f"{round(r['recovers_planted'] * seeds)}/{seeds}" if seeds > 1 else
+               ("yes" if r["recovers_planted"] else "no"))
+    lines.append(f"| {r['label']} | {r['k']} | {groups} | {format_total_error(r)} | "
+                 f"{format_vs_mtl(r)} | {r['validation_total_error']:.2f} | {planted} | "
                  f"{r['seconds']:.0f} | {r['trunk_passes']:,} |")
   return lines
 
 
 def markdown(report: dict) -> str:
-  """report.md: the main table, per-task test accuracy, formulas and notes."""
-  tasks, rows = report["tasks"], report["rows"]
+  """report.md: the main table, groupings per seed, per-task test accuracy, formulas and notes."""
+  tasks, rows, seeds = report["tasks"], report["rows"], report["seeds"]
   lines = ["# Grouping study", "", f"Tasks ({len(tasks)}): {', '.join(tasks)}."]
   if report["planted_groups"] is not None:
     lines.append(f"Planted groups: {format_groups(report['planted_groups'])}.")
-  lines += ["", "Total Error = sum over tasks of test error % (lower is better). Compute: training "
+  baseline = np.mean([r["baseline_test_total_error"] for r in rows])
+  lines += ["", f"Total Error = sum over tasks of test error % (lower is better); always answering "
+            f"each task's most frequent training class scores {baseline:.2f}. Compute: training "
             "seconds summed over resumes and the stages a row needs (grouping run + training), "
-            "and trunk passes (below).", ""] + main_table(rows)
-  lines += ["", "## Test accuracy per task", "", "| method | k | " + " | ".join(tasks) + " |",
-            "|---|---|" + "---|" * len(tasks)]
+            "and trunk passes (below)" + (f", per seed. Every row ran {seeds} seeds: Total Error "
+                                          "is their mean ± standard deviation with a 95% "
+                                          "interval of the mean; 'vs MTL' is the difference "
+                                          "from all-in-one MTL with its Welch 95% interval "
+                                          "('within noise' when it holds 0)." if seeds > 1 else
+                                          "; one seed: differences are not tested against "
+                                          "noise."),
+            "A row marked 'did not learn' scored no clearly better on validation than that "
+            "baseline in some seed: its groups and numbers are not findings.", ""]
+  lines += main_table(rows)
+  if seeds > 1:
+    lines += ["", "## Groupings across seeds", "", "| method | k | grouping: seeds chosen |",
+              "|---|---|---|"]
+    for r in rows:
+      lines.append(f"| {r['label']} | {r['k']} | " + "; ".join(
+          f"{format_groups(g['groups'])}: {g['seeds']}" for g in r["groupings"]) + " |")
+  lines += ["", "## Test accuracy per task" + (" (mean over seeds)" if seeds > 1 else ""), "",
+            "| method | k | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
   for r in rows:
     accuracy = " | ".join(f"{r['test_task_accuracy'][t]:.3f}" for t in tasks)
     lines.append(f"| {r['label']} | {r['k']} | {accuracy} |")

@@ -71,3 +71,20 @@ def test_matrix_image_is_rgb_cells_red_for_negative_blue_for_positive():
   image = plots.matrix_image([[1.0, -1.0]], cell=2)
   assert image.shape == (2, 4, 3) and image.dtype == np.uint8
   assert image[0, 0, 2] > image[0, 0, 0] and image[0, 3, 0] > image[0, 3, 2]
+
+
+def test_study_plot_draws_the_seed_spread_and_every_seed():
+  rows = [{"label": "mtl", "k": 1, "test_total_error": 21.0, "trunk_passes": 100, "seconds": 5.0,
+           "test_total_error_stats": {"std": 1.0, "values": [20.0, 22.0, 21.0]}},
+          {"label": "tag", "k": 2, "test_total_error": 15.0, "trunk_passes": 300, "seconds": 9.0,
+           "test_total_error_stats": {"std": 2.0, "values": [13.0, 17.0, 15.0]}}]
+  fig = plots.total_error_vs_compute(rows)
+  ax = fig.axes[0]
+  bars = {c.get_label(): c for c in ax.containers}
+  for label, (low, high), seeds in (("mtl", (20.0, 22.0), [20.0, 22.0, 21.0]),
+                                    ("tag", (13.0, 17.0), [13.0, 17.0, 15.0])):
+    segment = bars[label].lines[2][0].get_segments()[0]  # the vertical bar: mean ± std
+    np.testing.assert_allclose(sorted(segment[:, 1]), [low, high])
+    dots = [c for c in ax.collections if sorted(c.get_offsets()[:, 1].tolist()) == sorted(seeds)]
+    assert len(dots) == 1
+  assert "3 seeds" in fig._suptitle.get_text()

@@ -18,7 +18,8 @@ TINY = ["--config.num_epochs=1", "--config.dataset.num_train=96",
         "--config.image_size=8", "--config.model.width=4", "--config.batch_size=32",
         "--config.eval_batch_size=32", "--config.mesh.data=1", "--config.selection.time_limit=20",
         "--config.affinity.every_n_steps=1"]  # a few steps: TAG and CS measure every one
-TINY_STUDY = ["--config.study.methods=('mtl', 'tag')", "--config.study.max_groups=(2,)"]
+TINY_STUDY = ["--config.study.methods=('mtl', 'tag')", "--config.study.max_groups=(2,)",
+              "--config.study.seeds=1"]
 # Commands run elsewhere: the install (.ci/run does exactly it), the test suite itself, and the
 # benchmarks (minutes each, run by hand; their numbers are quoted in the README).
 NOT_HERE = ("pip install", "python -m pytest", "python benchmarks/")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import scipy.stats
 import pytest
 
 from tag_jax import study, train
@@ -173,3 +174,115 @@ def test_a_busy_study_folder_is_refused_and_restart_deletes_only_run_outputs(tmp
   study.start_over(str(workdir), study.plan(config, TASKS, str(workdir)))
   assert sorted(os.listdir(workdir)) == [".lock", "mtl", "notes.txt", "tag", "tag_k2"]
   assert all(os.listdir(workdir / name) == [] for name in ("mtl", "tag", "tag_k2"))
+
+
+# --- seeds: statistics, stability, "did not learn", a multi-seed study ---
+
+def test_seed_statistics_against_numpy_and_scipy():
+  values = [12.5, 10.0, 14.0, 11.5]
+  stats = study.seed_statistics(values)
+  assert stats["mean"] == pytest.approx(np.mean(values))
+  assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+  low, high = scipy.stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
+                                     scale=scipy.stats.sem(values))
+  assert stats["ci95"] == pytest.approx((high - low) / 2)
+  assert study.seed_statistics([3.0]) == {"mean": 3.0, "std": None, "ci95": None, "values": [3.0]}
+
+
+@pytest.mark.parametrize("values, reference", [
+    ([10.0, 11.0, 10.5], [20.0, 21.0, 19.5]),  # clearly lower
+    ([10.0, 14.0, 12.0], [11.0, 13.0, 12.5]),  # within noise
+    ([30.0, 31.0, 29.0, 30.5], [20.0, 26.0, 23.0]),  # higher, unequal seeds and spread
+])
+def test_comparison_with_mtl_agrees_with_welchs_test(values, reference):
+  compared = study.compare_to_reference(values, reference)
+  assert compared["difference"] == pytest.approx(np.mean(values) - np.mean(reference))
+  p_value = scipy.stats.ttest_ind(values, reference, equal_var=False).pvalue
+  differs = compared["verdict"] != "within seed noise"
+  assert differs == (p_value < 0.05)
+  if differs:
+    assert compared["verdict"] == ("lower" if np.mean(values) < np.mean(reference) else "higher")
+  assert study.compare_to_reference([1.0], [2.0, 3.0])["verdict"] is None
+
+
+def test_grouping_counts_compare_groups_as_sets():
+  counts = study.grouping_counts([[["a", "b"], ["c"]], [["c"], ["b", "a"]], [["a"], ["b", "c"]]])
+  assert counts == [{"groups": [["a", "b"], ["c"]], "seeds": 2},
+                    {"groups": [["a"], ["b", "c"]], "seeds": 1}]
+
+
+def test_plan_with_seeds_runs_every_stage_per_seed_in_its_own_folder(tmp_path):
+  config = load_config("tiny_study")
+  config.study.methods = ("mtl", "tag")
+  config.study.seeds, config.seed = 2, 7
+  plan = study.plan(config, TASKS, str(tmp_path))
+  assert [s.name for s in plan.stages] == ["seed_0/mtl", "seed_0/tag", "seed_0/tag_k2",
+                                           "seed_1/mtl", "seed_1/tag", "seed_1/tag_k2"]
+  by_name = {s.name: s for s in plan.stages}
+  assert by_name["seed_1/tag"].settings["seed"] == 8 and by_name["seed_0/mtl"].settings["seed"] == 7
+  assert by_name["seed_1/tag_k2"].settings["groups.groups_file"] == str(
+      tmp_path / "seed_1" / "tag" / "groups.json")
+  assert study.stage_config(config, by_name["seed_1/tag_k2"]).seed == 8
+  assert [(e.label, e.seed, e.stages) for e in plan.entries] == [
+      ("mtl", 0, ("seed_0/mtl",)), ("tag", 0, ("seed_0/tag", "seed_0/tag_k2")),
+      ("mtl", 1, ("seed_1/mtl",)), ("tag", 1, ("seed_1/tag", "seed_1/tag_k2"))]
+  config.study.seeds = 0
+  with pytest.raises(UserError, match="config.study.seeds must be an integer >= 1"):
+    study.run_study(config, str(tmp_path / "zero"))
+
+
+def fake_results(workdir, stage, total_error, groups, learned=True):
+  os.makedirs(os.path.join(workdir, stage), exist_ok=True)
+  accuracy = [1 - total_error / 100 / len(TASKS)] * len(TASKS)
+  summary = {"task_accuracy": accuracy, "total_error": total_error}
+  with open(os.path.join(workdir, stage, "results.json"), "w") as f:
+    json.dump({"method": "x", "tasks": list(TASKS), "groups": groups, "steps": 10,
+               "learned": learned, "test": summary, "validation": summary,
+               "majority_baseline": {"test": {"total_error": 100.0}},
+               "compute": {"trunk_passes": 10, "trunk_passes_per_step": [1, 1],
+                           "measured_steps": 0, "train_seconds": 1.0}}, f)
+
+
+def test_report_over_seeds_marks_runs_that_did_not_learn(tmp_path):
+  config = load_config("tiny_study")
+  config.study.methods, config.study.seeds = ("mtl", "random"), 3
+  workdir = str(tmp_path)
+  plan = study.plan(config, TASKS, workdir)
+  split = [list(TASKS[:2]), list(TASKS[2:])]
+  other = [[TASKS[0]], list(TASKS[1:])]
+  for i, (mtl, random, groups, learned) in enumerate([(20, 10, split, True), (22, 11, split, True),
+                                                      (21, 12, other, False)]):
+    fake_results(workdir, f"seed_{i}/mtl", mtl, [list(TASKS)])
+    fake_results(workdir, f"seed_{i}/random_k2", random, groups, learned)
+  report = study.build_report(config, TASKS, plan, workdir)
+  mtl, random = report["rows"]
+  assert mtl["test_total_error_stats"]["values"] == [20, 22, 21] and mtl["seeds"] == 3
+  assert random["groupings"] == [{"groups": split, "seeds": 2}, {"groups": other, "seeds": 1}]
+  assert random["learned_seeds"] == 2 and random["vs_mtl"] is None  # not presented as a finding
+  assert random["recovers_planted"] == pytest.approx(2 / 3)
+  table = "\n".join(study.main_table(report["rows"]))
+  assert "| random | 2 | did not learn (1/3 seeds) |" in table
+  assert "| mtl | 1 | {g0_t0, g0_t1, g1_t0, g1_t1} (3/3) | 21.00 ± 1.00 (95% CI ± 2.48) |" in table
+  fake_results(workdir, "seed_2/random_k2", 12, other, True)  # now every seed learned
+  random = study.build_report(config, TASKS, plan, workdir)["rows"][1]
+  assert random["vs_mtl"]["verdict"] == "lower"
+  assert "| -10.00 ± " in "\n".join(study.main_table([random]))
+
+
+def test_multi_seed_study_paused_resumed_equals_uninterrupted(tmp_path):
+  config = load_config("tiny_study")
+  config.study.methods, config.study.seeds = ("mtl", "random"), 2
+  paused = str(tmp_path / "paused")
+  config.max_steps = 2  # inside seed_0/mtl (3 steps)
+  assert study.run_study(config, paused) is None
+  config.max_steps = -1
+  resumed = study.run_study(config, paused)
+  straight = study.run_study(config, str(tmp_path / "straight"))
+  for a, b in zip(resumed["rows"], straight["rows"]):
+    assert a["test_total_error_stats"]["values"] == b["test_total_error_stats"]["values"]
+  mtl = resumed["rows"][0]
+  per_seed = [json.load(open(os.path.join(paused, f"seed_{i}", "mtl", "results.json")))
+              for i in range(2)]
+  assert mtl["test_total_error_stats"]["values"] == [r["test"]["total_error"] for r in per_seed]
+  assert per_seed[0]["test"] != per_seed[1]["test"]  # the seeds are different runs
+  assert "Groupings across seeds" in open(os.path.join(paused, "report.md")).read()
