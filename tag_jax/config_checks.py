@@ -121,6 +121,7 @@ VALID = {
     "groups.max_groups": NON_NEGATIVE,
     "groups.num_random_groups": POSITIVE,
     "groups.random_seed": SEED,
+    "groups.seeds": POSITIVE,
     "dmtg.num_groups": POSITIVE,
     "dmtg.tau": number(0, low_open=True),
     "dmtg.tau_start": number(0, low_open=True),

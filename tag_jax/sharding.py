@@ -33,21 +33,22 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh) -> NamedSharding:
-  """Leading (example) axis split over 'data'."""
-  return NamedSharding(mesh, P(DATA))
+def batch_sharding(mesh, streams: bool = False) -> NamedSharding:
+  """Leading (example) axis split over 'data'; with streams, batches (S, B, ...) of S data
+  streams (seeds) split over 'data' on their example axis."""
+  return NamedSharding(mesh, P(None, DATA) if streams else P(DATA))
 
 
-def jit_train_step(step_fn, state_sharding, mesh):
+def jit_train_step(step_fn, state_sharding, mesh, streams: bool = False):
   """jit of (state, batch) -> (state, metrics): state as `state_sharding`, batch split over
-  'data', metrics replicated, the input state donated."""
-  return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh)),
+  'data' (see batch_sharding), metrics replicated, the input state donated."""
+  return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh, streams)),
                  out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
 
 
-def global_batch(local_batch: dict, mesh) -> dict:
-  """This process's rows (numpy) -> global jax.Arrays sharded over 'data'."""
-  sharding = batch_sharding(mesh)
+def global_batch(local_batch: dict, mesh, streams: bool = False) -> dict:
+  """This process's rows (numpy) -> global jax.Arrays sharded over 'data' (see batch_sharding)."""
+  sharding = batch_sharding(mesh, streams)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
 

@@ -61,13 +61,15 @@ GROUPING_LABELS = ("tag", "cs", "hoa", "random", "dmtg", "dmtg one-shot")  # row
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One run: its folder name, config changes (flattened keys), whether it is a grouping run and
-  the study method whose config.study.overrides apply ('' = none)."""
+  """One run: its folder name, config changes (flattened keys), whether it is a grouping run, the
+  study method whose config.study.overrides apply ('' = none), and whether its seeds can train
+  side by side in one run (a 'groups'/'random' run whose networks no seed changes)."""
 
   name: str
   settings: dict
   search: bool = False
   method: str = ""
+  stackable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +135,7 @@ def add_single(plan: Plan, config, task_names, workdir):
     return
   plan.stages.append(Stage("single", {"method": "groups",
                                       "groups.groups": tuple((t,) for t in task_names)},
-                           method="single"))
+                           method="single", stackable=True))
   plan.entries.append(Entry("single", len(task_names), ("single",)))
 
 
@@ -141,7 +143,7 @@ def add_random(plan: Plan, config, task_names, workdir):
   del task_names, workdir
   for k in config.study.max_groups:
     plan.stages.append(Stage(f"random_k{k}", {"method": "random", "groups.num_random_groups": k},
-                             method="random"))
+                             method="random", stackable=True))
     plan.entries.append(Entry("random", k, (f"random_k{k}",)))
 
 
@@ -185,7 +187,9 @@ def plan_one_seed(config, task_names, workdir) -> Plan:
 def plan(config, task_names, workdir) -> Plan:
   """The stages and report rows of every seed: with config.study.seeds = 1 the stages of
   `plan_one_seed` in workdir/<stage>; with S > 1 seed i's stages in workdir/seed_<i>/<stage>,
-  run with config.seed + i (initialisation, data order and the methods' own randomness)."""
+  run with config.seed + i (initialisation, data order and the methods' own randomness), except
+  stackable stages: one run in workdir/<stage> trains all S seeds side by side
+  (config.groups.seeds = S, the same numbers as S runs), each seed's row taking its share 1 / S."""
   seeds = config.study.seeds
   if seeds == 1:
     return plan_one_seed(config, task_names, workdir)
@@ -193,15 +197,26 @@ def plan(config, task_names, workdir) -> Plan:
   for i in range(seeds):
     prefix = f"seed_{i}/"
     one = plan_one_seed(config, task_names, os.path.join(workdir, prefix))
-    result.stages += [dataclasses.replace(s, name=prefix + s.name,
-                                          settings={**s.settings, "seed": config.seed + i})
-                      for s in one.stages]
-    result.entries += [dataclasses.replace(e, stages=tuple(prefix + n for n in e.stages), seed=i)
-                       for e in one.entries]
+    stacked = {s.name for s in one.stages if s.stackable}
+    for stage in one.stages:
+      if stage.name not in stacked:
+        result.stages.append(dataclasses.replace(stage, name=prefix + stage.name,
+                                                 settings={**stage.settings,
+                                                           "seed": config.seed + i}))
+      elif not i:
+        result.stages.append(dataclasses.replace(stage, settings={**stage.settings,
+                                                                  "groups.seeds": seeds}))
+    for entry in one.entries:
+      names = tuple(n if n in stacked else prefix + n for n in entry.stages)
+      share = entry.share / seeds if set(entry.stages) <= stacked else entry.share
+      result.entries.append(dataclasses.replace(entry, stages=names, seed=i, share=share))
     if not i:
       result.notes = one.notes + [f"every row: {seeds} seeds (config.seed + 0..{seeds - 1}: "
                                   "initialisation, data order and the methods' randomness), "
-                                  "each seed's stages in seed_<i>/"]
+                                  "each seed's stages in seed_<i>/" + (
+                                      f"; {', '.join(sorted(stacked))}: the seeds trained side by "
+                                      "side in one run (config.groups.seeds), each seed's row "
+                                      "with its share of it" if stacked else "")]
   return result
 
 
@@ -365,14 +380,17 @@ def grouping_counts(groupings) -> list:
 
 
 def seed_run(entry: Entry, results: dict, planted) -> dict:
-  """One seed's run of a row, from its stages' results.json."""
-  reported = results[entry.stages[-1]]
+  """One seed's run of a row, from its stages' results.json (its own entry of 'seed_results' in
+  a run that trained the seeds side by side)."""
+  def of_seed(run):
+    return run["seed_results"][entry.seed] if "seed_results" in run else run
+  reported = {**results[entry.stages[-1]], **of_seed(results[entry.stages[-1]])}
   groups = reported["groups"]
   return {
       "seed": entry.seed, "stages": list(entry.stages), "groups": groups,
       "recovers_planted": (None if planted is None or entry.label not in GROUPING_LABELS else
                            {frozenset(g) for g in groups} == {frozenset(g) for g in planted}),
-      "learned": all(results[s].get("learned", True) for s in entry.stages),
+      "learned": all(of_seed(results[s]).get("learned", True) for s in entry.stages),
       "test_total_error": reported["test"]["total_error"],
       "validation_total_error": reported["validation"]["total_error"],
       "baseline_test_total_error": reported["majority_baseline"]["test"]["total_error"],

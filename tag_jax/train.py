@@ -24,7 +24,7 @@ from tag_jax import (checkpointing, config_checks, data, early_stopping, evaluat
                      metric_writing, models, optim, reporting, sharding, workdir as workdirs)
 from tag_jax.data import pipeline
 from tag_jax.errors import TrainingDiverged, UserError
-from tag_jax.methods.base import FinalEvaluation, LoopContext, Method, groups_of
+from tag_jax.methods.base import FinalEvaluation, LoopContext, Method, groups_of, seed_serving
 
 # Metric leaves logged under another name: train/loss/<task> for the per-task losses.
 _METRIC_NAMES = {"task_losses": "loss"}
@@ -284,9 +284,11 @@ def set_up(config, workdir: str, *, restart: bool = False) -> Run:
     return Run(
         config=config, workdir=workdir, dataset=dataset, mesh=mesh, method=method,
         steps_per_epoch=steps_per_epoch, state_sharding=state_sharding,
-        train_step=sharding.jit_train_step(method.train_step, state_sharding, mesh),
+        train_step=sharding.jit_train_step(method.train_step, state_sharding, mesh,
+                                           streams=method.seeds > 1),
         measured_step=(method.measured_step
-                       and sharding.jit_train_step(method.measured_step, state_sharding, mesh)),
+                       and sharding.jit_train_step(method.measured_step, state_sharding, mesh,
+                                                   streams=method.seeds > 1)),
         eval_step=jax.jit(method.eval_step, out_shardings=sharding.replicated(mesh)),
         manager=checkpointing.create_manager(workdir, config.keep_checkpoints),
         started=time.time(), lock=lock)
@@ -348,6 +350,23 @@ def check_pending(run: Run, pending: list, meta: dict) -> dict:
   return meta
 
 
+def training_batches(run: Run, meta: dict):
+  """The rest of the epoch's training batches (this process's rows), in the order of
+  config.seed; for a method with S seeds, batches (S, B, ...) of the S orders of seeds
+  config.seed + s, stacked."""
+  config = run.config
+
+  def order(seed):
+    return run.dataset.batches(
+        "train", batch_size=config.batch_size, seed=seed, epoch=meta["epoch"], shuffle=True,
+        drop_remainder=config.drop_remainder, start_batch=meta["batch"],
+        process_index=jax.process_index(), process_count=jax.process_count())
+  if run.method.seeds == 1:
+    return order(config.seed)
+  return (jax.tree.map(lambda *leaves: np.stack(leaves), *batches)
+          for batches in zip(*(order(config.seed + s) for s in range(run.method.seeds))))
+
+
 def train_epoch(run: Run, state, meta: dict, report_progress):
   """The rest of the current epoch, or up to config.max_steps; returns (state, meta).
 
@@ -356,10 +375,8 @@ def train_epoch(run: Run, state, meta: dict, report_progress):
   config, method = run.config, run.method
   step = int(state.step)
   pending = []
-  for batch in run.dataset.batches(
-      "train", batch_size=config.batch_size, seed=config.seed, epoch=meta["epoch"], shuffle=True,
-      drop_remainder=config.drop_remainder, start_batch=meta["batch"],
-      process_index=jax.process_index(), process_count=jax.process_count()):
+  streams = method.seeds > 1
+  for batch in training_batches(run, meta):
     measure_now = run.measured_step and step % method.measure_every == 0
     kind = "measured" if measure_now else "training"
     if kind not in run.compiled:
@@ -367,7 +384,7 @@ def train_epoch(run: Run, state, meta: dict, report_progress):
                    config.method, kind)
       compile_start = time.time()
     state, metrics = (run.measured_step if measure_now else run.train_step)(
-        state, sharding.global_batch(batch, run.mesh))
+        state, sharding.global_batch(batch, run.mesh, streams))
     if kind not in run.compiled:
       jax.block_until_ready(metrics)
       logging.info("Compiled and ran the first %s step in %.1f s.", kind,
@@ -431,6 +448,24 @@ def end_epoch(run: Run, state, meta: dict):
   return state, meta
 
 
+def seed_results(run: Run, final: FinalEvaluation, baseline: dict) -> list:
+  """Each seed's copy of the networks reported as its own run (tag_jax.methods.base): seed,
+  groups, best_epoch, validation, test, learned."""
+  method = run.method
+  per_seed = len(method.members) // method.seeds
+  results = []
+  for copy in range(method.seeds):
+    serving = seed_serving(method, copy)
+    validation = evaluation.serving_summary(final.validation, serving)
+    results.append({
+        "seed": run.config.seed + copy,
+        "groups": groups_of(method.members, serving, run.task_names),
+        "best_epoch": max(final.best_epoch[copy * per_seed:(copy + 1) * per_seed]),
+        "validation": validation, "test": evaluation.serving_summary(final.test, serving),
+        "learned": evaluation.learned(validation["total_error"], baseline)})
+  return results
+
+
 def final_results(run: Run, state, meta: dict) -> dict:
   """Evaluates the reported parameters, lets the method write its outputs, writes results.json."""
   config, method = run.config, run.method
@@ -474,6 +509,8 @@ def final_results(run: Run, state, meta: dict) -> dict:
                   "measured_steps": meta["measured_steps"],
                   "train_seconds": run.seconds()},
   }
+  if method.seeds > 1:
+    results["seed_results"] = seed_results(run, final, baseline)
   if not results["learned"]:
     logging.warning("%s", reporting.did_not_learn_line(results))
   if len(best_epoch) > 1:

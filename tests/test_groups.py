@@ -205,3 +205,29 @@ def test_networks_sharded_over_the_mesh_equal_the_unsharded_run(tiny_config, tmp
   spec = method.state_sharding(sharding.create_mesh(tiny_config.mesh))
   assert spec.params["shared"]["Conv3x3_0"]["kernel"].spec == P(sharding.NETWORKS)
   assert spec.step.spec == P()
+
+
+def test_stacked_seeds_equal_separate_runs(tiny_config, tmp_path):
+  """groups.seeds = 2 trains the seeds' networks side by side, each copy as its own run."""
+  tiny_config.method = "random"
+  tiny_config.groups.num_random_groups = 2
+  tiny_config.seed = 5
+  separate = []
+  for seed in (5, 6):
+    config = tiny_config.copy_and_resolve_references()
+    config.seed = seed
+    separate.append(train.train_and_evaluate(config, str(tmp_path / f"seed{seed}")))
+  tiny_config.groups.seeds = 2
+  stacked = train.train_and_evaluate(tiny_config, str(tmp_path / "stacked"))
+  assert stacked["compute"]["trunk_passes"] == 2 * separate[0]["compute"]["trunk_passes"]
+  for got, alone in zip(stacked["seed_results"], separate):
+    assert got["groups"] == alone["groups"] and got["best_epoch"] == alone["best_epoch"]
+    for split in ("validation", "test"):
+      np.testing.assert_allclose(got[split]["task_loss"], alone[split]["task_loss"], rtol=2e-5)
+      np.testing.assert_allclose(got[split]["task_accuracy"], alone[split]["task_accuracy"])
+  assert stacked["seed_results"][0]["seed"] == 5 and stacked["seed_results"][1]["seed"] == 6
+  assert stacked["test"] == stacked["seed_results"][0]["test"]
+  assert separate[0]["validation"]["task_loss"] != separate[1]["validation"]["task_loss"]
+  tiny_config.method = "pairs"
+  with pytest.raises(UserError, match=r"config.groups.seeds=2 is for 'groups' and 'random'"):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "pairs"))

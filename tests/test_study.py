@@ -231,16 +231,23 @@ def test_plan_with_seeds_runs_every_stage_per_seed_in_its_own_folder(tmp_path):
     study.run_study(config, str(tmp_path / "zero"))
 
 
-def fake_results(workdir, stage, total_error, groups, learned=True):
-  os.makedirs(os.path.join(workdir, stage), exist_ok=True)
+def summary(total_error):
   accuracy = [1 - total_error / 100 / len(TASKS)] * len(TASKS)
-  summary = {"task_accuracy": accuracy, "total_error": total_error}
+  return {"task_accuracy": accuracy, "total_error": total_error}
+
+
+def fake_results(workdir, stage, total_error, groups, learned=True, seed_results=None):
+  os.makedirs(os.path.join(workdir, stage), exist_ok=True)
+  record = {"method": "x", "tasks": list(TASKS), "groups": groups, "steps": 10,
+            "learned": learned, "test": summary(total_error), "validation": summary(total_error),
+            "majority_baseline": {"test": {"total_error": 100.0}},
+            "compute": {"trunk_passes": 30, "trunk_passes_per_step": [3, 3],
+                        "measured_steps": 0, "train_seconds": 3.0}}
+  if seed_results:
+    record["seed_results"] = [{"groups": g, "learned": ok, "test": summary(te),
+                               "validation": summary(te)} for te, g, ok in seed_results]
   with open(os.path.join(workdir, stage, "results.json"), "w") as f:
-    json.dump({"method": "x", "tasks": list(TASKS), "groups": groups, "steps": 10,
-               "learned": learned, "test": summary, "validation": summary,
-               "majority_baseline": {"test": {"total_error": 100.0}},
-               "compute": {"trunk_passes": 10, "trunk_passes_per_step": [1, 1],
-                           "measured_steps": 0, "train_seconds": 1.0}}, f)
+    json.dump(record, f)
 
 
 def test_report_over_seeds_marks_runs_that_did_not_learn(tmp_path):
@@ -248,22 +255,27 @@ def test_report_over_seeds_marks_runs_that_did_not_learn(tmp_path):
   config.study.methods, config.study.seeds = ("mtl", "random"), 3
   workdir = str(tmp_path)
   plan = study.plan(config, TASKS, workdir)
+  assert [s.name for s in plan.stages] == ["seed_0/mtl", "random_k2", "seed_1/mtl", "seed_2/mtl"]
+  assert plan.stages[1].settings["groups.seeds"] == 3  # the seeds side by side in one run
   split = [list(TASKS[:2]), list(TASKS[2:])]
   other = [[TASKS[0]], list(TASKS[1:])]
-  for i, (mtl, random, groups, learned) in enumerate([(20, 10, split, True), (22, 11, split, True),
-                                                      (21, 12, other, False)]):
+  for i, mtl in enumerate([20, 22, 21]):
     fake_results(workdir, f"seed_{i}/mtl", mtl, [list(TASKS)])
-    fake_results(workdir, f"seed_{i}/random_k2", random, groups, learned)
+  fake_results(workdir, "random_k2", 10, split,
+               seed_results=[(10, split, True), (11, split, True), (12, other, False)])
   report = study.build_report(config, TASKS, plan, workdir)
   mtl, random = report["rows"]
   assert mtl["test_total_error_stats"]["values"] == [20, 22, 21] and mtl["seeds"] == 3
+  assert random["test_total_error_stats"]["values"] == [10, 11, 12]
+  assert random["trunk_passes"] == 10 and random["seconds"] == pytest.approx(1.0)  # a third each
   assert random["groupings"] == [{"groups": split, "seeds": 2}, {"groups": other, "seeds": 1}]
   assert random["learned_seeds"] == 2 and random["vs_mtl"] is None  # not presented as a finding
   assert random["recovers_planted"] == pytest.approx(2 / 3)
   table = "\n".join(study.main_table(report["rows"]))
   assert "| random | 2 | did not learn (1/3 seeds) |" in table
   assert "| mtl | 1 | {g0_t0, g0_t1, g1_t0, g1_t1} (3/3) | 21.00 ± 1.00 (95% CI ± 2.48) |" in table
-  fake_results(workdir, "seed_2/random_k2", 12, other, True)  # now every seed learned
+  fake_results(workdir, "random_k2", 10, split,  # now every seed learned
+               seed_results=[(10, split, True), (11, split, True), (12, other, True)])
   random = study.build_report(config, TASKS, plan, workdir)["rows"][1]
   assert random["vs_mtl"]["verdict"] == "lower"
   assert "| -10.00 ± " in "\n".join(study.main_table([random]))
@@ -285,4 +297,7 @@ def test_multi_seed_study_paused_resumed_equals_uninterrupted(tmp_path):
               for i in range(2)]
   assert mtl["test_total_error_stats"]["values"] == [r["test"]["total_error"] for r in per_seed]
   assert per_seed[0]["test"] != per_seed[1]["test"]  # the seeds are different runs
+  random = json.load(open(os.path.join(paused, "random_k2", "results.json")))  # side by side
+  assert resumed["rows"][1]["test_total_error_stats"]["values"] == [
+      r["test"]["total_error"] for r in random["seed_results"]]
   assert "Groupings across seeds" in open(os.path.join(paused, "report.md")).read()

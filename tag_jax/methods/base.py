@@ -10,6 +10,13 @@ network trains on; serving (T,) names the network whose prediction counts for
 each task. With `stacked`, every params/batch_stats leaf has a leading (G,)
 axis (network g = leaf[g]); otherwise G = 1 and the whole tree is the network.
 Early stopping is per network on the sum of its members' validation losses.
+
+Seeds: a method may train `seeds` = S copies of its networks side by side, as S
+separate runs with seeds config.seed + s would (networks seed-major: network
+s * G' + g is copy s of network g, G = S * G'; copy s starts from its seed's
+initialisation and trains on its seed's data order). The loop then hands the
+train step batches with a leading (S,) axis, one per seed, and reports every
+copy on its own (results.json 'seed_results'); `serving` names copy 0's networks.
 """
 
 import dataclasses
@@ -71,6 +78,7 @@ class Method:
   finish(ctx, state, record, final: FinalEvaluation) -> dict: writes the method's outputs
     (process 0 only) and returns a JSON summary for results.json.
   state_sharding(mesh): sharding (pytree prefix) of the state; None = replicated.
+  seeds: copies of the networks trained as separate seeds (module docstring); 1 = none.
   """
 
   init_state: Callable
@@ -86,11 +94,17 @@ class Method:
   on_epoch_end: Optional[Callable] = None
   finish: Optional[Callable] = None
   state_sharding: Optional[Callable] = None
+  seeds: int = 1
 
 
 def one_network(num_tasks: int) -> dict:
   """members and serving of a single network that trains on and serves every task."""
   return {"members": np.ones((1, num_tasks), np.float32), "serving": np.zeros(num_tasks, int)}
+
+
+def seed_serving(method: "Method", seed: int) -> np.ndarray:
+  """(T,) the networks serving each task in copy `seed` of a method's networks."""
+  return method.serving + seed * (len(method.members) // method.seeds)
 
 
 def groups_of(members: np.ndarray, serving: np.ndarray, task_names) -> list:

@@ -23,6 +23,11 @@ would (tag_jax.methods.base): a network whose members' summed validation loss
 has not improved for config.early_stopping.patience epochs keeps its best
 parameters (it still trains, unused); the run stops when every network has.
 
+Seeds (`config.groups.seeds` = S, 'groups' and 'random'): the networks are
+trained S times side by side, copy s as the run with seed config.seed + s would
+train them (its initialisation, its data order: the loop hands one batch per
+seed); results.json reports each copy in 'seed_results' (tag_jax.methods.base).
+
 Forwards of the G networks: `config.groups.network_strategy` 'vmap',
 'unrolled' or 'auto' (tag_jax.stacking.resolve), the same numbers either way.
 With config.mesh.networks > 1 the network axis of every state array is split
@@ -65,6 +70,9 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.random_seed = 0  # 'random': seed of the partition
   cfg.hoa_score = "loss"  # 'pairs': HOA selects on validation 'loss' or 'error'
   cfg.network_strategy = "auto"  # 'vmap' | 'unrolled' | 'auto' (tag_jax/stacking.py)
+  # 'groups', 'random': train the networks for seeds config.seed + 0..seeds-1 side by side, each
+  # copy as its own run would (own initialisation and data order; results.json 'seed_results').
+  cfg.seeds = 1
   return cfg
 
 
@@ -89,6 +97,9 @@ def validate_random(config) -> None:
 
 def validate_pairs(config) -> None:
   _validate_strategy(config.groups)
+  if config.groups.seeds != 1:
+    raise UserError(f"config.groups.seeds={config.groups.seeds} is for 'groups' and 'random'; "
+                    "'pairs' trains one seed (run it once per seed)")
   if config.groups.hoa_score not in HOA_SCORES:
     raise UserError(f"unknown config.groups.hoa_score {config.groups.hoa_score!r}; "
                     f"choose one of {HOA_SCORES}")
@@ -131,15 +142,17 @@ def build_pairs(config, task_names, image_shape, steps_per_epoch) -> Method:
 
 def stacked_networks_method(name, config, task_names, image_shape, steps_per_epoch, networks,
                             assignment=None, extra_outputs=None) -> Method:
-  """One MultiTaskNet per network, stacked and trained in one run; outputs groups_trained.json
-  (and extra_outputs(ctx, final) -> dict)."""
+  """One MultiTaskNet per network, stacked and trained in one run (config.groups.seeds copies of
+  them, seed-major); outputs groups_trained.json (and extra_outputs(ctx, final) -> dict)."""
   check_groups(networks, task_names)
   serving = serving_networks(networks, task_names, assignment)
-  masks = membership_masks(networks, task_names)
+  seeds = config.groups.seeds
+  masks = np.tile(membership_masks(networks, task_names), (seeds, 1))
   model = models.create_model(config, len(task_names))
-  nets = StackedNets(model, len(networks),
-                     stacking.resolve(config.groups.network_strategy, len(networks),
-                                      differentiated=True))
+  nets = StackedNets(model, len(masks),
+                     stacking.resolve(config.groups.network_strategy, len(masks),
+                                      differentiated=True),
+                     copy_seeds=tuple(config.seed + s for s in range(1, seeds)))
   optimizer = optim.create_optimizer(config, steps_per_epoch)
 
   def init_state(rng):
@@ -160,9 +173,10 @@ def stacked_networks_method(name, config, task_names, image_shape, steps_per_epo
       members=masks,
       serving=serving,
       stacked=True,
-      trunk_passes=(len(networks), len(networks)),
+      trunk_passes=(len(masks), len(masks)),
       finish=finish,
-      state_sharding=functools.partial(network_axis_sharding, init_state, len(networks)))
+      state_sharding=functools.partial(network_axis_sharding, init_state, len(masks)),
+      seeds=seeds)
 
 
 # --- which networks, which tasks they serve ---
@@ -246,21 +260,33 @@ def membership_masks(networks, task_names) -> np.ndarray:
 class StackedNets:
   """G copies of one MultiTaskNet, parameters and batch statistics stacked (G, ...).
 
-  `init` has the Flax signature steps.init_train_state uses; every copy starts
-  from the same initialisation. strategy: resolved (tag_jax.stacking).
+  `init` has the Flax signature steps.init_train_state uses; every network starts
+  from the same initialisation. With copy_seeds (S - 1 seeds), the G networks are
+  S seed-major copies of G / S networks: copy 0 starts from init's rng, copy s from
+  jax.random.key(copy_seeds[s - 1]), and training batches carry a leading (S,) axis,
+  copy s training on batch[s]. strategy: resolved (tag_jax.stacking).
   """
 
   model: models.MultiTaskNet
   num_networks: int
   strategy: str
+  copy_seeds: tuple = ()
 
   def init(self, rng, image, *, train: bool = False) -> dict:
-    return stacking.tile(self.model.init(rng, image, train=train), self.num_networks)
+    keys = [rng] + [jax.random.key(seed) for seed in self.copy_seeds]
+    per_copy = self.num_networks // len(keys)
+    copies = [stacking.tile(self.model.init(key, image, train=train), per_copy) for key in keys]
+    return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *copies)
 
   def task_losses(self, params, batch_stats, batch):
     """Training forward of every network: losses (G, T), updated batch statistics (G, ...)."""
-    return stacking.map_stacked(lambda p, s: steps.task_losses(self.model, p, s, batch),
-                                params, batch_stats, strategy=self.strategy)
+    if not self.copy_seeds:
+      return stacking.map_stacked(lambda p, s: steps.task_losses(self.model, p, s, batch),
+                                  params, batch_stats, strategy=self.strategy)
+    per_copy = self.num_networks // (len(self.copy_seeds) + 1)
+    batches = jax.tree.map(lambda leaf: jnp.repeat(leaf, per_copy, axis=0), batch)
+    return stacking.map_stacked(lambda p, s, b: steps.task_losses(self.model, p, s, b),
+                                params, batch_stats, batches, strategy=self.strategy)
 
   def eval_sums(self, params, batch_stats, batch) -> dict:
     """Every network's sums on a padded batch: loss_sum (G, T), correct (G, T), count ()."""
