@@ -27,7 +27,7 @@ def test_digits_are_one_vs_rest_tasks_on_a_fixed_split():
 def test_the_npz_recipe_learns_the_digits_far_below_always_no(tmp_path):
   config = load_config("npz_mtl")
   config.dataset.name, config.image_size, config.mesh.data = "digits", 8, 1
-  config.num_epochs = 5  # of the recipe's 10
+  config.min_train_steps = 400  # of the recipe's 1,000
   results = train.train_and_evaluate(config, str(tmp_path / "digits"))
   positives = data.load_dataset(config).splits["test"][1].mean(0)
   always_no = float((100 * positives).sum())  # Total Error of answering "no" everywhere
@@ -41,7 +41,7 @@ def test_the_npz_recipe_learns_the_digits_far_below_always_no(tmp_path):
 def test_a_run_that_cannot_learn_ends_with_the_warning(tmp_path, capsys):
   config = load_config("npz_mtl")
   config.dataset.name, config.image_size, config.mesh.data = "digits", 8, 1
-  config.num_epochs, config.optimizer.learning_rate = 1, 1e-9
+  config.num_epochs, config.min_train_steps, config.optimizer.learning_rate = 1, 0, 1e-9
   results = train.train_and_evaluate(config, str(tmp_path / "frozen"))
   assert not results["learned"]
   assert results["validation"]["total_error"] > 0.9 * results["majority_baseline"]["validation"][
