@@ -95,7 +95,7 @@ CONFIG_CASES = [
     ("momentum 1", {"optimizer.momentum": 1.0}, r"optimizer.momentum must be in \[0, 1\) \(a number\)"),
     ("negative weight decay", {"optimizer.weight_decay": -1e-4}, r"weight_decay must be"),
     ("unknown optimizer", {"optimizer.name": "rmsprop"}, r"unknown config.optimizer.name"),
-    ("unknown schedule", {"optimizer.schedule": "cosine"}, r"unknown config.optimizer.schedule"),
+    ("unknown schedule", {"optimizer.schedule": "linear"}, r"unknown config.optimizer.schedule"),
     ("seed=-1", {"seed": -1}, r"config.seed must be in \[0, 4294967295\] \(an integer\), got -1"),
     ("model.width=0", {"model.width": 0}, r"config.model.width must be in \[1, 4096\] \(an integer\), got 0"),
     ("num_classes=1", {"model.num_classes": 1}, r"config.model.num_classes must be >= 2 \(an integer\), got 1"),
