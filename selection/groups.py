@@ -30,9 +30,11 @@ reached and a positive gap, with the best selection found (column generation,
 an integer programme over the columns, local search, starting from the cuts
 of an average-linkage clustering and from a greedy merging of its clusters)
 returned. The gap then comes from the better of the branch-and-price bound
-and a relaxation in which every task picks its own best partners
-(``_solver.relaxed_upper_bound``); that relaxation is what limits the proof
-when k is below the number of natural groups (measured in
+and a relaxation in which every member of a group takes at most its best
+possible share of the group's total (``_solver.relaxed_upper_bound``: each
+gain split 0.6 / 0.4 between the two tasks, or wholly to the served task,
+"its own best partners"); that relaxation is what limits the proof when k is
+below the number of natural groups (measured in
 ``benchmarks/selection_scaling.py``). ``progress`` reports the best selection
 and its gap as either improves. Served sets are Python-int bit masks, so
 there is no limit on the number of tasks: 70 tasks in 7 planted groups of 10

@@ -117,15 +117,45 @@ def test_search_pricer_matches_brute_force(instance):
 
 
 @settings(max_examples=30, deadline=None)
-@given(instances(max_tasks=6))
-def test_relaxed_bound_is_above_the_optimum(instance):
+@given(instances(max_tasks=6), st.sampled_from([1.0, 0.6, 0.5, 0.0]))
+def test_relaxed_bound_is_above_the_optimum(instance, row_share):
     matrix, max_groups, maximize, diagonal = instance
     gain = np.array(matrix) * (1 if maximize else -1)
     alone = np.diag(gain).copy() if diagonal else np.full(len(gain), -np.inf)
     off_gain = gain - np.diag(np.diag(gain))
     value, _ = brute_force(matrix, max_groups, maximize, diagonal)
     best_total = (value if maximize else -value) * len(matrix)
-    assert solver.relaxed_upper_bound(off_gain, alone, max_groups) >= best_total - 1e-9
+    assert solver.relaxed_upper_bound(off_gain, alone, max_groups, row_share=row_share) >= best_total - 1e-9
+
+
+@pytest.mark.parametrize("row_share", [1.0, 0.6, 0.5, 0.0])
+def test_member_shares_bound_every_group_and_served_set(row_share):
+    """Every group G (m >= 2 tasks) serving any non-empty S within it totals at most the sum
+    over its members of their served or helper share bounds."""
+    rng = np.random.default_rng(3)
+    n = 6
+    off_gain = without_diagonal(rng.normal(size=(n, n)))
+    served, helper = solver.member_shares(off_gain, row_share)
+    for size in range(2, n + 1):
+        for group in itertools.combinations(range(n), size):
+            for count in range(1, size + 1):
+                for members in itertools.combinations(group, count):
+                    total = sum(off_gain[t, u] for t in members for u in group if u != t) / (size - 1)
+                    bound = sum(served[u, size - 2] if u in members else helper[u, size - 2] for u in group)
+                    assert total <= bound + 1e-9
+
+
+def test_split_shares_tighten_the_relaxed_bound_on_planted_tables():
+    """Splitting each gain between the two tasks bounds 40 planted tasks (blocks of 5, k = 5)
+    closer to the best selection than every task picking its own partners."""
+    rng = np.random.default_rng(40)
+    labels = np.arange(40) % 8
+    matrix = (labels[:, None] == labels[None, :]) + 0.3 * rng.normal(size=(40, 40))
+    off_gain, alone = without_diagonal(matrix), np.full(40, -np.inf)
+    own = solver.relaxed_upper_bound(off_gain, alone, 5) / 40
+    split = solver.relaxed_upper_bound(off_gain, alone, 5, row_share=0.6) / 40
+    best = select_groups(([f"t{i}" for i in range(40)], matrix), max_groups=5, time_limit=5.0).score
+    assert best <= split < own - 0.05
 
 
 @pytest.mark.parametrize("seed", [0, 1])
