@@ -224,10 +224,7 @@ def _mask(members):
 def task_upper_bound(off_gain, alone):
     """An upper bound on the best penalised total in O(n^2 log n): every task served at its best,
     max(alone[t], max over m of the mean of its m - 1 largest gains)."""
-    others = np.where(np.eye(len(alone), dtype=bool), -np.inf, off_gain)
-    ranked = -np.sort(-others, axis=1)[:, : len(alone) - 1]
-    best_mean = np.cumsum(ranked, axis=1) / np.arange(1, len(alone))
-    return float(np.maximum(best_mean.max(axis=1, initial=-np.inf), alone).sum())
+    return float(np.maximum(_top_means(off_gain).max(axis=1, initial=-np.inf), alone).sum())
 
 
 def _top_means(weights):
