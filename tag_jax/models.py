@@ -28,12 +28,16 @@ def check_image_shape(image_shape) -> None:
 
 
 def resolve_conv_impl(name: str) -> str:
-  """'auto' -> 'im2col' on CPU (XLA:CPU filter gradients are slow), 'xla' on GPU/TPU."""
+  """The rule for an 'auto' that was not timed (tag_jax.autotune decides it by timing): 'xla'.
+
+  im2col (one matmul per convolution) was the faster one on CPUs whose XLA filter gradient is
+  slow, while XLA's max-pool gradient hid the difference; since the written-out max-pool
+  gradient, XLA's own convolution is faster on the CPUs measured (benchmarks/README.md), and on
+  GPU/TPU.
+  """
   if name not in CONV_IMPLS:
     raise ValueError(f"model.conv must be one of {CONV_IMPLS}, got {name!r}")
-  if name == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
-  return name
+  return "xla" if name == "auto" else name
 
 
 def im2col_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:

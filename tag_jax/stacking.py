@@ -40,6 +40,14 @@ def resolve(strategy: str, size: int, *, differentiated: bool = False) -> str:
   return "vmap" if differentiated else "map"
 
 
+def timing_candidates(size: int, *, differentiated: bool = False) -> tuple:
+  """The strategies worth timing for `size` slices (tag_jax.autotune): 'unrolled' only up to
+  UNROLL_MAX_ON_CPU slices (beyond, it compiles for minutes), 'map' only for slices no outer
+  gradient goes through (a gradient through `lax.map` of convolutions is very slow)."""
+  return (("unrolled",) if size <= UNROLL_MAX_ON_CPU else ()) + (
+      ("vmap",) if differentiated else ("vmap", "map"))
+
+
 def tile(tree, copies: int):
   """Every leaf repeated on a new leading axis: (...) -> (copies, ...), identical copies."""
   return jax.tree.map(lambda a: jnp.repeat(a[None], copies, axis=0), tree)

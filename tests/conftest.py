@@ -5,11 +5,19 @@ one of them (a run split 8 ways on 2 cores is slow) unless a test sets
 config.mesh.data itself.
 """
 
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
+# 'auto' settings by their fixed rules, not timed (tag_jax.autotune; its own tests time), and
+# no test writes the user's cache.
+os.environ.setdefault("TAG_JAX_AUTOTUNE", "rule")
+os.environ["TAG_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="tag_jax_test_cache_")
+atexit.register(shutil.rmtree, os.environ["TAG_JAX_CACHE_DIR"], True)
 
 import pytest
 

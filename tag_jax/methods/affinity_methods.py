@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tag_jax import affinity, grouping, models, optim, plots, reporting, stacking, steps
+from tag_jax import (affinity, autotune, grouping, models, optim, plots, reporting, stacking,
+                     steps)
 from tag_jax.errors import UserError
 from tag_jax.methods.base import Method, one_network
 
@@ -47,6 +48,29 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.estimator = "exact"
   cfg.sketch_size = 32  # 'sketched': random directions (forward-mode products) per measured step
   return cfg
+
+
+def _tag_mapped_slices(config, num_tasks: int) -> int:
+  """The most slices the TAG step maps over: sketch directions ('sketched'), else the T pulls
+  and ('exact') the S lookahead forwards."""
+  aff = config.affinity
+  if aff.estimator == "sketched":
+    return aff.sketch_size
+  if aff.estimator == "first_order":
+    return num_tasks
+  return max(num_tasks, len(affinity.sources_for_order(num_tasks, aff.order)))
+
+
+# config.affinity.strategy='auto' is decided by timing the measured step (tag_jax.autotune).
+TAG_STRATEGY = autotune.Tunable(
+    "affinity.strategy",
+    lambda config, num_tasks: stacking.timing_candidates(_tag_mapped_slices(config, num_tasks)),
+    step="measured",
+    key_paths=("affinity.estimator", "affinity.order", "affinity.lookahead",
+               "affinity.sketch_size", "affinity.chunk_size"))
+CS_STRATEGY = autotune.Tunable(
+    "affinity.strategy", lambda config, num_tasks: stacking.timing_candidates(num_tasks),
+    step="measured", key_paths=("affinity.kernels_only", "affinity.chunk_size"))
 
 
 def validate_cs(config) -> None:

@@ -79,6 +79,8 @@ class Method:
     (process 0 only) and returns a JSON summary for results.json.
   state_sharding(mesh): sharding (pytree prefix) of the state; None = replicated.
   seeds: copies of the networks trained as separate seeds (module docstring); 1 = none.
+  autotune: {setting: decision} of the settings whose 'auto' tag_jax.autotune decided (set by
+    tag_jax.methods.build; JSON-able, for results.json).
   """
 
   init_state: Callable
@@ -95,6 +97,7 @@ class Method:
   finish: Optional[Callable] = None
   state_sharding: Optional[Callable] = None
   seeds: int = 1
+  autotune: dict = dataclasses.field(default_factory=dict)
 
 
 def one_network(num_tasks: int) -> dict:

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from tag_jax import grouping, losses, models, optim, plots, reporting, stacking, steps
+from tag_jax import autotune, grouping, losses, models, optim, plots, reporting, stacking, steps
 from tag_jax.errors import UserError
 from tag_jax.methods.base import Method, one_network
 
@@ -74,6 +74,14 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.balance_weight = 0.0
   cfg.num_samples = 1  # Gumbel samples per step, their relaxed weights averaged (reference: 1)
   return cfg
+
+
+# config.dmtg.branch_strategy='auto' is decided by timing the DMTG step (tag_jax.autotune).
+BRANCH_STRATEGY = autotune.Tunable(
+    "dmtg.branch_strategy",
+    lambda config, num_tasks: stacking.timing_candidates(config.dmtg.num_groups,
+                                                         differentiated=True),
+    key_paths=("dmtg.num_groups", "dmtg.shared_stem", "dmtg.num_samples"))
 
 
 def validate(config) -> None:
