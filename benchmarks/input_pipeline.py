@@ -1,25 +1,33 @@
-"""Examples/s of the CelebA input pipeline alone (read, decode, resize, batch) per worker count.
+"""Examples/s of the CelebA input pipeline alone: from the uint8 cache and from the source.
 
-  python benchmarks/input_pipeline.py [--data_dir DIR] [--workers 1 2 4] [--batch_size 256]
-      [--image_size 64] [--num_batches 8] [--repeats 3]
+  python benchmarks/input_pipeline.py [--data_dir DIR] [--cache_dir DIR] [--batch_size 256]
+      [--image_size 64] [--num_batches 8] [--repeats 3] [--workers N] [--no_train_step]
 
 Without --data_dir it reads `celeba.mock_celeba` examples: CelebA's feature spec with
-218x178x3 uint8 images drawn at random on every read (TFDS's mock hands them over decoded, so
-no JPEG decoding is measured). With --data_dir it reads a prepared celeb_a
-(data/prepare_celeba.md), JPEG decoding included. `pipeline_examples_per_second` takes any
-`Dataset`; the last line puts it next to the plain MTL training step's examples/s on the
-same batch and image size (9 tasks, the CelebA trunk of width 64).
+218x178x3 uint8 images drawn at random (TFDS's mock hands them over decoded, so the source
+number has no JPEG decoding in it: real JPEGs are slower). With --data_dir it reads a prepared
+celeb_a (data/prepare_celeba.md), JPEG decoding included. The cache (tag_jax.data.celeba_cache)
+is built first if it does not exist (its build rate is printed too); --cache_dir defaults to a
+temporary folder for mock data and to config.dataset.cache_dir's default ('' = next to the TFDS
+data) for real data. `pipeline_examples_per_second` takes any `Dataset`. Unless
+--no_train_step, the plain MTL training step's examples/s on the same batch and image size is
+printed next to them (9 tasks, the CelebA trunk of width 64). The last line is one JSON object.
 """
 
 import argparse
+import contextlib
+import functools
 import itertools
+import json
+import os
+import tempfile
 import time
 
 import jax
 import numpy as np
 
 from affinity_step import random_batch, time_step  # benchmarks/ is the script's folder
-from tag_jax import models, optim, steps
+from tag_jax import methods
 from tag_jax.data import celeba
 from tag_jax.default_config import get_base_config
 
@@ -44,57 +52,81 @@ def training_examples_per_second(*, batch_size: int, image_size: int, repeats: i
                                  num_tasks: int = 9) -> float:
   """Examples/s of the jitted plain MTL step (median of `repeats`) on random data."""
   config = get_base_config()
-  model = models.create_model(config, num_tasks)
-  optimizer = optim.create_optimizer(config, steps_per_epoch=100)
-  state = steps.init_train_state(model, optimizer, jax.random.key(0),
-                                 (image_size, image_size, 3))
+  config.method = "mtl"
+  shape = (image_size, image_size, 3)
+  method = methods.build(config, [f"t{i}" for i in range(num_tasks)], shape, steps_per_epoch=100)
+  state = jax.jit(method.init_state)(jax.random.key(0))
   batch = random_batch(num_tasks, image_size, batch_size)
-  _, seconds, _ = time_step(steps.make_mtl_step(model, optimizer), state, batch, repeats)
+  _, seconds, _ = time_step(method.train_step, state, batch, repeats)
   return batch_size / seconds
 
 
-def measure(args) -> list[tuple[int, float]]:
-  """(workers, examples/s) for each of `args.workers`."""
+def celeba_config(data_dir: str, image_size: int, workers: int, cache_dir: str):
   config = get_base_config()
   config.dataset.name = "celeb_a"
-  config.dataset.data_dir = args.data_dir
-  config.image_size = args.image_size
-  rows = []
-  for workers in args.workers:
-    config.dataset.num_workers = workers
-    rate = pipeline_examples_per_second(celeba.load(config), batch_size=args.batch_size,
-                                        num_batches=args.num_batches, repeats=args.repeats)
-    rows.append((workers, rate))
-  return rows
+  config.dataset.data_dir = data_dir
+  config.dataset.num_workers = workers
+  config.dataset.cache_dir = cache_dir
+  config.image_size = image_size
+  return config
+
+
+def measure(*, data_dir: str, cache_dir: str, image_size: int, batch_size: int,
+            num_batches: int, repeats: int, workers: int) -> dict:
+  """examples/s from the source (no cache), the cache's build and from the cache."""
+  rate = functools.partial(pipeline_examples_per_second, batch_size=batch_size,
+                           num_batches=num_batches, repeats=repeats)
+  source = celeba.load(celeba_config(data_dir, image_size, workers, "none"))
+  result = {"source_examples_per_s": rate(source)}
+  start = time.perf_counter()
+  cached = celeba.load(celeba_config(data_dir, image_size, workers, cache_dir))
+  seconds = time.perf_counter() - start
+  built = sum(cached.num_examples(s) for s in ("train", "validation", "test"))
+  result["cache_load_seconds"] = seconds
+  result["cache_build_examples_per_s"] = built / seconds  # 0 s to open: the cache existed
+  result["cache_examples_per_s"] = rate(cached)
+  return result
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default=None,
                       help="prepared celeb_a TFDS data dir ('' = TFDS default); omit for mock data")
-  parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+  parser.add_argument("--cache_dir", default=None,
+                      help="cache folder (default: temporary for mock data, else next to the data)")
+  parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                      help="source reader threads (config.dataset.num_workers)")
   parser.add_argument("--batch_size", type=int, default=256)
   parser.add_argument("--image_size", type=int, default=64)
   parser.add_argument("--num_batches", type=int, default=8)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--no_train_step", action="store_true")
   args = parser.parse_args()
-  if args.data_dir is None:
-    args.data_dir = ""
-    with celeba.mock_celeba(args.batch_size * args.num_batches):
-      rows = measure(args)
-    source = "mock data (no JPEG decoding)"
-  else:
-    rows = measure(args)
-    source = f"prepared celeb_a in {args.data_dir or 'the TFDS default data dir'}"
-  print(f"CelebA input pipeline, {source}: batch {args.batch_size}, image {args.image_size}, "
-        f"median of {args.repeats} epochs x {args.num_batches} batches")
-  print("workers  examples/s  ms/batch")
-  for workers, rate in rows:
-    print(f"{workers:7d}  {rate:10.0f}  {1000 * args.batch_size / rate:8.0f}")
-  train_rate = training_examples_per_second(batch_size=args.batch_size,
-                                            image_size=args.image_size, repeats=args.repeats)
-  print(f"training step (plain MTL, {jax.default_backend()}): {train_rate:.0f} examples/s; "
-        f"pipeline / training = {max(r for _, r in rows) / train_rate:.1f}x")
+  mock = args.data_dir is None
+  with contextlib.ExitStack() as stack:
+    if mock:
+      stack.enter_context(celeba.mock_celeba(args.batch_size * args.num_batches))
+      cache_dir = args.cache_dir or stack.enter_context(tempfile.TemporaryDirectory())
+    else:
+      cache_dir = args.cache_dir or ""
+    result = measure(data_dir=args.data_dir or "", cache_dir=cache_dir,
+                     image_size=args.image_size, batch_size=args.batch_size,
+                     num_batches=args.num_batches, repeats=args.repeats, workers=args.workers)
+  data = "mock (no JPEG decoding)" if mock else f"celeb_a in {args.data_dir or 'TFDS default'}"
+  result = {"data": data,
+            "image_size": args.image_size, "batch_size": args.batch_size,
+            "source_workers": args.workers, "cores": os.cpu_count(), **result}
+  print(f"CelebA input pipeline, {result['data']}: batch {args.batch_size}, image "
+        f"{args.image_size}, median of {args.repeats} epochs x {args.num_batches} batches")
+  print(f"  source ({args.workers} threads): {result['source_examples_per_s']:9.0f} examples/s")
+  print(f"  cache  ({os.cpu_count()} threads): {result['cache_examples_per_s']:9.0f} examples/s "
+        f"(loaded in {result['cache_load_seconds']:.1f} s)")
+  if not args.no_train_step:
+    train_rate = training_examples_per_second(batch_size=args.batch_size,
+                                              image_size=args.image_size, repeats=args.repeats)
+    result["train_step_examples_per_s"] = train_rate
+    print(f"  training step (plain MTL, {jax.default_backend()}): {train_rate:.0f} examples/s")
+  print(json.dumps(result))
 
 
 if __name__ == "__main__":

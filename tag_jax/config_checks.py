@@ -86,6 +86,8 @@ VALID = {
     "dataset.label_noise": number(0, 1),
     "dataset.data_seed": SEED,
     "dataset.num_workers": POSITIVE,
+    "dataset.cache_dir": ("a path (text), '' (next to the TFDS data) or 'none'",
+                          lambda v: isinstance(v, str)),
     "image_size": integer(5, 4096),  # the trunk needs 5x5 pixels (tag_jax.models.MIN_IMAGE_SIZE)
     "model.width": integer(1, 4096),
     "model.bn_epsilon": number(0, low_open=True),

@@ -30,6 +30,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.label_noise = 0.02  # synthetic: fraction of flipped labels.
   config.dataset.data_seed = 0  # synthetic: generator seed (independent of config.seed).
   config.dataset.num_workers = 4  # celeb_a: reader threads.
+  config.dataset.cache_dir = ""  # celeb_a: resized uint8 images ('' = in data_dir; 'none' = off)
   # Side of the (square) images: synthetic ones are generated at it, celeb_a ones resized to it
   # (npz files keep their own size).
   config.image_size = 64

@@ -3,6 +3,7 @@ stream, and a tiny celeb_a prepared by the real TFDS builder from fake original 
 preparation step and the TF-free reading path."""
 
 import io
+import json
 import os
 import pathlib
 import subprocess
@@ -28,10 +29,11 @@ SIZE = 16
 FAKE_PARTITION = (0,) * 10 + (1,) * 4 + (2,) * 3  # 10 train, 4 validation, 3 test
 
 
-def celeba_config(tasks=(), data_dir=""):
+def celeba_config(tasks=(), data_dir="", cache_dir="none"):
   config = get_base_config()
   config.dataset.name = "celeb_a"
   config.dataset.data_dir = data_dir
+  config.dataset.cache_dir = cache_dir
   config.dataset.num_workers = 2
   config.image_size = SIZE
   config.batch_size = BATCH
@@ -48,11 +50,20 @@ def valid_rows(batches, key):
   return np.concatenate([b[key][b["mask"] > 0] for b in batches])
 
 
-@pytest.fixture
-def mocked():
-  """CelebA with NUM_MOCK random examples per split, the nine default tasks."""
+@pytest.fixture(params=["source", "cache"])
+def mocked(request):
+  """CelebA with NUM_MOCK random examples per split, the nine default tasks, read from the
+  source or (built first) from the default cache folder."""
+  cache_dir = "none" if request.param == "source" else ""
   with celeba.mock_celeba(NUM_MOCK):
-    yield load_dataset(celeba_config())
+    yield load_dataset(celeba_config(cache_dir=cache_dir))
+
+
+def expected_image(dataset, example):
+  """What a batch holds for `example`: its resize, or (from the cache) the uint8 rounding."""
+  if dataset.caches:
+    return celeba.cache_arrays(example, SIZE)[0].astype(np.float32) / 255.0
+  return celeba.resize_image(example["image"], SIZE)
 
 
 # --- batch stream (mock data) ---
@@ -88,7 +99,7 @@ def test_rows_are_the_examples_labelled_in_config_tasks_order():
 def test_an_epoch_visits_every_example_once(mocked):
   images = valid_rows(epoch(mocked, epoch=3), "image")
   fingerprints = {image.tobytes() for image in images}
-  all_examples = {celeba.resize_image(mocked.sources["train"][i]["image"], SIZE).tobytes()
+  all_examples = {expected_image(mocked, mocked.sources["train"][i]).tobytes()
                   for i in range(NUM_MOCK)}
   assert len(images) == NUM_MOCK and fingerprints == all_examples
 
@@ -119,6 +130,93 @@ def test_processes_read_disjoint_rows_whose_union_is_the_global_batch(mocked):
 
 def test_empty_epoch_when_start_batch_is_past_the_end(mocked):
   assert epoch(mocked, start_batch=3) == []
+
+
+def test_labels_are_the_batches_labels_in_example_order(mocked):
+  labels = mocked.labels("validation")
+  assert labels.shape == (NUM_MOCK, 9) and labels.dtype == np.int32
+  np.testing.assert_array_equal(labels, valid_rows(epoch(mocked, "validation", shuffle=False),
+                                                   "labels"))
+
+
+# --- the uint8 cache ---
+
+
+def cache_folders(root):
+  return sorted(p.name for p in pathlib.Path(root).iterdir() if not p.name.startswith("."))
+
+
+def test_cache_holds_uint8_images_and_all_attributes_close_to_the_source(tmp_path):
+  tasks = ("Male", "Young")
+  with celeba.mock_celeba(NUM_MOCK):
+    cached = load_dataset(celeba_config(tasks, cache_dir=str(tmp_path)))
+    source = load_dataset(celeba_config(tasks))
+    assert source.caches is None
+    split = cached.caches["validation"]
+    assert split.images.shape == (NUM_MOCK, SIZE, SIZE, 3) and split.images.dtype == np.uint8
+    assert split.attributes.shape == (NUM_MOCK, 40) and isinstance(split.images, np.memmap)
+    meta = json.loads((pathlib.Path(split.path) / "meta.json").read_text())
+    assert (meta["split"], meta["image_size"], meta["num_examples"]) == ("validation", SIZE,
+                                                                         NUM_MOCK)
+    from_cache = epoch(cached, "validation", shuffle=False)
+    from_source = epoch(source, "validation", shuffle=False)
+    np.testing.assert_allclose(valid_rows(from_cache, "image"), valid_rows(from_source, "image"),
+                               atol=0.5 / 255 + 1e-6, rtol=0)
+    np.testing.assert_array_equal(valid_rows(from_cache, "labels"),
+                                  valid_rows(from_source, "labels"))
+    np.testing.assert_array_equal(cached.labels("test"), source.labels("test"))
+  names = cache_folders(tmp_path)
+  assert len(names) == 3 and all(f"-{SIZE}px-" in n for n in names)
+
+
+def test_cache_is_read_not_rebuilt_and_is_keyed_by_image_size(tmp_path):
+  with celeba.mock_celeba(NUM_MOCK):
+    load_dataset(celeba_config(cache_dir=str(tmp_path)))
+    with mock.patch.object(celeba.celeba_cache, "build", side_effect=AssertionError("rebuilt")):
+      again = load_dataset(celeba_config(cache_dir=str(tmp_path)))
+    assert again.caches["train"].images.shape[0] == NUM_MOCK
+    config = celeba_config(cache_dir=str(tmp_path))
+    config.image_size = 12
+    assert load_dataset(config).caches["train"].images.shape[1:3] == (12, 12)
+  assert len(cache_folders(tmp_path)) == 6
+
+
+def test_a_changed_source_rebuilds_the_cache_and_deletes_the_old_one(tmp_path):
+  with celeba.mock_celeba(NUM_MOCK):
+    load_dataset(celeba_config(cache_dir=str(tmp_path)))
+  old = cache_folders(tmp_path)
+  with celeba.mock_celeba(NUM_MOCK + 4):
+    dataset = load_dataset(celeba_config(cache_dir=str(tmp_path)))
+  assert dataset.caches["train"].images.shape[0] == NUM_MOCK + 4
+  new = cache_folders(tmp_path)
+  assert len(new) == 3 and not set(old) & set(new)
+
+
+def test_an_interrupted_build_leaves_no_cache_and_resumes_where_it_stopped(tmp_path):
+  reads = []
+  original = celeba.cache_arrays
+
+  def failing(example, image_size):
+    if len(reads) == 12:
+      raise KeyboardInterrupt
+    reads.append(1)
+    return original(example, image_size)
+
+  with celeba.mock_celeba(NUM_MOCK), mock.patch.object(celeba.celeba_cache, "CHUNK", 4):
+    with mock.patch.object(celeba, "cache_arrays", failing), \
+        mock.patch("concurrent.futures.ThreadPoolExecutor.map",
+                   lambda self, fn, items: map(fn, items)), pytest.raises(KeyboardInterrupt):
+      load_dataset(celeba_config(cache_dir=str(tmp_path)))
+    assert not [n for n in cache_folders(tmp_path) if not n.endswith(".partial")]
+    progress = json.loads(next(tmp_path.glob("*.partial/progress.json")).read_text())
+    assert progress == {"done": 12}
+    resumed = []
+    with mock.patch.object(celeba, "cache_arrays",
+                           lambda *a: resumed.append(1) or original(*a)):
+      dataset = load_dataset(celeba_config(cache_dir=str(tmp_path)))
+    assert len(resumed) == 3 * NUM_MOCK - 12  # the train split continued at example 12
+    whole = load_dataset(celeba_config(cache_dir=str(tmp_path / "whole")))
+    np.testing.assert_array_equal(dataset.caches["train"].images, whole.caches["train"].images)
 
 
 # --- tasks, resize, errors ---
@@ -259,6 +357,10 @@ dataset = load_dataset(config)
 seen = sum(b["mask"].sum() for b in dataset.batches(
     "train", batch_size=4, seed=0, epoch=0, shuffle=True, drop_remainder=False))
 assert seen == dataset.num_examples("train") == 10, seen
+assert dataset.caches is not None  # built next to the data on first use
+config.dataset.cache_dir = "none"
+uncached = load_dataset(config)
+assert (uncached.labels("train") == dataset.labels("train")).all()
 assert "tensorflow" not in sys.modules, "reading imported TensorFlow"
 """
 

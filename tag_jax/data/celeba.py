@@ -8,19 +8,25 @@ The resize equals the reference's `tf.image.resize`; the JPEG decoding is
 PIL's accurate integer DCT where TensorFlow's default is the fast one, so a
 pixel can differ from the reference's by a few 1/255 steps.
 Preparing the data is `tag_jax.data.prepare_celeba` (see data/prepare_celeba.md).
+
+By default every split is resized once into a uint8 cache on disk (tag_jax.data.celeba_cache,
+`config.dataset.cache_dir`), built on first use, and read memory-mapped by as many threads as
+the host has cores; `config.dataset.cache_dir = 'none'` reads the JPEGs every epoch instead.
 """
 
 import contextlib
 import dataclasses
 import functools
-from typing import Iterator, Sequence
+import os
+import tempfile
+from typing import Iterator, Optional, Sequence
 from unittest import mock
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tag_jax.data import pipeline
+from tag_jax.data import celeba_cache, pipeline
 from tag_jax.data.base import task_columns
 from tag_jax.errors import UserError
 
@@ -83,6 +89,12 @@ def example_arrays(example: dict, task_names: Sequence[str], image_size: int):
   return resize_image(example["image"], image_size), labels
 
 
+def cache_arrays(example: dict, image_size: int):
+  """A decoded example -> (image (S, S, 3) uint8 = round(255 * resize), attributes (40,) uint8)."""
+  image = np.rint(resize_image(example["image"], image_size) * np.float32(255)).astype(np.uint8)
+  return image, np.array([example["attributes"][name] for name in CELEBA_40], np.uint8)
+
+
 @dataclasses.dataclass(frozen=True)
 class CelebA:
   """The attributes `task_names` of CelebA; `sources[split][i]` is a decoded TFDS example."""
@@ -91,6 +103,10 @@ class CelebA:
   task_names: tuple[str, ...]
   image_size: int
   num_workers: int
+  # split -> celeba_cache.SplitCache, read instead of the sources (None: no cache).
+  caches: Optional[dict] = None
+  # split -> a source whose examples skip image decoding (labels without the cache).
+  label_sources: Optional[dict] = None
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -98,6 +114,17 @@ class CelebA:
 
   def num_examples(self, split: str) -> int:
     return len(self.sources[split])
+
+  def labels(self, split: str) -> np.ndarray:
+    """(N, T) int32 labels of a split in example order, read without decoding any image: from
+    the cache when there is one, else from the source's attribute records."""
+    if self.caches:
+      columns = [CELEBA_40.index(name) for name in self.task_names]
+      return np.asarray(self.caches[split].attributes[:, columns], np.int32)
+    source = (self.label_sources or self.sources)[split]
+    rows = [[source[i]["attributes"][name] for name in self.task_names]
+            for i in range(len(source))]
+    return np.array(rows, np.int32).reshape(len(source), len(self.task_names))
 
   def _read(self, source, index: int):
     """Example `index` of `source` as arrays; zeros for padding (index -1)."""
@@ -109,8 +136,9 @@ class CelebA:
               process_index=0, process_count=1) -> Iterator[dict]:
     """Padded batches of one epoch from `start_batch` on, this process's rows (see `pipeline`).
 
-    `num_workers` threads read and preprocess examples in order, up to two
-    local batches ahead of the consumer.
+    From the cache: one thread per core gathers whole batches, up to two per thread ahead of
+    the consumer. From the source: `num_workers` threads read and preprocess examples in
+    order, up to two local batches ahead of the consumer.
     """
     source = self.sources[split]
     index_lists = list(pipeline.batch_index_lists(
@@ -118,6 +146,12 @@ class CelebA:
         drop_remainder=drop_remainder, start_batch=start_batch, process_index=process_index,
         process_count=process_count))
     if not index_lists:
+      return
+    if self.caches:
+      images, labels = self.caches[split].images, self.labels(split)
+      yield from pipeline.threaded_map(
+          lambda indices: pipeline.assemble_batch(images, labels, indices), index_lists,
+          workers=os.cpu_count() or 1, ahead=2 * (os.cpu_count() or 1))
       return
     local_batch_size = len(index_lists[0])
     examples = grain.MapDataset.source(np.concatenate(index_lists)).map(
@@ -130,27 +164,74 @@ class CelebA:
       yield pipeline.assemble_batch(images, labels, np.where(indices >= 0, rows, -1))
 
 
-def open_sources(data_dir: str) -> dict:
-  """split -> random-access source of the prepared ArrayRecord celeb_a; else a UserError."""
+def open_builder(data_dir: str):
+  """The TFDS builder of a prepared ArrayRecord celeb_a in `data_dir`; else a UserError."""
   builder = tfds.builder(TFDS_NAME, data_dir=data_dir or None)
   if not builder.is_prepared():
     raise UserError(f"CelebA ({TFDS_NAME} {builder.version}) is not prepared in {builder.data_dir} "
                     f"(config.dataset.data_dir={data_dir!r}): {PREPARE_HINT}")
-  array_record = tfds.core.FileFormat.ARRAY_RECORD
-  if array_record not in builder.info.available_file_formats():
+  if tfds.core.FileFormat.ARRAY_RECORD not in builder.info.available_file_formats():
     raise UserError(f"CelebA in {builder.data_dir} has no array_record files (random access needs "
                     f"them): convert it with `tfds convert_format --dataset_version_dir "
                     f"{builder.data_dir} --out_file_format array_record`")
+  return builder
+
+
+def open_sources(data_dir: str, builder=None, **kwargs) -> dict:
+  """split -> random-access source of the prepared ArrayRecord celeb_a; else a UserError.
+  kwargs go to `as_data_source` (e.g. decoders)."""
+  builder = builder or open_builder(data_dir)
   return builder.as_data_source(split={split: split for split in pipeline.SPLITS},
-                                file_format=array_record)
+                                file_format=tfds.core.FileFormat.ARRAY_RECORD, **kwargs)
+
+
+def default_cache_parent(builder) -> str:
+  """The TFDS data_dir the builder reads (its data_dir is <data_dir>/celeb_a/<version>)."""
+  return os.path.dirname(os.path.dirname(os.path.abspath(builder.data_dir)))
+
+
+def open_caches(builder, sources: dict, cache_dir: str, image_size: int) -> Optional[dict]:
+  """split -> celeba_cache.SplitCache of every split at `image_size` (built where missing);
+  None when cache_dir is 'none'."""
+  root = celeba_cache.cache_root(cache_dir, default_cache_parent(builder))
+  if root is None:
+    return None
+  version = str(builder.version)
+  caches = {}
+  for split, source in sources.items():
+    split_files = [os.path.join(builder.data_dir, f) for f in _listdir(builder.data_dir)
+                   if f.startswith(f"{TFDS_NAME}-{split}.array_record")]
+    digest = celeba_cache.source_digest(source, split_files, version, CELEBA_40)
+    caches[split] = celeba_cache.ensure(
+        root, celeba_cache.key(version, split, image_size, digest), source,
+        lambda i, source=source: cache_arrays(source[int(i)], image_size),
+        image_size=image_size, num_attributes=len(CELEBA_40), workers=os.cpu_count() or 1,
+        meta={"dataset": TFDS_NAME, "version": version, "split": split,
+              "num_examples": len(source), "image_size": image_size, "digest": digest,
+              "attributes": list(CELEBA_40), "format": celeba_cache.FORMAT,
+              "images": "round(255 * celeba.resize_image(image, image_size)), uint8"})
+  return caches
+
+
+def _listdir(path: str) -> list:
+  try:
+    return sorted(os.listdir(path))
+  except OSError:
+    return []
 
 
 def load(config) -> CelebA:
-  """CelebA with tasks `config.tasks` (empty = CELEBA_9), images resized to `config.image_size`."""
+  """CelebA with tasks `config.tasks` (empty = CELEBA_9), images resized to `config.image_size`,
+  through the cache of `config.dataset.cache_dir` (built on first use) unless it is 'none'."""
   task_names = tuple(config.tasks) or CELEBA_9
   task_columns(CELEBA_40, task_names)
-  return CelebA(open_sources(config.dataset.data_dir), task_names, config.image_size,
-                config.dataset.num_workers)
+  builder = open_builder(config.dataset.data_dir)
+  sources = open_sources(config.dataset.data_dir, builder)
+  label_sources = open_sources(config.dataset.data_dir, builder,
+                               decoders={"image": tfds.decode.SkipDecoding()})
+  return CelebA(sources, task_names, config.image_size, config.dataset.num_workers,
+                caches=open_caches(builder, sources, config.dataset.cache_dir, config.image_size),
+                label_sources=label_sources)
 
 
 @contextlib.contextmanager
@@ -160,12 +241,15 @@ def mock_celeba(num_examples: int):
   Every split has `num_examples` random examples of the real feature spec
   (uint8 218x178x3 images, handed over decoded: no JPEG decoding), whatever
   `config.dataset.data_dir` says; `tfds.testing.mock_data` replaces the
-  reading, and the preflight checks of `open_sources` see a prepared
-  ArrayRecord dataset.
+  reading, and the preflight checks of `open_builder` see a prepared
+  ArrayRecord dataset. The default cache folder (`config.dataset.cache_dir = ''`) is a
+  temporary one, deleted at the end.
   """
   from tensorflow_datasets import testing  # pylint: disable=g-import-not-at-top
   with testing.mock_data(num_examples=num_examples), \
       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True), \
       mock.patch.object(tfds.core.DatasetInfo, "available_file_formats",
-                        return_value={tfds.core.FileFormat.ARRAY_RECORD}):
+                        return_value={tfds.core.FileFormat.ARRAY_RECORD}), \
+      tempfile.TemporaryDirectory(prefix="mock_celeba_") as data_dir, \
+      mock.patch(f"{__name__}.default_cache_parent", return_value=data_dir):
     yield

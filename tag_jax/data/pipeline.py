@@ -8,7 +8,9 @@ in the stream is `(epoch, batch_index)`, which is all a checkpoint needs to
 resume with the next unseen batch.
 """
 
-from typing import Iterator
+import collections
+import concurrent.futures
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -57,3 +59,16 @@ def assemble_batch(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) 
   image[~valid] = 0.0
   label = np.where(valid[:, None], labels[safe], 0).astype(np.int32)
   return {"image": image, "labels": label, "mask": valid.astype(np.float32)}
+
+
+def threaded_map(fn: Callable, items: Iterable, *, workers: int, ahead: int) -> Iterator:
+  """fn(item) for each item, in order, computed by `workers` threads at most `ahead` items ahead
+  of the consumer."""
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    pending = collections.deque()
+    for item in items:
+      pending.append(pool.submit(fn, item))
+      if len(pending) > ahead:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
