@@ -166,3 +166,10 @@ def test_methods_build_times_the_real_step_and_records_the_decision(tiny_config,
 def test_methods_build_times_the_measured_step_of_cs(tiny_config, timing):
   tiny_config.method = "cs"
   check_real_timing(tiny_config, {"model.conv", "affinity.strategy"})
+
+
+@pytest.mark.slow
+def test_timing_a_method_with_stacked_seeds_feeds_one_batch_per_seed(tiny_config, timing):
+  tiny_config.method, tiny_config.groups.seeds = "random", 2
+  tiny_config.groups.num_random_groups = 2
+  check_real_timing(tiny_config, {"model.conv"})
