@@ -508,6 +508,7 @@ def final_results(run: Run, state, meta: dict) -> dict:
                   "trunk_passes_per_step": [plain, measured],
                   "measured_steps": meta["measured_steps"],
                   "train_seconds": run.seconds()},
+      "autotune": method.autotune,
   }
   if method.seeds > 1:
     results["seed_results"] = seed_results(run, final, baseline)

@@ -17,7 +17,8 @@ TINY = ["--config.num_epochs=1", "--config.dataset.num_train=96",
         "--config.dataset.num_validation=32", "--config.dataset.num_test=32",
         "--config.image_size=8", "--config.model.width=4", "--config.batch_size=32",
         "--config.eval_batch_size=32", "--config.mesh.data=1", "--config.selection.time_limit=20",
-        "--config.affinity.every_n_steps=1"]  # a few steps: TAG and CS measure every one
+        "--config.affinity.every_n_steps=1",  # a few steps: TAG and CS measure every one
+        "--config.min_train_steps=0", "--config.early_stopping.min_steps=0"]  # npz recipes
 TINY_STUDY = ["--config.study.methods=('mtl', 'tag')", "--config.study.max_groups=(2,)",
               "--config.study.seeds=1"]
 # Commands run elsewhere: the install (.ci/run does exactly it), the test suite itself, and the

@@ -51,6 +51,7 @@ def test_mtl_run_writes_config_metrics_results_and_checkpoints(tiny_config, tmp_
   accuracy = np.array(saved["test"]["task_accuracy"])
   assert saved["test"]["total_error"] == pytest.approx((100 * (1 - accuracy)).sum())
   assert results["steps"] == 2 * 3
+  assert saved["autotune"]["model.conv"]["source"] == "rule"  # the tests time nothing
 
 
 @pytest.mark.parametrize("method", ["mtl", "tag", "dmtg"])
