@@ -15,6 +15,7 @@ run that continues from garbage.
 
 import hashlib
 import json
+import logging as std_logging
 import os
 
 import jax
@@ -50,11 +51,33 @@ def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
 
 
 def _reason(error: BaseException) -> str:
-  return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+  """The error in one line; tensorstore's RESOURCE_EXHAUSTED on a local write named as what it
+  is, a full disk."""
+  text = " ".join(str(error).split())
+  full = "No space left on device: " if "RESOURCE_EXHAUSTED: Error writing local file" in text else ""
+  return f"{full}{type(error).__name__}: {text[:200]}"
+
+
+class _HeldErrors(std_logging.Filter):
+  """Holds the ERROR records orbax's background threads log (with a traceback) while a save
+  runs: a failed save is reported once, in one line, by `save`; a save that succeeds despite
+  them logs them afterwards."""
+
+  def __init__(self):
+    super().__init__()
+    self.records = []
+
+  def filter(self, record):
+    if record.levelno >= std_logging.ERROR and "orbax" in record.pathname:
+      self.records.append(record)
+      return False
+    return True
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
   """Saves (state, meta) as step `step` and its checksums; CheckpointError if anything fails."""
+  held, logger = _HeldErrors(), logging.get_absl_logger()
+  logger.addFilter(held)
   try:
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)))
@@ -66,6 +89,10 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
     raise CheckpointError(
         f"cannot write checkpoint {step_dir(manager, step)} ({_reason(e)}); free disk space or "
         f"make {manager.directory} writable, then re-run to resume from the last checkpoint") from e
+  finally:
+    logger.removeFilter(held)
+  for record in held.records:  # the save succeeded: nothing hides what orbax said
+    logger.handle(record)
 
 
 def file_checksums(folder: str) -> dict:

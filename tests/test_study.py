@@ -141,8 +141,9 @@ def test_tiny_study_with_every_method(tmp_path):
                     "dmtg", "dmtg one-shot"}
   assert [n.split(":")[0] for n in report["notes"]] == ["single"]  # read from the HOA run
   for row in report["rows"]:
-    stage = json.load(open(tmp_path / row["stages"][-1] / "results.json"))
-    assert row["groups"] == stage["groups"] and row["trunk_passes"] > 0
+    (run,) = row["runs"]  # one seed
+    stage = json.load(open(tmp_path / run["stages"][-1] / "results.json"))
+    assert row["groups"] == run["groups"] == stage["groups"] and row["trunk_passes"] > 0
 
 
 def test_cli_bad_study_method_exits_2_with_one_line(tmp_path):
