@@ -7,9 +7,6 @@ from tag_jax import default_config
 
 def get_config():
   config = default_config.get_npz_config()
-  config.study.methods = ("mtl", "single", "tag", "cs", "hoa", "random", "uw", "gradnorm",
-                          "pcgrad", "dmtg")
-  config.study.max_groups = (2, 3)
   config.study.seeds = 3  # every row: mean ± spread over 3 seeds
   config.study.overrides.dmtg = default_config.DMTG_NPZ_TRAINING
   return config
