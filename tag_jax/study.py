@@ -507,7 +507,7 @@ def markdown(report: dict) -> str:
                                           "('within noise' when it holds 0)." if seeds > 1 else
                                           "; one seed: differences are not tested against "
                                           "noise."),
-            "A row marked 'did not learn' scored no clearly better on validation than that "
+            "A row marked 'did not learn' scored not clearly better on validation than that "
             "baseline in some seed: its groups and numbers are not findings.", ""]
   lines += main_table(rows)
   if seeds > 1:

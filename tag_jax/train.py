@@ -448,6 +448,14 @@ def end_epoch(run: Run, state, meta: dict):
   return state, meta
 
 
+def served_results(final: FinalEvaluation, serving, baseline: dict) -> dict:
+  """validation and test summaries of the tasks on their `serving` networks, and whether the
+  validation Total Error is clearly below the majority baseline's ('learned')."""
+  validation = evaluation.serving_summary(final.validation, serving)
+  return {"validation": validation, "test": evaluation.serving_summary(final.test, serving),
+          "learned": evaluation.learned(validation["total_error"], baseline)}
+
+
 def seed_results(run: Run, final: FinalEvaluation, baseline: dict) -> list:
   """Each seed's copy of the networks reported as its own run (tag_jax.methods.base): seed,
   groups, best_epoch, validation, test, learned."""
@@ -456,13 +464,11 @@ def seed_results(run: Run, final: FinalEvaluation, baseline: dict) -> list:
   results = []
   for copy in range(method.seeds):
     serving = seed_serving(method, copy)
-    validation = evaluation.serving_summary(final.validation, serving)
     results.append({
         "seed": run.config.seed + copy,
         "groups": groups_of(method.members, serving, run.task_names),
         "best_epoch": max(final.best_epoch[copy * per_seed:(copy + 1) * per_seed]),
-        "validation": validation, "test": evaluation.serving_summary(final.test, serving),
-        "learned": evaluation.learned(validation["total_error"], baseline)})
+        **served_results(final, serving, baseline)})
   return results
 
 
@@ -484,7 +490,6 @@ def final_results(run: Run, state, meta: dict) -> dict:
   plain, measured = method.trunk_passes
   groups = (method.served_groups(params) if method.served_groups
             else groups_of(method.members, method.serving, run.task_names))
-  validation = evaluation.serving_summary(final.validation, method.serving)
   baseline = evaluation.majority_baseline(run.dataset, config.model.num_classes)
   restored_epoch = max(best_epoch) if use_best else None
   if use_best and restored_epoch != meta["epoch"]:
@@ -499,10 +504,8 @@ def final_results(run: Run, state, meta: dict) -> dict:
       "best_epoch": max(best_epoch),
       "stopped_early": meta["stopped_early"],
       "restored_epoch": restored_epoch,
-      "validation": validation,
-      "test": evaluation.serving_summary(final.test, method.serving),
+      **served_results(final, method.serving, baseline),
       "majority_baseline": baseline,
-      "learned": evaluation.learned(validation["total_error"], baseline),
       "compute": {"trunk_passes": plain * (step - meta["measured_steps"])
                                   + measured * meta["measured_steps"],
                   "trunk_passes_per_step": [plain, measured],
