@@ -155,6 +155,10 @@ def groupings(record: dict):
   return fig
 
 
+# One colour per study label (the study has 11: tab10's ten, then black).
+STUDY_COLORS = tuple(f"C{i}" for i in range(10)) + ("black",)
+
+
 def total_error_vs_compute(rows: list):
   """The grouping study: test Total Error of every report row against its trunk passes and seconds.
 
@@ -168,7 +172,7 @@ def total_error_vs_compute(rows: list):
                         (axes[1], "seconds", "training seconds")):
     for i, label in enumerate(labels):
       mine = [r for r in rows if r["label"] == label]
-      color, marker = f"C{i % 10}", "osD^v<>pX*h"[i % 11]
+      color, marker = STUDY_COLORS[i % len(STUDY_COLORS)], "osD^v<>pX*h"[i % 11]
       spread = [(r.get("test_total_error_stats") or {}).get("std") or 0.0 for r in mine]
       ax.errorbar([r[key] for r in mine], [r["test_total_error"] for r in mine], yerr=spread,
                   color=color, marker=marker, linestyle="none", capsize=3, label=label)

@@ -88,3 +88,14 @@ def test_study_plot_draws_the_seed_spread_and_every_seed():
     dots = [c for c in ax.collections if sorted(c.get_offsets()[:, 1].tolist()) == sorted(seeds)]
     assert len(dots) == 1
   assert "3 seeds" in fig._suptitle.get_text()
+
+
+def test_study_plot_gives_each_of_the_eleven_labels_its_own_colour():
+  labels = ["cs", "dmtg", "dmtg one-shot", "gradnorm", "hoa", "mtl", "pcgrad", "random", "single",
+            "tag", "uw"]
+  rows = [{"label": label, "k": 1, "test_total_error": 10.0 + i, "trunk_passes": 100 + i,
+           "seconds": 1.0 + i} for i, label in enumerate(labels)]
+  ax = plots.total_error_vs_compute(rows).axes[0]
+  colours = {c.get_label(): matplotlib.colors.to_hex(c.lines[0].get_color())
+             for c in ax.containers}
+  assert sorted(colours) == labels and len(set(colours.values())) == 11
