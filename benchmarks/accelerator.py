@@ -15,7 +15,11 @@ Prints one JSON object (and progress on stderr):
   decoding), benchmarks/input_pipeline.py.
 - `autotune`: benchmarks/autotune_check.py's ratios (auto's choice / the fastest explicit
   choice) for 9 tasks.
-Sections are run in that order until --budget_s is spent; the rest are listed in `skipped`.
+Sections are run in the order: steps for the first task count, loop, pipeline, autotune, steps
+for the other task counts; sections and steps within them, until --budget_s is spent; the rest are
+listed in `skipped`. A section that fails is recorded with its error and the next one runs.
+--out FILE: the JSON object is also written there after every step row and section (complete so
+far, replaced atomically), so a run stopped from outside still leaves its numbers.
 --quick: 16x16, width 8, batch 8, 3 and 5 tasks, short repeats (checks that it runs, on CPU).
 """
 
@@ -48,6 +52,7 @@ def parse_args(argv=None):
   parser.add_argument("--budget_s", type=float, default=270.0,
                       help="start no new section after this many seconds")
   parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--out", default="", help="also write the JSON here as it grows")
   args = parser.parse_args(argv)
   if args.quick:
     args.image_size, args.width, args.batch_size, args.tasks = 16, 8, 8, [3, 5]
@@ -92,13 +97,24 @@ def base(args, method: str, **settings):
   return config
 
 
-def step_rows(args, num_tasks: int) -> list:
-  rows = []
+def step_rows(args, num_tasks: int, rows: list, out_of_time, save) -> None:
+  """Appends the step rows for `num_tasks` to `rows` (saved after each); a row whose turn comes
+  after the budget is spent is recorded with "skipped": true."""
+  first = len(rows)
 
   def add(step, kind, config, **fields):
-    ms, compile_s = median_ms(config, num_tasks, kind, args.repeats)
-    rows.append({"tasks": num_tasks, "step": step, **fields, "ms": ms, "compile_s": compile_s})
-    log(f"  {rows[-1]}")
+    row = {"tasks": num_tasks, "step": step, **fields}
+    if out_of_time():
+      row["skipped"] = True
+    else:
+      try:
+        ms, compile_s = median_ms(config, num_tasks, kind, args.repeats)
+        row.update(ms=ms, compile_s=compile_s)
+      except Exception as e:  # pylint: disable=broad-except (recorded; the next row runs)
+        row["error"] = repr(e)
+    rows.append(row)
+    log(f"  {row}")
+    save()
 
   add("plain", "train", base(args, "mtl"), conv="xla")
   add("plain", "train", base(args, "mtl", model__conv="im2col"), conv="im2col")
@@ -109,10 +125,10 @@ def step_rows(args, num_tasks: int) -> list:
       add(step, "measured", base(args, step, affinity__strategy=strategy), strategy=strategy)
   for strategy in stacking.timing_candidates(args.groups, differentiated=True):
     add("dmtg", "train", base(args, "dmtg", dmtg__branch_strategy=strategy), strategy=strategy)
-  plain = rows[0]["ms"]
-  for row in rows:
-    row["ratio_to_plain"] = row["ms"] / plain if row["ms"] and plain else None
-  return rows
+  plain = rows[first].get("ms")
+  for row in rows[first:]:
+    row["ratio_to_plain"] = row["ms"] / plain if row.get("ms") and plain else None
+  save()
 
 
 def loop_overhead(args) -> dict:
@@ -137,6 +153,16 @@ def pipeline_rates(args) -> dict:
                                   workers=os.cpu_count())
 
 
+def write_json(path: str, out: dict) -> None:
+  """Replaces `path` (if given) with `out` as JSON, atomically."""
+  if not path:
+    return
+  partial = path + ".partial"
+  with open(partial, "w") as f:
+    json.dump(out, f)
+  os.replace(partial, path)
+
+
 def main(argv=None):
   args = parse_args(argv)
   start = time.perf_counter()
@@ -145,19 +171,27 @@ def main(argv=None):
          "device_kind": device.device_kind, "devices": jax.device_count(),
          "image_size": args.image_size, "batch_size": args.batch_size, "width": args.width,
          "repeats": args.repeats, "steps": [], "skipped": []}
-  sections = [(f"steps_{t}", lambda t=t: out["steps"].extend(step_rows(args, t)))
-              for t in args.tasks]
-  sections += [("loop", lambda: out.update(loop=loop_overhead(args))),
-               ("pipeline", lambda: out.update(pipeline=pipeline_rates(args))),
-               ("autotune", lambda: out.update(autotune=autotune_check.run_checks(
-                   args, min(args.tasks))))]
+  out_of_time = lambda: time.perf_counter() - start > args.budget_s  # pylint: disable=unnecessary-lambda-assignment
+  save = lambda: write_json(args.out, out)  # pylint: disable=unnecessary-lambda-assignment
+  steps = [(f"steps_{t}", lambda t=t: step_rows(args, t, out["steps"], out_of_time, save))
+           for t in args.tasks]
+  sections = steps[:1] + [
+      ("loop", lambda: out.update(loop=loop_overhead(args))),
+      ("pipeline", lambda: out.update(pipeline=pipeline_rates(args))),
+      ("autotune", lambda: out.update(autotune=autotune_check.run_checks(args, min(args.tasks))))
+  ] + steps[1:]
   for name, run in sections:
-    if time.perf_counter() - start > args.budget_s:
+    if out_of_time():
       out["skipped"].append(name)
       continue
     log(f"{name} ({time.perf_counter() - start:.0f} s)")
-    run()
-  out["seconds"] = time.perf_counter() - start
+    try:
+      run()
+    except Exception as e:  # pylint: disable=broad-except (recorded; the next section runs)
+      log(f"  {name} failed: {e!r}")
+      out.setdefault("errors", {})[name] = repr(e)
+    out["seconds"] = time.perf_counter() - start
+    save()
   print(json.dumps(out))
 
 
