@@ -10,7 +10,8 @@ Prints one JSON object (and progress on stderr):
   step with XLA's convolution and with im2col. Candidates whose compiled step does not fit in
   device memory are null.
 - `loop`: benchmarks/loop_overhead.py at the same shapes: the training loop's time per step
-  and the bare jitted step's (plain MTL, synthetic data), and their ratio.
+  and the bare jitted step's (plain MTL, synthetic data), and their ratio; with the default
+  config.prefetch_batches and with none.
 - `pipeline`: CelebA examples/s from the uint8 cache and from the source (mock data: no JPEG
   decoding), benchmarks/input_pipeline.py.
 - `autotune`: benchmarks/autotune_check.py's ratios (auto's choice / the fastest explicit
@@ -133,16 +134,19 @@ def step_rows(args, num_tasks: int, rows: list, out_of_time, save) -> None:
 
 def loop_overhead(args) -> dict:
   """benchmarks/loop_overhead.py's JSON (the loop's time per step over the bare step's, plain
-  MTL on the synthetic dataset) at the benchmark's shapes."""
+  MTL on the synthetic dataset, 32 steps an epoch) at the benchmark's shapes, with the default
+  prefetch and with none ('no_prefetch')."""
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loop_overhead.py")
   command = [sys.executable, script, "--image_size", str(args.image_size), "--width",
              str(args.width), "--batch_size", str(args.batch_size), "--rounds",
-             str(args.loop_rounds)]
-  result = subprocess.run(command, cwd=os.path.dirname(os.path.dirname(script)),
-                          capture_output=True, text=True, check=False)
-  if result.returncode:
-    return {"error": result.stderr.strip().splitlines()[-1:]}
-  return json.loads(result.stdout.strip().splitlines()[-1])
+             str(args.loop_rounds), "--num_train", str(32 * args.batch_size)]
+  out = {}
+  for name, extra in (("default", []), ("no_prefetch", ["--prefetch_batches", "0"])):
+    result = subprocess.run(command + extra, cwd=os.path.dirname(os.path.dirname(script)),
+                            capture_output=True, text=True, check=False)
+    out[name] = ({"error": result.stderr.strip().splitlines()[-1:]} if result.returncode else
+                 json.loads(result.stdout.strip().splitlines()[-1]))
+  return out
 
 
 def pipeline_rates(args) -> dict:

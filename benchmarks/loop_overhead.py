@@ -3,7 +3,8 @@
   python benchmarks/loop_overhead.py [--config configs/synthetic_mtl.py] [--rounds 5]
       [--image_size 32] [--width 32] [--batch_size 64]
 
-Each round times one epoch of `train.train_epoch` (batches read and sharded, the
+Each round times one epoch of `train.train_epoch` (batches read and sharded
+config.prefetch_batches ahead in a background thread, the
 jitted step, progress reports, metrics written every config.log_every_steps,
 losses checked for NaN at log steps and at the epoch's end: one transfer for all
 steps since the last check, no per-step host sync) and the same number of bare
@@ -38,6 +39,10 @@ def parse_args(argv=None):
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--width", type=int, default=32)
   parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--num_train", type=int, default=None,
+                      help="training examples (config.dataset.num_train; default: the config's)")
+  parser.add_argument("--prefetch_batches", type=int, default=None,
+                      help="config.prefetch_batches (default: the config's)")
   return parser.parse_args(argv)
 
 
@@ -46,6 +51,10 @@ def main(argv=None):
   config = load_config(args.config)
   config.image_size, config.model.width, config.batch_size = (args.image_size, args.width,
                                                               args.batch_size)
+  if args.num_train is not None:
+    config.dataset.num_train = args.num_train
+  if args.prefetch_batches is not None:
+    config.prefetch_batches = args.prefetch_batches
   config.drop_remainder = True  # every step the same shape: one compiled program
   config.num_epochs = args.rounds + 1
   with tempfile.TemporaryDirectory() as workdir:
@@ -74,7 +83,7 @@ def main(argv=None):
   print(json.dumps({
       "config": args.config, "method": config.method, "backend": jax.default_backend(),
       "image_size": args.image_size, "width": args.width, "batch_size": args.batch_size,
-      "steps_per_round": run.steps_per_epoch, "loop_ms_per_step": 1e3 * statistics.median(loop),
+      "prefetch_batches": config.prefetch_batches, "steps_per_round": run.steps_per_epoch, "loop_ms_per_step": 1e3 * statistics.median(loop),
       "bare_ms_per_step": 1e3 * statistics.median(bare),
       "loop_over_bare": statistics.median(ratios)}))
 

@@ -96,6 +96,7 @@ VALID = {
     "batch_size": POSITIVE,
     "eval_batch_size": POSITIVE,
     "drop_remainder": BOOL,
+    "prefetch_batches": NON_NEGATIVE,
     "num_epochs": POSITIVE,
     "min_train_steps": NON_NEGATIVE,
     "max_steps": ("-1 (no limit) or an integer >= 1", lambda v: _integer(v) and (v == -1 or v >= 1)),

@@ -47,6 +47,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.batch_size = 256  # global batch
   config.eval_batch_size = 256
   config.drop_remainder = False  # reference keeps the last partial batch
+  # Batches read and copied to the device ahead of the step, in a background thread; 0 = none.
+  config.prefetch_batches = 2
   config.num_epochs = 100
   # Train at least this many steps: epochs are added to config.num_epochs until they hold this many
   # (a small dataset still gets trained); 0 = exactly num_epochs.

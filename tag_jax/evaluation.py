@@ -6,22 +6,32 @@ batch for each of its G networks: loss_sum (G, T), correct (G, T), count ()
 `serving[t]`; network g trains on the tasks with members[g, t] = 1.
 """
 
+import contextlib
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tag_jax import sharding
+from tag_jax.data import pipeline
 
 
 def evaluate_networks(eval_step, params, batch_stats, dataset, split: str, *, batch_size: int,
-                      mesh) -> dict:
-  """{'task_loss', 'task_accuracy'}: (G, T) numpy means over the split's examples."""
+                      mesh, prefetch: int = 2) -> dict:
+  """{'task_loss', 'task_accuracy'}: (G, T) numpy means over the split's examples.
+
+  Batches are copied to the device `prefetch` ahead in a background thread; the sums stay on the
+  device until the split's end (one transfer)."""
+  batches = dataset.batches(split, batch_size=batch_size, seed=0, epoch=0, shuffle=False,
+                            drop_remainder=False, process_index=jax.process_index(),
+                            process_count=jax.process_count())
   sums = None
-  for batch in dataset.batches(split, batch_size=batch_size, seed=0, epoch=0, shuffle=False,
-                               drop_remainder=False, process_index=jax.process_index(),
-                               process_count=jax.process_count()):
-    out = jax.tree.map(np.asarray,
-                       eval_step(params, batch_stats, sharding.global_batch(batch, mesh)))
-    sums = out if sums is None else jax.tree.map(np.add, sums, out)
+  with contextlib.closing(pipeline.prefetched(
+      (sharding.global_batch(batch, mesh) for batch in batches), ahead=prefetch)) as on_device:
+    for batch in on_device:
+      out = eval_step(params, batch_stats, batch)
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
   count = max(float(sums["count"]), 1.0)
   return {"task_loss": sums["loss_sum"] / count, "task_accuracy": sums["correct"] / count}
 

@@ -8,6 +8,7 @@ mid-epoch), clu metrics and metrics.jsonl; at the end the reported parameters
 outputs, and `results.json` is written. The method contract: tag_jax.methods.base.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -228,7 +229,8 @@ class Run:
   def evaluate(self, params, batch_stats, split: str) -> dict:
     """Every network on a split: {'task_loss', 'task_accuracy'} (G, T)."""
     return evaluation.evaluate_networks(self.eval_step, params, batch_stats, self.dataset, split,
-                                        batch_size=self.config.eval_batch_size, mesh=self.mesh)
+                                        batch_size=self.config.eval_batch_size, mesh=self.mesh,
+                                        prefetch=self.config.prefetch_batches)
 
   def seconds(self) -> float:
     """Training seconds of this run over all invocations so far."""
@@ -370,43 +372,47 @@ def training_batches(run: Run, meta: dict):
 def train_epoch(run: Run, state, meta: dict, report_progress):
   """The rest of the current epoch, or up to config.max_steps; returns (state, meta).
 
-  The losses are checked for NaN/inf at log steps, before every checkpoint and at the epoch's
-  end (`check_pending`), so a diverged run keeps its last good checkpoint."""
+  Batches are read and copied to the device config.prefetch_batches ahead, in a background
+  thread. The losses are checked for NaN/inf at log steps, before every checkpoint and at the
+  epoch's end (`check_pending`), so a diverged run keeps its last good checkpoint."""
   config, method = run.config, run.method
   step = int(state.step)
   pending = []
   streams = method.seeds > 1
-  for batch in training_batches(run, meta):
-    measure_now = run.measured_step and step % method.measure_every == 0
-    kind = "measured" if measure_now else "training"
-    if kind not in run.compiled:
-      logging.info("Compiling the %s %s step (first step only; can take a minute on CPU)...",
-                   config.method, kind)
-      compile_start = time.time()
-    state, metrics = (run.measured_step if measure_now else run.train_step)(
-        state, sharding.global_batch(batch, run.mesh, streams))
-    if kind not in run.compiled:
-      jax.block_until_ready(metrics)
-      logging.info("Compiled and ran the first %s step in %.1f s.", kind,
-                   time.time() - compile_start)
-      run.compiled.add(kind)
-    step += 1
-    pending.append((step, metrics["task_losses"]))
-    meta = {**meta, "batch": meta["batch"] + 1,
-            "measured_steps": meta["measured_steps"] + bool(measure_now)}
-    report_progress(step)
-    if step % config.log_every_steps == 0:
-      meta = check_pending(run, pending, meta)
-      logged = jax.device_get(metrics)
-      run.writer.write_scalars(step, named_scalars("train", logged, run.task_names))
-      check_loss_blowup(float(np.sum(logged["task_losses"])), meta.get("initial_loss"), step,
-                        config)
-    if step == config.max_steps:
-      break
-    if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-        and meta["batch"] < run.steps_per_epoch):
-      meta = check_pending(run, pending, meta)
-      save(run, state, meta)
+  batches = pipeline.prefetched(
+      (sharding.global_batch(batch, run.mesh, streams) for batch in training_batches(run, meta)),
+      ahead=config.prefetch_batches)
+  with contextlib.closing(batches):
+    for batch in batches:
+      measure_now = run.measured_step and step % method.measure_every == 0
+      kind = "measured" if measure_now else "training"
+      if kind not in run.compiled:
+        logging.info("Compiling the %s %s step (first step only; can take a minute on CPU)...",
+                     config.method, kind)
+        compile_start = time.time()
+      state, metrics = (run.measured_step if measure_now else run.train_step)(state, batch)
+      if kind not in run.compiled:
+        jax.block_until_ready(metrics)
+        logging.info("Compiled and ran the first %s step in %.1f s.", kind,
+                     time.time() - compile_start)
+        run.compiled.add(kind)
+      step += 1
+      pending.append((step, metrics["task_losses"]))
+      meta = {**meta, "batch": meta["batch"] + 1,
+              "measured_steps": meta["measured_steps"] + bool(measure_now)}
+      report_progress(step)
+      if step % config.log_every_steps == 0:
+        meta = check_pending(run, pending, meta)
+        logged = jax.device_get(metrics)
+        run.writer.write_scalars(step, named_scalars("train", logged, run.task_names))
+        check_loss_blowup(float(np.sum(logged["task_losses"])), meta.get("initial_loss"), step,
+                          config)
+      if step == config.max_steps:
+        break
+      if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+          and meta["batch"] < run.steps_per_epoch):
+        meta = check_pending(run, pending, meta)
+        save(run, state, meta)
   return state, check_pending(run, pending, meta)
 
 

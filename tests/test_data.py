@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,37 @@ def test_npz_missing_file_and_missing_key(tmp_path):
   del arrays["task_names"]
   with pytest.raises(UserError, match="missing array 'task_names'"):
     npz.load(_write_npz(tmp_path / "k.npz", **arrays), num_classes=2)
+
+
+def test_prefetched_keeps_order_stays_bounded_and_closes_its_source():
+  produced = []
+
+  def source():
+    try:
+      for i in range(100):
+        produced.append(i)
+        yield i
+    finally:
+      produced.append("closed")
+
+  batches = pipeline.prefetched(source(), ahead=3)
+  assert [next(batches) for _ in range(5)] == [0, 1, 2, 3, 4]
+  time.sleep(0.2)  # the producer fills its slots and waits
+  # 5 taken, 3 waiting in the queue, at most 1 more held by the blocked producer.
+  assert 8 <= len(produced) <= 9
+  batches.close()
+  assert produced[-1] == "closed" and len(produced) <= 10
+  assert list(pipeline.prefetched(range(7), ahead=2)) == list(range(7))
+  assert list(pipeline.prefetched(range(7), ahead=0)) == list(range(7))
+
+
+def test_prefetched_raises_a_producer_error_in_its_place():
+  def source():
+    yield 1
+    yield 2
+    raise ValueError("bad record 3")
+
+  batches = pipeline.prefetched(source(), ahead=4)
+  assert next(batches) == 1 and next(batches) == 2
+  with pytest.raises(ValueError, match="bad record 3"):
+    next(batches)

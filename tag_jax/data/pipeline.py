@@ -10,6 +10,8 @@ resume with the next unseen batch.
 
 import collections
 import concurrent.futures
+import queue
+import threading
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -72,3 +74,54 @@ def threaded_map(fn: Callable, items: Iterable, *, workers: int, ahead: int) -> 
         yield pending.popleft().result()
     while pending:
       yield pending.popleft().result()
+
+
+def prefetched(items: Iterable, *, ahead: int) -> Iterator:
+  """The items of `items` in order, produced by one background thread at most `ahead` items
+  ahead of the consumer (the next batches are read and copied to the device while a step runs).
+
+  An exception raised while producing an item is raised to the consumer in that item's place.
+  Closing the returned generator (or leaving a `with contextlib.closing(...)`) stops the thread
+  and closes `items`. ahead <= 0: `items` is iterated in the caller's thread.
+  """
+  if ahead <= 0:
+    yield from items
+    return
+  slots = queue.Queue(maxsize=ahead)
+  stop = threading.Event()
+  end = object()
+
+  def put(entry) -> bool:
+    while not stop.is_set():
+      try:
+        slots.put(entry, timeout=0.05)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def produce():
+    iterator = iter(items)
+    try:
+      for item in iterator:
+        if not put((item, None)):
+          return
+      put((end, None))
+    except BaseException as e:  # pylint: disable=broad-except (handed to the consumer)
+      put((end, e))
+    finally:
+      getattr(iterator, "close", lambda: None)()
+
+  thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+  thread.start()
+  try:
+    while True:
+      item, error = slots.get()
+      if error is not None:
+        raise error
+      if item is end:
+        return
+      yield item
+  finally:
+    stop.set()
+    thread.join()
