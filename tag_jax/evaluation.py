@@ -13,21 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from tag_jax import sharding
-from tag_jax.data import pipeline
 
 
 def evaluate_networks(eval_step, params, batch_stats, dataset, split: str, *, batch_size: int,
                       mesh, prefetch: int = 2) -> dict:
   """{'task_loss', 'task_accuracy'}: (G, T) numpy means over the split's examples.
 
-  Batches are copied to the device `prefetch` ahead in a background thread; the sums stay on the
-  device until the split's end (one transfer)."""
+  Batches are read and copied to the devices `prefetch` ahead (sharding.device_batches); the
+  sums stay on the device until the split's end (one transfer)."""
   batches = dataset.batches(split, batch_size=batch_size, seed=0, epoch=0, shuffle=False,
                             drop_remainder=False, process_index=jax.process_index(),
                             process_count=jax.process_count())
   sums = None
-  with contextlib.closing(pipeline.prefetched(
-      (sharding.global_batch(batch, mesh) for batch in batches), ahead=prefetch)) as on_device:
+  with contextlib.closing(sharding.device_batches(batches, mesh, ahead=prefetch)) as on_device:
     for batch in on_device:
       out = eval_step(params, batch_stats, batch)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)

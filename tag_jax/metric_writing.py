@@ -51,10 +51,12 @@ class JsonlWriter(metric_writers.MetricWriter):
 
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard + log writer (process 0; others only log) and metrics.jsonl."""
+  """TensorBoard + log writer (process 0; others only log), writing in a background thread so
+  the training loop never waits on it (flush() waits for it), and metrics.jsonl, written at once
+  (a checkpoint counts its records)."""
   if jax.process_index() > 0:
     return metric_writers.create_default_writer(just_logging=True)
   return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(workdir, asynchronous=False),
+      metric_writers.create_default_writer(workdir, asynchronous=True),
       JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
   ])

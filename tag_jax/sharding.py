@@ -7,10 +7,13 @@ for the GLOBAL batch: means, batch statistics and affinities are over all
 devices' examples, so results do not depend on the device count.
 """
 
+import functools
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from tag_jax.data import pipeline
 from tag_jax.errors import UserError
 
 DATA = "data"
@@ -51,6 +54,19 @@ def global_batch(local_batch: dict, mesh, streams: bool = False) -> dict:
   sharding = batch_sharding(mesh, streams)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
+
+
+def device_batches(local_batches, mesh, *, ahead: int, streams: bool = False,
+                   workers: int = 2):
+  """global_batch of each of this process's batches, in order. ahead >= 1: made ahead of the
+  consumer in the background, the local batches read by one thread and copied to the devices by
+  `workers` threads, at most `ahead` in each stage (so reading and copying overlap each other
+  and the steps); close the generator to stop them. ahead = 0: in the caller's thread."""
+  to_devices = functools.partial(global_batch, mesh=mesh, streams=streams)
+  if ahead <= 0:
+    return (to_devices(batch) for batch in local_batches)
+  return pipeline.prefetched(
+      pipeline.threaded_map(to_devices, local_batches, workers=workers, ahead=ahead), ahead=ahead)
 
 
 def check_divisible(batch_size: int, mesh, what: str) -> None:

@@ -327,7 +327,8 @@ def restore_or_init(run: Run):
 
 def save(run: Run, state, meta: dict) -> None:
   """A checkpoint of state and meta, with the training seconds so far and the number of records
-  in metrics.jsonl (a resumed run drops those logged after it)."""
+  in metrics.jsonl (a resumed run drops those logged after it); the writers are flushed first."""
+  run.writer.flush()
   records = (reporting.count_records(os.path.join(run.workdir, "metrics.jsonl"))
              if jax.process_index() == 0 else None)
   step = int(state.step)
@@ -336,19 +337,39 @@ def save(run: Run, state, meta: dict) -> None:
   run.last_saved = step
 
 
-def check_pending(run: Run, pending: list, meta: dict) -> dict:
-  """Fetches the task losses of the steps run since the last check (one transfer, not one per
-  step, so the host never waits on the device between them), raises TrainingDiverged at the first
-  non-finite one, records the step-1 loss divergence is measured against; empties `pending`
-  (a list of (step, task losses (T,) on device)); returns meta."""
-  if not pending:
+def check_pending(run: Run, pending: list, meta: dict, up_to: float = math.inf) -> dict:
+  """Fetches the task losses of the steps run since the last check, up to step `up_to` (one
+  transfer, not one per step, so the host never waits on the device between them), raises
+  TrainingDiverged at the first non-finite one, records the step-1 loss divergence is measured
+  against; removes them from `pending` (a list of (step, task losses (T,) on device), in step
+  order); returns meta."""
+  checked = [entry for entry in pending if entry[0] <= up_to]
+  if not checked:
     return meta
-  values = jax.device_get([losses for _, losses in pending])
-  for (step, _), task_loss in zip(pending, values):
+  values = jax.device_get([losses for _, losses in checked])
+  for (step, _), task_loss in zip(checked, values):
     check_finite(np.asarray(task_loss), run.task_names, step, run.workdir, run.last_saved)
-  if pending[0][0] == 1:  # the starting value divergence is measured against
+  if checked[0][0] == 1:  # the starting value divergence is measured against
     meta = {**meta, "initial_loss": float(np.sum(values[0]))}
-  pending.clear()
+  del pending[:len(checked)]
+  return meta
+
+
+def fetch_later(metrics: dict) -> dict:
+  """`metrics` with their copy to the host started (reading them later does not wait for it)."""
+  for value in jax.tree.leaves(metrics):
+    value.copy_to_host_async()
+  return metrics
+
+
+def write_log(run: Run, step: int, metrics: dict, pending: list, meta: dict) -> dict:
+  """Checks the losses up to log step `step` (check_pending), then writes its metrics and checks
+  them for a blow-up; returns meta."""
+  meta = check_pending(run, pending, meta, up_to=step)
+  logged = jax.device_get(metrics)
+  run.writer.write_scalars(step, named_scalars("train", logged, run.task_names))
+  check_loss_blowup(float(np.sum(logged["task_losses"])), meta.get("initial_loss"), step,
+                    run.config)
   return meta
 
 
@@ -372,16 +393,17 @@ def training_batches(run: Run, meta: dict):
 def train_epoch(run: Run, state, meta: dict, report_progress):
   """The rest of the current epoch, or up to config.max_steps; returns (state, meta).
 
-  Batches are read and copied to the device config.prefetch_batches ahead, in a background
-  thread. The losses are checked for NaN/inf at log steps, before every checkpoint and at the
-  epoch's end (`check_pending`), so a diverged run keeps its last good checkpoint."""
+  Batches are read and copied to the devices config.prefetch_batches ahead, in background
+  threads (sharding.device_batches). A log step's metrics are written, and the losses so far
+  checked for NaN/inf (`check_pending`), once the next step is queued (so the device is never
+  left idle while the host logs), and before every checkpoint and at the epoch's end, so a
+  diverged run keeps its last good checkpoint."""
   config, method = run.config, run.method
   step = int(state.step)
-  pending = []
+  pending, to_log = [], None
   streams = method.seeds > 1
-  batches = pipeline.prefetched(
-      (sharding.global_batch(batch, run.mesh, streams) for batch in training_batches(run, meta)),
-      ahead=config.prefetch_batches)
+  batches = sharding.device_batches(training_batches(run, meta), run.mesh,
+                                   ahead=config.prefetch_batches, streams=streams)
   with contextlib.closing(batches):
     for batch in batches:
       measure_now = run.measured_step and step % method.measure_every == 0
@@ -401,18 +423,21 @@ def train_epoch(run: Run, state, meta: dict, report_progress):
       meta = {**meta, "batch": meta["batch"] + 1,
               "measured_steps": meta["measured_steps"] + bool(measure_now)}
       report_progress(step)
+      if to_log:  # the previous step's, fetched now that this step is queued behind it
+        meta = write_log(run, *to_log, pending, meta)
+        to_log = None
       if step % config.log_every_steps == 0:
-        meta = check_pending(run, pending, meta)
-        logged = jax.device_get(metrics)
-        run.writer.write_scalars(step, named_scalars("train", logged, run.task_names))
-        check_loss_blowup(float(np.sum(logged["task_losses"])), meta.get("initial_loss"), step,
-                          config)
+        to_log = (step, fetch_later(metrics))
       if step == config.max_steps:
         break
       if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
           and meta["batch"] < run.steps_per_epoch):
+        if to_log:
+          meta, to_log = write_log(run, *to_log, pending, meta), None
         meta = check_pending(run, pending, meta)
         save(run, state, meta)
+  if to_log:
+    meta = write_log(run, *to_log, pending, meta)
   return state, check_pending(run, pending, meta)
 
 

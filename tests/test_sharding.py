@@ -1,10 +1,12 @@
 """Data parallelism on simulated CPU devices: results must not depend on the device count."""
 
+import contextlib
 import json
 import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -105,3 +107,19 @@ def test_two_processes_on_loopback_match_one_process_on_two_devices(tmp_path):
   np.testing.assert_allclose(json.load(open(tmp_path / "multi" / "affinity.json"))["matrix"],
                              json.load(open(tmp_path / "single" / "affinity.json"))["matrix"],
                              rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_device_batches_are_the_global_batches_in_order(ahead):
+  mesh = sharding.create_mesh(ml_collections.ConfigDict({"data": 4, "networks": 1}))
+  rng = np.random.default_rng(0)
+  local = [{"image": rng.normal(size=(8, 5, 5, 3)).astype(np.float32),
+            "labels": rng.integers(0, 2, (8, 3)).astype(np.int32),
+            "mask": np.ones(8, np.float32)} for _ in range(7)]
+  with contextlib.closing(sharding.device_batches(iter(local), mesh, ahead=ahead)) as batches:
+    got = list(batches)
+  assert len(got) == 7
+  for want, have in zip(local, got):
+    assert have["image"].sharding == sharding.batch_sharding(mesh)
+    for key in want:
+      np.testing.assert_array_equal(np.asarray(have[key]), want[key])
