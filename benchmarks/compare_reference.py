@@ -1,7 +1,7 @@
 """The project's steps against the TensorFlow reference structure, in one process.
 
   python benchmarks/compare_reference.py [--image_size 32] [--batch_size 32] [--tasks 9]
-      [--width 64] [--rounds 5] [--conv auto]
+      [--width 64] [--rounds 5] [--conv auto] [--strategy auto]
 
 Builds tag_jax's plain (mtl), TAG (measured step, every step) and CS steps through
 tag_jax.methods.build as the training loop does, and benchmarks/reference_tf.py's TF2 graph
@@ -32,6 +32,7 @@ def project_steps(args):
     config = default_config.get_base_config()
     config.method = method
     config.model.width, config.model.conv = args.width, args.conv
+    config.affinity.strategy = args.strategy
     config.affinity.every_n_steps = 1
     config.optimizer.learning_rate = 0.01
     built = methods.build(config, [f"t{i}" for i in range(args.tasks)], shape, 100)
@@ -49,6 +50,8 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--repeats", type=int, default=3, help="steps of each kind per round")
   parser.add_argument("--conv", default="auto")
+  parser.add_argument("--strategy", default="auto",
+                      help="config.affinity.strategy of the TAG and CS steps ('auto' times them)")
   args = parser.parse_args(argv)
   rng = np.random.default_rng(0)
   images = rng.uniform(size=(args.batch_size, args.image_size, args.image_size, 3)).astype(
@@ -88,6 +91,7 @@ def main(argv=None):
             for n in ("plain", "tag", "cs")}
   print(json.dumps({"image_size": args.image_size, "batch_size": args.batch_size,
                     "tasks": args.tasks, "width": args.width, "conv": args.conv,
+                    "strategy": args.strategy,
                     "backend": jax.default_backend(), "loadavg_at_end": os.getloadavg()[0],
                     "ms_per_step": {k: round(v, 1) for k, v in ms.items()},
                     "project_over_tf": {k: round(v, 3) for k, v in ratios.items()}}))
