@@ -5,7 +5,7 @@
 Prints one JSON object (and progress on stderr):
 - `steps`: for 9 and 40 tasks at 64x64, batch 256, width 64 (the published CelebA setting),
   the median step time (ms) of plain MTL, TAG's and CS's measured steps with every affinity
-  strategy worth timing (stacking.timing_candidates: 'unrolled' only up to 16 slices), DMTG
+  strategy worth timing (stacking.timing_candidates: 'unrolled' up to 16 slices, 'map' beyond), DMTG
   (K = 3) with every branch strategy, and each one's ratio to the plain step; `conv`: the plain
   step with XLA's convolution and with im2col. Candidates whose compiled step does not fit in
   device memory are null.

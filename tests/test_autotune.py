@@ -132,11 +132,11 @@ def test_a_hopeless_candidate_is_abandoned_after_two_steps(tiny_config, timing):
   assert consumed == {"xla": autotune.TIMED_STEPS, "im2col": 1}
 
 
-def test_many_slices_drop_the_unrolled_candidate(tiny_config):
+def test_many_slices_drop_the_unrolled_candidate_and_few_the_mapped_one(tiny_config):
   tiny_config.method = "tag"
   assert autotune.get(tiny_config, "affinity.strategy") == "auto"
   tag = methods.REGISTRY["tag"].tuned[0]
-  assert tag.candidates(tiny_config, 9) == ("unrolled", "vmap", "map")
+  assert tag.candidates(tiny_config, 9) == ("unrolled", "vmap")
   assert tag.candidates(tiny_config, 40) == ("vmap", "map")
   tiny_config.affinity.order = "-1"  # 2^9 - 1 sources
   assert tag.candidates(tiny_config, 9) == ("vmap", "map")
