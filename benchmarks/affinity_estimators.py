@@ -92,7 +92,7 @@ def step_costs(num_tasks, estimators, repeats):
     method_obj = methods.build(config, names, (size, size, 3), steps_per_epoch=100)
     state = jax.jit(method_obj.init_state)(jax.random.key(0))
     step = method_obj.measured_step or method_obj.train_step
-    seconds[label] = time_step(step, state, batch, repeats)[1]
+    seconds[label] = time_step(step, state, batch, repeats, method_obj.compiler_options)[1]
   return seconds, base.affinity.every_n_steps
 
 

@@ -39,10 +39,11 @@ def random_batch(num_tasks, image_size, batch_size, seed=0):
           "mask": np.ones(batch_size, np.float32)}
 
 
-def time_step(step_fn, state, batch, repeats):
-  """(compile seconds, median step seconds, XLA temp bytes) of a jitted (state, batch) step."""
+def time_step(step_fn, state, batch, repeats, compiler_options=None):
+  """(compile seconds, median step seconds, XLA temp bytes) of a jitted (state, batch) step;
+  compiler_options: the method's (Method.compiler_options)."""
   start = time.perf_counter()
-  compiled = jax.jit(step_fn).lower(state, batch).compile()
+  compiled = jax.jit(step_fn, compiler_options=compiler_options).lower(state, batch).compile()
   compile_seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   temp_bytes = getattr(memory, "temp_size_in_bytes", float("nan")) if memory else float("nan")
@@ -70,7 +71,8 @@ def measure(num_tasks, strategy, args):
     method = methods.build(config, [f"t{i}" for i in range(num_tasks)], shape, steps_per_epoch=100)
     state = jax.jit(method.init_state)(jax.random.key(0))
     timings["plain" if name == "mtl" else name] = time_step(
-        method.measured_step or method.train_step, state, batch, args.repeats)
+        method.measured_step or method.train_step, state, batch, args.repeats,
+        method.compiler_options)
   return timings
 
 

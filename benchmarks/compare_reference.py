@@ -36,7 +36,8 @@ def project_steps(args):
     config.affinity.every_n_steps = 1
     config.optimizer.learning_rate = 0.01
     built = methods.build(config, [f"t{i}" for i in range(args.tasks)], shape, 100)
-    steps[name] = (jax.jit(built.measured_step or built.train_step, donate_argnums=0),
+    steps[name] = (jax.jit(built.measured_step or built.train_step, donate_argnums=0,
+                           compiler_options=built.compiler_options),
                    jax.jit(built.init_state)(jax.random.key(0)))
   return steps
 

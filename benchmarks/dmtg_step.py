@@ -43,7 +43,7 @@ def compiled_step(config, args, batch):
   task_names = tuple(f"task{t}" for t in range(args.tasks))
   method = methods.build(config, task_names, (args.image_size, args.image_size, 3),
                          steps_per_epoch=100)
-  step = jax.jit(method.train_step, donate_argnums=0)
+  step = jax.jit(method.train_step, donate_argnums=0, compiler_options=method.compiler_options)
   state, metrics = step(method.init_state(jax.random.key(0)), batch)
   jax.block_until_ready(metrics)
   return step, state

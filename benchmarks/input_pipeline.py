@@ -57,7 +57,7 @@ def training_examples_per_second(*, batch_size: int, image_size: int, repeats: i
   method = methods.build(config, [f"t{i}" for i in range(num_tasks)], shape, steps_per_epoch=100)
   state = jax.jit(method.init_state)(jax.random.key(0))
   batch = random_batch(num_tasks, image_size, batch_size)
-  _, seconds, _ = time_step(method.train_step, state, batch, repeats)
+  _, seconds, _ = time_step(method.train_step, state, batch, repeats, method.compiler_options)
   return batch_size / seconds
 
 

@@ -43,7 +43,8 @@ def steps_per_second(args, num_devices: int) -> float:
   method = methods.build(config, [f"t{i}" for i in range(args.tasks)], shape, steps_per_epoch=100)
   state_sharding = sharding.replicated(mesh)
   state = jax.jit(method.init_state, out_shardings=state_sharding)(jax.random.key(0))
-  step = sharding.jit_train_step(method.measured_step or method.train_step, state_sharding, mesh)
+  step = sharding.jit_train_step(method.measured_step or method.train_step, state_sharding, mesh,
+                                compiler_options=method.compiler_options)
   rng = np.random.default_rng(0)
   batch = sharding.global_batch({
       "image": rng.uniform(size=(args.batch_size, *shape)).astype(np.float32),

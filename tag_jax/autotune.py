@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from tag_jax import reporting
+from tag_jax import models, reporting
 
 MODE_ENV = "TAG_JAX_AUTOTUNE"  # 'time' (default) | 'rule'
 MODES = ("time", "rule")
@@ -60,7 +60,7 @@ class Tunable:
   key_paths: tuple = ()
 
 
-CONV = Tunable("model.conv", lambda config, num_tasks: ("xla", "im2col"), step="dominant")
+CONV = Tunable("model.conv", lambda config, num_tasks: models.conv_candidates(), step="dominant")
 
 
 def mode() -> str:
@@ -139,11 +139,13 @@ def host_description() -> str:
   return f"{model or 'unknown cpu'} x{os.cpu_count()}"
 
 
-def cache_key(config, tunable: Tunable, num_tasks: int, image_shape, batch_size: int) -> str:
-  """Canonical JSON of everything the decision depends on."""
+def cache_key(config, tunable: Tunable, num_tasks: int, image_shape, batch_size: int,
+              candidates: Sequence[str]) -> str:
+  """Canonical JSON of everything the decision depends on, the candidates timed included."""
   device = jax.devices()[0]
   fields = {
       "setting": tunable.path,
+      "candidates": list(candidates),
       "backend": jax.default_backend(),
       "device_kind": device.device_kind,
       "jax": jax.__version__,
@@ -224,7 +226,8 @@ def compile_step(method, kind: str, batch: dict):
     state = jax.jit(method.init_state)(jax.random.key(0))
     batch = jax.device_put(batch, device)
     start = time.perf_counter()
-    compiled = jax.jit(pick_step(method, kind), donate_argnums=0).lower(state, batch).compile()
+    compiled = jax.jit(pick_step(method, kind), donate_argnums=0,
+                       compiler_options=method.compiler_options).lower(state, batch).compile()
   logging.info("autotune: compiled in %.1f s", time.perf_counter() - start)
   memory = compiled.memory_analysis()
   scratch = getattr(memory, "temp_size_in_bytes", None) if memory else None
@@ -327,8 +330,9 @@ def resolve(config, build: Callable, num_tasks: int, image_shape, tunables: Sequ
         return timer(candidate_config, tunable, candidate)
       return time_method_step(build(candidate_config), tunable.step, batch)
 
+    candidates = tunable.candidates(config, num_tasks)
     records[tunable.path] = choose(
-        tunable.path, tunable.candidates(config, num_tasks),
-        cache_key(config, tunable, num_tasks, image_shape, batch_size), time_candidate)
+        tunable.path, candidates,
+        cache_key(config, tunable, num_tasks, image_shape, batch_size, candidates), time_candidate)
     config = with_value(config, tunable.path, records[tunable.path]["choice"])
   return config, records

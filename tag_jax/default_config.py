@@ -37,7 +37,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.width = 64  # filters of every trunk convolution
-  config.model.conv = "auto"  # 'xla' | 'im2col' | 'auto' (timed on the run's shapes, cached: tag_jax/autotune.py)
+  # 'xla' | 'xla_threaded' (CPU: XLA's own multithreaded kernels, tag_jax/models.py) | 'im2col' |
+  # 'auto' (timed on the run's shapes, cached: tag_jax/autotune.py)
+  config.model.conv = "auto"
   config.model.bn_epsilon = 1e-3  # TF reference; the PyTorch reference uses 1e-5
   config.model.bn_momentum = 0.99  # running-average decay (TF default)
   config.model.num_classes = 2  # logits per task head

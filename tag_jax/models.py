@@ -5,7 +5,8 @@ heads, stacked on a leading task axis), because every grouping method moves the
 trunk and the heads differently.
 """
 
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -13,7 +14,14 @@ import jax.numpy as jnp
 
 from tag_jax.errors import UserError
 
-CONV_IMPLS = ("xla", "im2col", "auto")
+CONV_IMPLS = ("xla", "xla_threaded", "im2col", "auto")
+# 'xla_threaded': XLA's convolution with the CPU compiler told not to hand convolutions to the
+# YNNPACK library (on by default in jaxlib 0.10 on CPU, where it runs each convolution on ONE
+# core): XLA's own kernels then use every core. Other YNNPACK fusions (dots, reductions) stay.
+# The value lists the library fusion types kept (XLA DebugOptions.xla_cpu_experimental_ynn_fusion_type).
+CPU_THREADED_CONV_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type":
+        "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 # Smallest image side the trunk takes: maxpool(3, s2) leaves (S - 3) // 2 + 1 >= 2 for avgpool(2).
 MIN_IMAGE_SIZE = 5
 
@@ -40,6 +48,31 @@ def resolve_conv_impl(name: str) -> str:
   return "xla" if name == "auto" else name
 
 
+@functools.cache
+def threaded_conv_supported() -> bool:
+  """Whether this jaxlib's CPU compiler takes CPU_THREADED_CONV_OPTIONS (False elsewhere)."""
+  if jax.default_backend() != "cpu":
+    return False
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=CPU_THREADED_CONV_OPTIONS)(jnp.zeros(()))
+    return True
+  except Exception:  # pylint: disable=broad-except (an older or newer XLA without the option)
+    return False
+
+
+def compiler_options(conv: str) -> Optional[dict]:
+  """The compiler options a step built with model.conv = `conv` is jitted with: for
+  'xla_threaded' on a CPU whose compiler takes them, CPU_THREADED_CONV_OPTIONS; else None
+  ('xla_threaded' is then 'xla')."""
+  return dict(CPU_THREADED_CONV_OPTIONS) if (
+      conv == "xla_threaded" and threaded_conv_supported()) else None
+
+
+def conv_candidates() -> tuple:
+  """model.conv values tag_jax.autotune times: 'xla_threaded' only where it differs from 'xla'."""
+  return ("xla", "xla_threaded", "im2col") if threaded_conv_supported() else ("xla", "im2col")
+
+
 def im2col_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """SAME 3x3 stride-1 convolution as one matmul. x: (B, H, W, C); kernel: (3, 3, C, F) -> (B, H, W, F)."""
   height, width = x.shape[1:3]
@@ -51,7 +84,9 @@ def im2col_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 class Conv3x3(nn.Module):
-  """3x3 SAME convolution without bias; `impl` picks XLA's conv or im2col (same parameters, same values)."""
+  """3x3 SAME convolution without bias; `impl` picks XLA's conv ('xla', 'xla_threaded': the
+  same program, compiled differently, see compiler_options) or im2col (same parameters, same
+  values)."""
 
   features: int
   impl: str = "xla"

@@ -42,11 +42,14 @@ def batch_sharding(mesh, streams: bool = False) -> NamedSharding:
   return NamedSharding(mesh, P(None, DATA) if streams else P(DATA))
 
 
-def jit_train_step(step_fn, state_sharding, mesh, streams: bool = False):
+def jit_train_step(step_fn, state_sharding, mesh, streams: bool = False,
+                   compiler_options=None):
   """jit of (state, batch) -> (state, metrics): state as `state_sharding`, batch split over
-  'data' (see batch_sharding), metrics replicated, the input state donated."""
+  'data' (see batch_sharding), metrics replicated, the input state donated; compiler_options:
+  the method's (Method.compiler_options)."""
   return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh, streams)),
-                 out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+                 out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0,
+                 compiler_options=compiler_options)
 
 
 def global_batch(local_batch: dict, mesh, streams: bool = False) -> dict:

@@ -287,11 +287,14 @@ def set_up(config, workdir: str, *, restart: bool = False) -> Run:
         config=config, workdir=workdir, dataset=dataset, mesh=mesh, method=method,
         steps_per_epoch=steps_per_epoch, state_sharding=state_sharding,
         train_step=sharding.jit_train_step(method.train_step, state_sharding, mesh,
-                                           streams=method.seeds > 1),
+                                           streams=method.seeds > 1,
+                                           compiler_options=method.compiler_options),
         measured_step=(method.measured_step
                        and sharding.jit_train_step(method.measured_step, state_sharding, mesh,
-                                                   streams=method.seeds > 1)),
-        eval_step=jax.jit(method.eval_step, out_shardings=sharding.replicated(mesh)),
+                                                   streams=method.seeds > 1,
+                                                   compiler_options=method.compiler_options)),
+        eval_step=jax.jit(method.eval_step, out_shardings=sharding.replicated(mesh),
+                          compiler_options=method.compiler_options),
         manager=checkpointing.create_manager(workdir, config.keep_checkpoints),
         started=time.time(), lock=lock)
   except BaseException:

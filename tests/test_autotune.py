@@ -5,10 +5,17 @@ import os
 
 import pytest
 
-from tag_jax import autotune, methods
+from tag_jax import autotune, methods, models
 
 TASKS = ("a", "b")
 SHAPE = (8, 8, 3)
+
+
+@pytest.fixture(autouse=True)
+def two_conv_candidates(monkeypatch):
+  """The convolution candidates of every host ('xla_threaded' is only timed where the CPU
+  compiler takes its options: tests/test_models.py)."""
+  monkeypatch.setattr(models, "conv_candidates", lambda: ("xla", "im2col"))
 
 
 @pytest.fixture

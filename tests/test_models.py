@@ -99,3 +99,29 @@ def test_max_pool_forward_mode_equals_flax():
   _, want = jax.jvp(lambda v: nn.max_pool(v, (3, 3), strides=(2, 2), padding="VALID"), (x,),
                     (tangent,))
   np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_threaded_xla_convolution_compiles_the_same_values():
+  """'xla_threaded' is XLA's convolution compiled without the CPU's single-threaded library
+  kernel: same parameters, same outputs and gradients as 'xla' (to float rounding)."""
+  x = jax.random.normal(jax.random.key(0), (4, 9, 9, 3))
+  nets = {impl: models.MultiTaskNet(num_tasks=2, width=8, conv=impl)
+          for impl in ("xla", "xla_threaded")}
+  variables = nets["xla"].init(jax.random.key(1), x, train=False)
+
+  def loss(impl):
+    def fn(params):
+      logits, _ = nets[impl].apply({**variables, "params": params}, x, train=True,
+                                   mutable=["batch_stats"])
+      return jnp.sum(logits ** 2)
+    return jax.jit(jax.value_and_grad(fn), compiler_options=models.compiler_options(impl))(
+        variables["params"])
+
+  (want, want_grad), (got, got_grad) = loss("xla"), loss("xla_threaded")
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  if jax.default_backend() == "cpu" and models.threaded_conv_supported():
+    assert models.compiler_options("xla_threaded") == models.CPU_THREADED_CONV_OPTIONS
+    assert models.conv_candidates() == ("xla", "xla_threaded", "im2col")
+  assert models.compiler_options("xla") is None and models.compiler_options("auto") is None

@@ -13,7 +13,7 @@ CONFIG_BLOCKS and assembled into the base config by tag_jax.default_config.
 import dataclasses
 from typing import Callable
 
-from tag_jax import autotune, grouping
+from tag_jax import autotune, grouping, models
 from tag_jax.errors import UserError
 from tag_jax.methods import affinity_methods, baselines, dmtg, groups, mtl
 from tag_jax.methods.base import Method
@@ -72,7 +72,9 @@ def build(config, task_names, image_shape, steps_per_epoch: int) -> Method:
   registered = _registered(config.method)
 
   def build_with(tuned_config):
-    return registered.build(tuned_config, task_names, image_shape, steps_per_epoch)
+    method = registered.build(tuned_config, task_names, image_shape, steps_per_epoch)
+    return dataclasses.replace(method,
+                               compiler_options=models.compiler_options(tuned_config.model.conv))
 
   config, decisions = autotune.resolve(config, build_with, len(task_names), image_shape,
                                        (autotune.CONV,) + registered.tuned)

@@ -79,6 +79,8 @@ class Method:
     (process 0 only) and returns a JSON summary for results.json.
   state_sharding(mesh): sharding (pytree prefix) of the state; None = replicated.
   seeds: copies of the networks trained as separate seeds (module docstring); 1 = none.
+  compiler_options: what every jit of the method's steps passes as jax.jit's compiler_options
+  (tag_jax.models.compiler_options of model.conv; set by methods.build).
   autotune: {setting: decision} of the settings whose 'auto' tag_jax.autotune decided (set by
     tag_jax.methods.build; JSON-able, for results.json).
   """
@@ -98,6 +100,7 @@ class Method:
   state_sharding: Optional[Callable] = None
   seeds: int = 1
   autotune: dict = dataclasses.field(default_factory=dict)
+  compiler_options: Optional[dict] = None
 
 
 def one_network(num_tasks: int) -> dict:
