@@ -54,6 +54,20 @@ def test_mtl_run_writes_config_metrics_results_and_checkpoints(tiny_config, tmp_
   assert saved["autotune"]["model.conv"]["source"] == "rule"  # the tests time nothing
 
 
+def test_threaded_xla_convolution_trains_like_xla(tiny_config, tmp_path):
+  """model.conv='xla_threaded' runs the whole loop with its compiler options (train, measured
+  and eval steps) and trains the same network as 'xla', to float rounding."""
+  tiny_config.method = "tag"
+  runs = {}
+  for conv in ("xla", "xla_threaded"):
+    tiny_config.model.conv = conv
+    runs[conv] = train.train_and_evaluate(tiny_config, str(tmp_path / conv))
+  assert runs["xla_threaded"]["autotune"]["model.conv"] == {"choice": "xla_threaded",
+                                                            "source": "explicit"}
+  np.testing.assert_allclose(runs["xla_threaded"]["test"]["task_loss"],
+                             runs["xla"]["test"]["task_loss"], rtol=1e-3)
+
+
 @pytest.mark.parametrize("method", ["mtl", "tag", "dmtg"])
 def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path, method):
   tiny_config.method = method
