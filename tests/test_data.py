@@ -126,7 +126,10 @@ def test_prefetched_keeps_order_stays_bounded_and_closes_its_source():
 
   batches = pipeline.prefetched(source(), ahead=3)
   assert [next(batches) for _ in range(5)] == [0, 1, 2, 3, 4]
-  time.sleep(0.2)  # the producer fills its slots and waits
+  deadline = time.time() + 10
+  while len(produced) < 8 and time.time() < deadline:  # the producer fills its slots and waits
+    time.sleep(0.01)
+  time.sleep(0.1)
   # 5 taken, 3 waiting in the queue, at most 1 more held by the blocked producer.
   assert 8 <= len(produced) <= 9
   batches.close()

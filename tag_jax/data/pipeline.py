@@ -101,8 +101,9 @@ def prefetched(items: Iterable, *, ahead: int) -> Iterator:
     return False
 
   def produce():
-    iterator = iter(items)
+    iterator = None
     try:
+      iterator = iter(items)
       for item in iterator:
         if not put((item, None)):
           return
@@ -110,7 +111,8 @@ def prefetched(items: Iterable, *, ahead: int) -> Iterator:
     except BaseException as e:  # pylint: disable=broad-except (handed to the consumer)
       put((end, e))
     finally:
-      getattr(iterator, "close", lambda: None)()
+      if iterator is not None:
+        getattr(iterator, "close", lambda: None)()
 
   thread = threading.Thread(target=produce, name="prefetch", daemon=True)
   thread.start()
