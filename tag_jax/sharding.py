@@ -7,8 +7,6 @@ for the GLOBAL batch: means, batch statistics and affinities are over all
 devices' examples, so results do not depend on the device count.
 """
 
-import functools
-
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -59,17 +57,12 @@ def global_batch(local_batch: dict, mesh, streams: bool = False) -> dict:
           for k, v in local_batch.items()}
 
 
-def device_batches(local_batches, mesh, *, ahead: int, streams: bool = False,
-                   workers: int = 2):
-  """global_batch of each of this process's batches, in order. ahead >= 1: made ahead of the
-  consumer in the background, the local batches read by one thread and copied to the devices by
-  `workers` threads, at most `ahead` in each stage (so reading and copying overlap each other
-  and the steps); close the generator to stop them. ahead = 0: in the caller's thread."""
-  to_devices = functools.partial(global_batch, mesh=mesh, streams=streams)
-  if ahead <= 0:
-    return (to_devices(batch) for batch in local_batches)
-  return pipeline.prefetched(
-      pipeline.threaded_map(to_devices, local_batches, workers=workers, ahead=ahead), ahead=ahead)
+def device_batches(local_batches, mesh, *, ahead: int, streams: bool = False):
+  """global_batch of each of this process's batches, in order. ahead >= 1: read and copied to
+  the devices by a background thread at most `ahead` batches ahead of the consumer (so the host's
+  work overlaps the steps); close the generator to stop it. ahead = 0: in the caller's thread."""
+  on_devices = (global_batch(batch, mesh, streams) for batch in local_batches)
+  return pipeline.prefetched(on_devices, ahead=ahead)
 
 
 def check_divisible(batch_size: int, mesh, what: str) -> None:

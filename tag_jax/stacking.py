@@ -46,12 +46,10 @@ def timing_candidates(size: int, *, differentiated: bool = False) -> tuple:
   for slices no outer gradient goes through (a gradient through `lax.map` of convolutions is
   very slow). On CPU, where 'unrolled' is timed, 'map' never won and can cost minutes to time
   (benchmarks/README.md: TAG, 9 tasks, CPU 11 s against 0.75 s a step at 32x32 and 104 s
-  against 4.1 s at 64x64; H200 27 against 24 ms)."""
-  if size <= UNROLL_MAX_ON_CPU and jax.default_backend() == "cpu":
-    return ("unrolled", "vmap")
-  if size <= UNROLL_MAX_ON_CPU:  # on an accelerator 'map' stays: the lean one if others don't fit
-    return ("unrolled", "vmap") if differentiated else ("unrolled", "vmap", "map")
-  return ("vmap",) if differentiated else ("vmap", "map")
+  against 4.1 s at 64x64); on an accelerator it stays, the memory-lean fallback."""
+  unrolled = size <= UNROLL_MAX_ON_CPU
+  mapped = not differentiated and (not unrolled or jax.default_backend() != "cpu")
+  return ("unrolled",) * unrolled + ("vmap",) + ("map",) * mapped
 
 
 def tile(tree, copies: int):

@@ -396,8 +396,8 @@ def training_batches(run: Run, meta: dict):
 def train_epoch(run: Run, state, meta: dict, report_progress):
   """The rest of the current epoch, or up to config.max_steps; returns (state, meta).
 
-  Batches are read and copied to the devices config.prefetch_batches ahead, in background
-  threads (sharding.device_batches). A log step's metrics are written, and the losses so far
+  Batches are read and copied to the devices config.prefetch_batches ahead, in a background
+  thread (sharding.device_batches). A log step's metrics are written, and the losses so far
   checked for NaN/inf (`check_pending`), once the next step is queued (so the device is never
   left idle while the host logs), and before every checkpoint and at the epoch's end, so a
   diverged run keeps its last good checkpoint."""
