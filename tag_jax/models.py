@@ -150,7 +150,7 @@ class MultiTaskNet(nn.Module):
     self.heads = TaskHeads(self.num_tasks, self.num_classes)
 
   def __call__(self, image, *, train: bool, mask=None):
-    return self.heads(self.shared(image.astype(self.dtype), train=train, mask=mask))
+    return self.heads(self.shared(pixels_as_float(image, self.dtype), train=train, mask=mask))
 
 
 def create_model(config, num_tasks: int) -> MultiTaskNet:
@@ -222,9 +222,19 @@ def _max_pool_jvp(primals, tangents):
   return y, out
 
 
+def pixels_as_float(image, dtype=None):
+  """uint8 images (0-255, as uint8 batches reach the device) scaled to [0, 1] in float32 (XLA
+  may round x / 255 one float32 ulp off numpy's); then cast to `dtype` (None: float images keep
+  theirs)."""
+  if image.dtype == jnp.uint8:
+    image = image.astype(jnp.float32) / 255.0
+  return image if dtype is None else image.astype(dtype)
+
+
 def stem_layers(x, width: int, conv: str, norm: Callable):
-  """conv-BN-ReLU-maxpool(3, s2): (B, S, S, C) -> (B, S', S', width), S' = (S - 3) // 2 + 1."""
-  x = nn.relu(norm(Conv3x3(width, conv)(x)))
+  """conv-BN-ReLU-maxpool(3, s2): (B, S, S, C) -> (B, S', S', width), S' = (S - 3) // 2 + 1;
+  uint8 images are scaled to [0, 1] first (pixels_as_float)."""
+  x = nn.relu(norm(Conv3x3(width, conv)(pixels_as_float(x))))
   return max_pool_3x3_s2(x)
 
 

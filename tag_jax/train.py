@@ -307,7 +307,8 @@ def restore_or_init(run: Run):
   """(state, meta): the latest checkpoint's, or a fresh state and loop record. Only then are
   config.json written and the metric writers opened (metrics.jsonl cut back to the checkpoint),
   so a checkpoint that fails to restore leaves the workdir as it was."""
-  state = jax.jit(run.method.init_state, out_shardings=run.state_sharding)(
+  state = jax.jit(run.method.init_state, out_shardings=run.state_sharding,
+                  compiler_options=run.method.compiler_options)(
       jax.random.key(run.config.seed))
   restored = checkpointing.restore_latest(run.manager, state)
   if restored is None:

@@ -60,9 +60,9 @@ def mocked(request):
 
 
 def expected_image(dataset, example):
-  """What a batch holds for `example`: its resize, or (from the cache) the uint8 rounding."""
+  """What a batch holds for `example`: its resize, or (from the cache) its uint8 rounding."""
   if dataset.caches:
-    return celeba.cache_arrays(example, SIZE)[0].astype(np.float32) / 255.0
+    return celeba.cache_arrays(example, SIZE)[0]
   return celeba.resize_image(example["image"], SIZE)
 
 
@@ -73,10 +73,11 @@ def test_batches_have_the_documented_shapes_dtypes_range_and_padding(mocked):
   batches = epoch(mocked)
   assert len(batches) == 3  # 8 + 8 + 4 real rows
   for batch in batches:
-    assert batch["image"].shape == (BATCH, SIZE, SIZE, 3) and batch["image"].dtype == np.float32
+    image_dtype = np.uint8 if mocked.caches else np.float32  # the cache's uint8, scaled on device
+    assert batch["image"].shape == (BATCH, SIZE, SIZE, 3) and batch["image"].dtype == image_dtype
     assert batch["labels"].shape == (BATCH, 9) and batch["labels"].dtype == np.int32
     assert batch["mask"].shape == (BATCH,) and batch["mask"].dtype == np.float32
-    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert 0.0 <= batch["image"].min() and batch["image"].max() <= (255 if mocked.caches else 1)
   last = batches[-1]
   np.testing.assert_array_equal(last["mask"], [1] * 4 + [0] * 4)
   assert not last["image"][4:].any() and not last["labels"][4:].any()
@@ -160,7 +161,9 @@ def test_cache_holds_uint8_images_and_all_attributes_close_to_the_source(tmp_pat
                                                                          NUM_MOCK)
     from_cache = epoch(cached, "validation", shuffle=False)
     from_source = epoch(source, "validation", shuffle=False)
-    np.testing.assert_allclose(valid_rows(from_cache, "image"), valid_rows(from_source, "image"),
+    assert from_cache[0]["image"].dtype == np.uint8
+    np.testing.assert_allclose(valid_rows(from_cache, "image") / np.float32(255),
+                               valid_rows(from_source, "image"),
                                atol=0.5 / 255 + 1e-6, rtol=0)
     np.testing.assert_array_equal(valid_rows(from_cache, "labels"),
                                   valid_rows(from_source, "labels"))

@@ -125,3 +125,21 @@ def test_threaded_xla_convolution_compiles_the_same_values():
     assert models.compiler_options("xla_threaded") == models.CPU_THREADED_CONV_OPTIONS
     assert models.conv_candidates() == ("xla", "xla_threaded", "im2col")
   assert models.compiler_options("xla") is None and models.compiler_options("auto") is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_uint8_images_are_scaled_on_device_like_float_images_on_the_host(dtype):
+  pixels = np.random.default_rng(0).integers(0, 256, (4, 9, 9, 3), dtype=np.uint8)
+  on_host = pixels.astype(np.float32) / 255.0  # what the host used to send
+  model = models.MultiTaskNet(num_tasks=2, width=4, dtype=dtype)
+  variables = model.init(jax.random.key(0), jnp.asarray(on_host), train=False)
+  from_uint8 = model.apply(variables, jnp.asarray(pixels), train=False)
+  tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=2e-2, atol=2e-2)
+  np.testing.assert_allclose(from_uint8, model.apply(variables, jnp.asarray(on_host), train=False),
+                             **tolerance)
+  stem = models.Stem(width=4)  # the entry of the DMTG and per-group networks
+  stem_vars = stem.init(jax.random.key(1), jnp.asarray(on_host), train=False)
+  np.testing.assert_allclose(stem.apply(stem_vars, jnp.asarray(pixels), train=False),
+                             stem.apply(stem_vars, jnp.asarray(on_host), train=False),
+                             rtol=1e-5, atol=1e-6)
+  assert float(jnp.max(from_uint8)) != 0.0

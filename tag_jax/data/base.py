@@ -49,11 +49,10 @@ class ArrayDataset:
   def batches(self, split, *, batch_size, seed, epoch, shuffle, drop_remainder, start_batch=0,
               process_index=0, process_count=1):
     images, labels = self.splits[split]
-    for indices in pipeline.batch_index_lists(
+    return pipeline.gathered_batches(images, labels, list(pipeline.batch_index_lists(
         len(labels), batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
         drop_remainder=drop_remainder, start_batch=start_batch, process_index=process_index,
-        process_count=process_count):
-      yield pipeline.assemble_batch(images, labels, indices)
+        process_count=process_count)))
 
   def select_tasks(self, names: Sequence[str]) -> "ArrayDataset":
     columns = task_columns(self.task_names, names)

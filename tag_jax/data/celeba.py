@@ -149,9 +149,7 @@ class CelebA:
       return
     if self.caches:
       images, labels = self.caches[split].images, self.labels(split)
-      yield from pipeline.threaded_map(
-          lambda indices: pipeline.assemble_batch(images, labels, indices), index_lists,
-          workers=os.cpu_count() or 1, ahead=2 * (os.cpu_count() or 1))
+      yield from pipeline.gathered_batches(images, labels, index_lists)
       return
     local_batch_size = len(index_lists[0])
     examples = grain.MapDataset.source(np.concatenate(index_lists)).map(

@@ -1,7 +1,10 @@
 """Batch order shared by every dataset: seeded epoch permutations, padded batches, process shards.
 
-A batch is a dict of numpy arrays `{'image': (B, H, W, C) float32 in the data's
-range, 'labels': (B, T) int32, 'mask': (B,) float32}`; `mask` is 0 for padding
+A batch is a dict of numpy arrays `{'image': (B, H, W, C) uint8 (0-255) when the
+source stores uint8 (the CelebA cache, npz files), else float32 in the data's range,
+'labels': (B, T) int32, 'mask': (B,) float32}`; uint8 images travel to the device
+as they are (a quarter of float32's bytes) and the model scales them to [0, 1]
+there (`models.pixels_as_float`); `mask` is 0 for padding
 rows, so a last partial batch keeps the batch shape (one compiled step) while
 losses, metrics and batch-norm statistics see only real examples. The position
 in the stream is `(epoch, batch_index)`, which is all a checkpoint needs to
@@ -10,6 +13,7 @@ resume with the next unseen batch.
 
 import collections
 import concurrent.futures
+import os
 import queue
 import threading
 from typing import Callable, Iterable, Iterator
@@ -52,15 +56,22 @@ def batch_index_lists(num_examples: int, *, batch_size: int, seed: int, epoch: i
 
 
 def assemble_batch(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> dict:
-  """Gathers rows `indices` (-1 = padding, zero-filled) into a padded batch dict."""
+  """Gathers rows `indices` (-1 = padding, zero-filled) into a padded batch dict; uint8 images
+  stay uint8, others become float32."""
   valid = indices >= 0
   safe = np.where(valid, indices, 0)
-  image = np.asarray(images[safe], np.float32)
-  if images.dtype == np.uint8:
-    image /= 255.0
-  image[~valid] = 0.0
+  image = np.asarray(images[safe], np.uint8 if images.dtype == np.uint8 else np.float32)
+  image[~valid] = 0
   label = np.where(valid[:, None], labels[safe], 0).astype(np.int32)
   return {"image": image, "labels": label, "mask": valid.astype(np.float32)}
+
+
+def gathered_batches(images: np.ndarray, labels: np.ndarray, index_lists: list) -> Iterator[dict]:
+  """assemble_batch of each index list, in order, gathered by one thread per core (numpy's
+  gather releases the GIL) up to two batches per thread ahead of the consumer."""
+  workers = os.cpu_count() or 1
+  return threaded_map(lambda indices: assemble_batch(images, labels, indices), index_lists,
+                      workers=workers, ahead=2 * workers)
 
 
 def threaded_map(fn: Callable, items: Iterable, *, workers: int, ahead: int) -> Iterator:
