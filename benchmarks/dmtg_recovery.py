@@ -45,11 +45,16 @@ def two_groups():
 
 
 PRESETS = {"three_groups": three_groups, "two_groups": two_groups}
-# Variant -> config changes over the preset; 'robust' is configs/synthetic_dmtg_robust.py's.
-VARIANTS = {
-    "faithful": {},
-    "robust": load_config("synthetic_dmtg_robust").dmtg.to_dict(),
-}
+def robust_changes() -> dict:
+  """The config.dmtg values configs/synthetic_dmtg_robust.py changes over synthetic_dmtg.py
+  (only those: its num_groups, K = 2, must not replace a preset's)."""
+  robust = load_config("synthetic_dmtg_robust").dmtg.to_dict()
+  faithful = load_config("synthetic_dmtg").dmtg.to_dict()
+  return {key: value for key, value in robust.items() if faithful[key] != value}
+
+
+# Variant -> config.dmtg changes over the preset.
+VARIANTS = {"faithful": {}, "robust": robust_changes()}
 
 
 def stable_step(workdir: str, task_names) -> int:

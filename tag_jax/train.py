@@ -268,6 +268,11 @@ def set_up(config, workdir: str, *, restart: bool = False) -> Run:
   check_workdir(workdir)
   dataset = data.load_dataset(config)
   models.check_image_shape(dataset.image_shape)
+  empty = [split for split in pipeline.SPLITS if dataset.num_examples(split) < 1]
+  if empty:
+    raise UserError(f"the {' and '.join(empty)} split(s) of config.dataset.name="
+                    f"{config.dataset.name!r} hold no examples: training, validation and test "
+                    f"each need at least one (give the dataset more examples)")
   steps_per_epoch = pipeline.num_batches(dataset.num_examples("train"), config.batch_size,
                                          config.drop_remainder)
   if steps_per_epoch < 1:

@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tag_jax import checkpointing, cli, config_checks, reporting, train, workdir as workdirs
+from tag_jax import checkpointing, cli, config_checks, data, reporting, train, workdir as workdirs
 from tag_jax.errors import TrainingDiverged, UserError
 
 from conftest import REPO, load_config
@@ -278,6 +278,19 @@ GROUPS_FILE_CASES = [
         {"max_groups": 2, "groups": [list(TASKS)], "assignment": {"g0_t0": ["g0_t0"]}}]},
      r"task 'g0_t0' is assigned to \['g0_t0'\], which is not one of the selection's groups"),
 ]
+
+
+def test_a_dataset_with_an_empty_split_is_refused(workdir, monkeypatch):
+  """A Dataset whose validation split is empty (a custom source) fails at set-up, not after
+  training with `None['count']`."""
+  config = tiny()
+  full = data.load_dataset(config)
+  images, labels = full.splits["validation"]
+  emptied = data.ArrayDataset(full.task_names, {**full.splits,
+                                                "validation": (images[:0], labels[:0])})
+  monkeypatch.setattr(data, "load_dataset", lambda _: emptied)
+  assert_refused(config, workdir, r"the validation split\(s\) of config.dataset.name=.* hold no "
+                 r"examples")
 
 
 @pytest.mark.parametrize("content, match", [c[1:] for c in GROUPS_FILE_CASES],

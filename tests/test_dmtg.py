@@ -1,5 +1,6 @@
 """DMTG: sampler, objective, K-branch network, fine-tune phase, read-out, end-to-end runs."""
 
+import dataclasses
 import json
 import os
 import types
@@ -183,6 +184,59 @@ def test_robust_options_warm_up_own_logits_optimizer_and_averaged_samples(net, i
                              (averaged * np.asarray(pair_losses).T).sum(-1), rtol=1e-5)
 
 
+def test_probe_heads_learn_unweighted_while_branches_and_logits_learn_the_weighted_loss(
+    net, initial):
+  """probe_heads: one SGD step moves the branches and Θ by the gradient of Σ_n Σ_k y ℓ[k, n]
+  (the reference objective) and the heads by the gradient of Σ ℓ[k, n], unweighted."""
+  lr, seed, tau = 0.1, 5, 2.5
+  batch = tiny_batch()
+  variables = distinct_branches(initial)
+  optimizer = optax.sgd(lr)
+  state = steps.init_train_state(net, optimizer, jax.random.key(0), (8, 8, 3))
+  state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                        opt_state=optimizer.init(variables["params"]))
+  step = jax.jit(dmtg.make_dmtg_step(net, optimizer, seed=seed,
+                                     temperature=optax.constant_schedule(tau), hard=False,
+                                     entropy_weight=0.0, search_steps=10, probe_heads=True))
+  moved, _ = step(state, batch)
+  noise = jax.random.gumbel(jax.random.fold_in(jax.random.key(seed), 0), (NUM_TASKS, 3))
+
+  def pair_losses(params):  # ℓ (K, N) from the logits, written out
+    logits, _ = net.branch_logits(params, variables["batch_stats"], batch["image"], train=True,
+                                  mask=batch["mask"])
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(log_p, batch["labels"][None, :, :, None], axis=-1)[..., 0]
+    return -(picked * batch["mask"][None, :, None]).sum(1) / batch["mask"].sum()
+
+  def weighted(params):
+    y = jax.nn.softmax((params["group_logits"] + noise) / tau, axis=-1)
+    return (y * pair_losses(params).T).sum()
+
+  weighted_grads = jax.grad(weighted)(variables["params"])
+  unweighted_grads = jax.grad(lambda p: pair_losses(p).sum())(variables["params"])
+  for key, grads in (("trunks", weighted_grads), ("group_logits", weighted_grads),
+                     ("heads", unweighted_grads)):
+    expected = jax.tree.map(lambda p, g: p - lr * g, variables["params"][key], grads[key])
+    for a, b in zip(jax.tree.leaves(moved.params[key]), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  reference_heads = jax.tree.map(lambda p, g: p - lr * g, variables["params"]["heads"],
+                                 weighted_grads["heads"])
+  assert not np.allclose(jax.tree.leaves(moved.params["heads"])[0],
+                         jax.tree.leaves(reference_heads)[0], rtol=1e-4, atol=1e-6)
+
+
+def test_logits_start_at_ones_or_ones_plus_seeded_noise():
+  base = tiny_net()
+  assert (initial_variables(base)["params"]["group_logits"] == 1).all()
+  noisy = dataclasses.replace(base, logits_init_noise=0.5)
+  theta = initial_variables(noisy)["params"]["group_logits"]
+  expected = 1 + 0.5 * jax.random.normal(jax.random.fold_in(jax.random.key(0), 3), theta.shape)
+  np.testing.assert_allclose(theta, expected, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(initial_variables(noisy)["params"]["trunks"]),
+                  jax.tree.leaves(initial_variables(base)["params"]["trunks"])):
+    np.testing.assert_array_equal(a, b)  # the branches start as before
+
+
 def test_temperature_schedules_run_from_start_to_end_over_the_search_steps():
   config = ml_collections.ConfigDict({"tau_schedule": "constant", "tau": 2.5, "tau_start": 4.0,
                                       "tau_end": 1.0})
@@ -242,7 +296,7 @@ def test_vmap_and_unrolled_branches_give_equal_losses_gradients_and_statistics(s
     losses = dmtg.pair_losses_fn(tiny_net(strategy, "stem"), variables["batch_stats"], batch)
 
     def total(params, losses=losses):
-      pair_losses, stats = losses(params)
+      pair_losses, stats, _ = losses(params)
       weights = dmtg.gumbel_softmax(params["group_logits"], noise, 2.5, hard=False)
       return dmtg.grouped_objective(pair_losses, weights, params["group_logits"], 0.0)[0], (
           pair_losses, stats)
@@ -340,6 +394,7 @@ def test_bad_dmtg_values_are_user_errors(tiny_config):
       ("dmtg.num_samples", 0, "num_samples must be >= 1"),
       ("dmtg.balance_weight", -1.0, "balance_weight must be >= 0"),
       ("dmtg.warmup_steps", -5, "warmup_steps must be >= 0"),
+      ("dmtg.logits_init_noise", -0.5, "logits_init_noise must be >= 0"),
       ("dmtg.logits_optimizer", "sgd", "needs config.dmtg.logits_learning_rate > 0"),
       ("dmtg.logits_optimizer", "rmsprop", "unknown config.dmtg.logits_optimizer")]:
     config = tiny_config.copy_and_resolve_references()

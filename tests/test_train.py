@@ -14,7 +14,7 @@ import pytest
 from tag_jax import checkpointing, data, evaluation, models, steps, train
 from tag_jax.errors import TrainingDiverged, UserError
 
-from conftest import REPO
+from conftest import REPO, load_config
 
 
 def final_params(workdir):
@@ -328,3 +328,9 @@ def test_min_train_steps_adds_epochs_and_min_steps_delays_early_stopping(tiny_co
   results = train.train_and_evaluate(tiny_config, str(tmp_path / "steps"))  # stop at epoch 2
   assert results["steps"] == 12 and results["epochs"] == 4
   assert results["stopped_early"] and results["restored_epoch"] == results["best_epoch"]
+
+
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
+                                        if f.endswith(".py")))
+def test_every_shipped_config_passes_validation(name):
+  train.validate_config(load_config(name))

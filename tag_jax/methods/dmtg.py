@@ -22,6 +22,16 @@ scores, for task n, head (argmax Θ[n], n) on that branch. The grouping reported
 (groups.json, results.json) is the Θ of the parameters the run evaluates: the
 early-stopping best with config.early_stopping.restore_best, else the final.
 
+Robust options (config.dmtg, all off by default; README "DMTG: faithful by
+default, robust options measured"): `warmup_steps`, `logits_optimizer`,
+`balance_weight`, `num_samples`, `tau_schedule`, `logits_init_noise`, and
+`probe_heads`: in the reference, head (k, n) learns with weight y[n, k], so a
+task's heads on the branches it seldom samples stay untrained, their ℓ[k, n]
+look worse than the branch is, and Θ follows its first choices (rich get
+richer). With probe_heads every head learns at full weight from its own loss on
+its branch's features (held fixed there), while the branches still learn only
+from Σ y ℓ: ℓ[k, n] then measures how well branch k's features serve task n.
+
 Outputs: `groups.json` (the TAG/CS selection format, plus `probabilities`
 softmax(Θ) (N, K) and `probabilities_per_epoch`), `dmtg_assignment.png`.
 """
@@ -73,6 +83,12 @@ def default_config() -> ml_collections.ConfigDict:
   # + weight x (log K - entropy of the mean assignment over tasks): > 0 keeps every branch in use.
   cfg.balance_weight = 0.0
   cfg.num_samples = 1  # Gumbel samples per step, their relaxed weights averaged (reference: 1)
+  # True: every head learns from its own loss at full weight on its branch's features, which only
+  # the Gumbel-weighted losses train (reference False: head (k, n) learns with weight y[n, k], so
+  # a task's heads on branches it seldom picks stay untrained and look worse than they are).
+  cfg.probe_heads = False
+  # Θ starts at 1 + logits_init_noise x N(0, 1) (reference 0: ones), a random first preference.
+  cfg.logits_init_noise = 0.0
   return cfg
 
 
@@ -81,7 +97,7 @@ BRANCH_STRATEGY = autotune.Tunable(
     "dmtg.branch_strategy",
     lambda config, num_tasks: stacking.timing_candidates(config.dmtg.num_groups,
                                                          differentiated=True),
-    key_paths=("dmtg.num_groups", "dmtg.shared_stem", "dmtg.num_samples"))
+    key_paths=("dmtg.num_groups", "dmtg.shared_stem", "dmtg.num_samples", "dmtg.probe_heads"))
 
 
 def validate(config) -> None:
@@ -96,7 +112,8 @@ def validate(config) -> None:
   for key in taus:
     if not cfg[key] > 0:
       raise UserError(f"config.dmtg.{key} must be > 0, got {cfg[key]}")
-  for key, low in (("warmup_steps", 0), ("balance_weight", 0.0), ("num_samples", 1)):
+  for key, low in (("warmup_steps", 0), ("balance_weight", 0.0), ("num_samples", 1),
+                   ("logits_init_noise", 0.0)):
     if not cfg[key] >= low:
       raise UserError(f"config.dmtg.{key} must be >= {low}, got {cfg[key]}")
   if cfg.logits_optimizer != "shared" and not cfg.logits_learning_rate > 0:
@@ -119,7 +136,8 @@ def build(config, task_names, image_shape, steps_per_epoch) -> Method:
                                 temperature=temperature_schedule(cfg, search_steps),
                                 hard=cfg.hard, entropy_weight=cfg.entropy_weight,
                                 search_steps=search_steps, warmup_steps=cfg.warmup_steps,
-                                balance_weight=cfg.balance_weight, num_samples=cfg.num_samples),
+                                balance_weight=cfg.balance_weight, num_samples=cfg.num_samples,
+                                probe_heads=cfg.probe_heads),
       eval_step=steps.make_eval_step(net),
       trunk_passes=(net.num_groups, net.num_groups),
       served_groups=lambda params: groups_from_logits(task_names, params["group_logits"]),
@@ -165,9 +183,11 @@ class GroupedNet:
   num_groups: int
   strategy: str  # resolved: 'vmap' | 'unrolled' | 'map' (tag_jax.stacking)
   stem: Optional[nn.Module] = None
+  logits_init_noise: float = 0.0
 
   def init(self, rng, image, *, train: bool = False) -> dict:
-    """One branch and one head set initialised, then tiled K times; Θ = ones (N, K)."""
+    """One branch and one head set initialised, then tiled K times; Θ (N, K) = ones, plus
+    logits_init_noise x N(0, 1)."""
     del train
     stem_rng, trunk_rng, heads_rng = jax.random.split(rng, 3)
     params, batch_stats = {}, {}
@@ -179,26 +199,35 @@ class GroupedNet:
     heads_params = self.heads.init(heads_rng, self.trunk.apply(trunk_vars, image, train=False))
     params.update(trunks=stacking.tile(trunk_vars["params"], self.num_groups),
                   heads=stacking.tile(heads_params["params"], self.num_groups),
-                  group_logits=jnp.ones((self.heads.num_tasks, self.num_groups)))
+                  group_logits=initial_logits(jax.random.fold_in(rng, 3), self.heads.num_tasks,
+                                              self.num_groups, self.logits_init_noise))
     batch_stats["trunks"] = stacking.tile(trunk_vars["batch_stats"], self.num_groups)
     return {"params": params, "batch_stats": batch_stats}
 
-  def branch_logits(self, params, batch_stats, image, *, train: bool, mask=None):
-    """Logits of every head on its branch (K, B, N, C) and the (updated) batch statistics."""
+  def branch_features(self, params, batch_stats, image, *, train: bool, mask=None):
+    """Features of every branch (K, B, F) and the (updated) batch statistics."""
     new_stats = {}
     if self.stem is not None:
       image, new_stats["stem"] = apply_with_stats(self.stem, params["stem"], batch_stats["stem"],
                                                   image, train=train, mask=mask)
 
-    def one_branch(trunk_params, trunk_stats, heads_params):
-      features, stats = apply_with_stats(self.trunk, trunk_params, trunk_stats, image,
-                                         train=train, mask=mask)
-      return self.heads.apply({"params": heads_params}, features), stats
+    def one_branch(trunk_params, trunk_stats):
+      return apply_with_stats(self.trunk, trunk_params, trunk_stats, image, train=train,
+                              mask=mask)
 
-    logits, new_stats["trunks"] = stacking.map_stacked(
-        one_branch, params["trunks"], batch_stats["trunks"], params["heads"],
-        strategy=self.strategy)
-    return logits, new_stats
+    features, new_stats["trunks"] = stacking.map_stacked(
+        one_branch, params["trunks"], batch_stats["trunks"], strategy=self.strategy)
+    return features, new_stats
+
+  def head_logits(self, heads_params, features):
+    """Logits of every head on its branch's features: (K, B, F) -> (K, B, N, C)."""
+    return jax.vmap(lambda p, f: self.heads.apply({"params": p}, f))(heads_params, features)
+
+  def branch_logits(self, params, batch_stats, image, *, train: bool, mask=None):
+    """Logits of every head on its branch (K, B, N, C) and the (updated) batch statistics."""
+    features, new_stats = self.branch_features(params, batch_stats, image, train=train,
+                                               mask=mask)
+    return self.head_logits(params["heads"], features), new_stats
 
   def apply(self, variables, image, *, train: bool = False):
     """Inference forward: for task n, head (argmax Θ[n], n) on that branch -> (B, N, C)."""
@@ -207,6 +236,12 @@ class GroupedNet:
     params = variables["params"]
     logits, _ = self.branch_logits(params, variables["batch_stats"], image, train=False)
     return assigned_logits(logits, assignment(params["group_logits"]))
+
+
+def initial_logits(rng, num_tasks: int, num_groups: int, noise: float) -> jax.Array:
+  """Θ at the start, (N, K): ones (the reference), plus noise x N(0, 1) when noise > 0."""
+  ones = jnp.ones((num_tasks, num_groups))
+  return ones if noise == 0 else ones + noise * jax.random.normal(rng, ones.shape)
 
 
 def create_grouped_net(config, num_tasks: int) -> GroupedNet:
@@ -219,7 +254,8 @@ def create_grouped_net(config, num_tasks: int) -> GroupedNet:
       num_groups=config.dmtg.num_groups,
       strategy=stacking.resolve(config.dmtg.branch_strategy, config.dmtg.num_groups,
                                 differentiated=True),
-      stem=models.Stem(**part) if with_stem else None)
+      stem=models.Stem(**part) if with_stem else None,
+      logits_init_noise=config.dmtg.logits_init_noise)
 
 
 # --- sampling and the objective ---
@@ -283,25 +319,40 @@ def grouped_objective(pair_losses, weights, group_logits, entropy_weight, balanc
           + balance_weight * branch_imbalance(group_logits)), task_losses
 
 
-def pair_losses_fn(net: GroupedNet, batch_stats, batch):
-  """branch_losses(params) -> (ℓ (K, N), batch stats); ℓ[k, n]: masked mean cross-entropy of
-  head (k, n) on branch k, in training mode."""
+def pair_losses_fn(net: GroupedNet, batch_stats, batch, *, probe_heads: bool = False):
+  """branch_losses(params) -> (ℓ (K, N), batch stats, heads' own losses (K, N)); ℓ[k, n]: masked
+  mean cross-entropy of head (k, n) on branch k, in training mode.
+
+  probe_heads: ℓ's gradient reaches the branches only (the heads held fixed in it), and the
+  heads' own losses are the same values with the branches' features held fixed instead, for
+  the heads to learn from unweighted; else ℓ reaches both and the heads' own losses are 0
+  (the reference).
+  """
+  per_branch = jax.vmap(losses.per_task_cross_entropy, in_axes=(0, None, None))
+
+  def pair_losses(heads_params, features):
+    return per_branch(net.head_logits(heads_params, features), batch["labels"], batch["mask"])
+
   def branch_losses(params):
-    logits, new_stats = net.branch_logits(params, batch_stats, batch["image"], train=True,
-                                          mask=batch["mask"])
-    per_branch = jax.vmap(losses.per_task_cross_entropy, in_axes=(0, None, None))
-    return per_branch(logits, batch["labels"], batch["mask"]), new_stats
+    features, new_stats = net.branch_features(params, batch_stats, batch["image"], train=True,
+                                              mask=batch["mask"])
+    if not probe_heads:
+      pair = pair_losses(params["heads"], features)
+      return pair, new_stats, jnp.zeros_like(pair)
+    return (pair_losses(jax.lax.stop_gradient(params["heads"]), features), new_stats,
+            pair_losses(params["heads"], jax.lax.stop_gradient(features)))
   return branch_losses
 
 
 def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.Schedule,
                    hard: bool, entropy_weight: float, search_steps: int, warmup_steps: int = 0,
-                   balance_weight: float = 0.0, num_samples: int = 1):
+                   balance_weight: float = 0.0, num_samples: int = 1, probe_heads: bool = False):
   """DMTG step: Gumbel-weighted loss before `search_steps`, then the arg-max heads with Θ frozen.
 
   Θ learns from step `warmup_steps` to `search_steps`; before, its gradient is zero and it
   stays put. The relaxed weights are the mean over `num_samples` Gumbel draws (one branch
-  forward serves them all). metrics: loss (), task_losses (N,) (each task's weighted loss),
+  forward serves them all). probe_heads: see pair_losses_fn; every head learns from its own
+  loss while searching, the chosen ones only while fine-tuning. metrics: loss (), task_losses (N,) (each task's weighted loss),
   group_of_task (N,) (argmax Θ after the step).
   """
   def train_step(state: steps.TrainState, batch):
@@ -311,7 +362,7 @@ def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.
     key = jax.random.fold_in(jax.random.key(seed), state.step)
     noise = jax.random.gumbel(key, theta.shape if num_samples == 1
                               else (num_samples,) + theta.shape)
-    branch_losses = pair_losses_fn(net, state.batch_stats, batch)
+    branch_losses = pair_losses_fn(net, state.batch_stats, batch, probe_heads=probe_heads)
 
     def relaxed(logits):
       tau = temperature(state.step)
@@ -320,16 +371,17 @@ def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.
       return jax.vmap(lambda g: gumbel_softmax(logits, g, tau, hard=hard))(noise).mean(0)
 
     def total_loss(params):
-      pair_losses, batch_stats = branch_losses(params)
+      pair_losses, batch_stats, heads_own = branch_losses(params)
       logits = params["group_logits"]
-      weights = jnp.where(searching, relaxed(logits),
-                          jax.nn.one_hot(assignment(logits), net.num_groups))
+      chosen = jax.nn.one_hot(assignment(logits), net.num_groups)
+      weights = jnp.where(searching, relaxed(logits), chosen)
       loss, task_losses = grouped_objective(pair_losses, weights, logits,
                                             jnp.where(searching, entropy_weight, 0.0),
                                             jnp.where(searching, balance_weight, 0.0))
-      return loss, (task_losses, batch_stats)
+      heads_loss = (jnp.where(searching, 1.0, chosen).T * heads_own).sum()
+      return loss + heads_loss, (loss, task_losses, batch_stats)
 
-    (loss, (task_losses, batch_stats)), grads = jax.value_and_grad(total_loss, has_aux=True)(
+    (_, (loss, task_losses, batch_stats)), grads = jax.value_and_grad(total_loss, has_aux=True)(
         state.params)
     grads = {**grads, "group_logits": jnp.where(learning_theta, grads["group_logits"], 0.0)}
     state = steps.apply_gradients(state, optimizer, grads, batch_stats)
