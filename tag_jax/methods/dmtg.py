@@ -320,13 +320,12 @@ def grouped_objective(pair_losses, weights, group_logits, entropy_weight, balanc
 
 
 def pair_losses_fn(net: GroupedNet, batch_stats, batch, *, probe_heads: bool = False):
-  """branch_losses(params) -> (ℓ (K, N), batch stats, heads' own losses (K, N)); ℓ[k, n]: masked
-  mean cross-entropy of head (k, n) on branch k, in training mode.
+  """branch_losses(params) -> (ℓ (K, N), batch stats, heads' own losses (K, N) or None); ℓ[k, n]:
+  masked mean cross-entropy of head (k, n) on branch k, in training mode.
 
   probe_heads: ℓ's gradient reaches the branches only (the heads held fixed in it), and the
   heads' own losses are the same values with the branches' features held fixed instead, for
-  the heads to learn from unweighted; else ℓ reaches both and the heads' own losses are 0
-  (the reference).
+  the heads to learn from unweighted; else ℓ reaches both and there are none (the reference).
   """
   per_branch = jax.vmap(losses.per_task_cross_entropy, in_axes=(0, None, None))
 
@@ -337,8 +336,7 @@ def pair_losses_fn(net: GroupedNet, batch_stats, batch, *, probe_heads: bool = F
     features, new_stats = net.branch_features(params, batch_stats, batch["image"], train=True,
                                               mask=batch["mask"])
     if not probe_heads:
-      pair = pair_losses(params["heads"], features)
-      return pair, new_stats, jnp.zeros_like(pair)
+      return pair_losses(params["heads"], features), new_stats, None
     return (pair_losses(jax.lax.stop_gradient(params["heads"]), features), new_stats,
             pair_losses(params["heads"], jax.lax.stop_gradient(features)))
   return branch_losses
@@ -352,8 +350,8 @@ def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.
   Θ learns from step `warmup_steps` to `search_steps`; before, its gradient is zero and it
   stays put. The relaxed weights are the mean over `num_samples` Gumbel draws (one branch
   forward serves them all). probe_heads: see pair_losses_fn; every head learns from its own
-  loss while searching, the chosen ones only while fine-tuning. metrics: loss (), task_losses (N,) (each task's weighted loss),
-  group_of_task (N,) (argmax Θ after the step).
+  loss while searching, the chosen ones only while fine-tuning. metrics: loss (), task_losses
+  (N,) (each task's weighted loss), group_of_task (N,) (argmax Θ after the step).
   """
   def train_step(state: steps.TrainState, batch):
     searching = state.step < search_steps
@@ -378,6 +376,8 @@ def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.
       loss, task_losses = grouped_objective(pair_losses, weights, logits,
                                             jnp.where(searching, entropy_weight, 0.0),
                                             jnp.where(searching, balance_weight, 0.0))
+      if heads_own is None:
+        return loss, (loss, task_losses, batch_stats)
       heads_loss = (jnp.where(searching, 1.0, chosen).T * heads_own).sum()
       return loss + heads_loss, (loss, task_losses, batch_stats)
 
