@@ -175,12 +175,52 @@ def masked_batch_norm(train: bool, mask, epsilon: float, momentum: float) -> Cal
 
   Statistics are computed in float32; the output keeps y's dtype (bfloat16 compute stays bfloat16).
   """
-  bn_mask = None if mask is None or not train else mask.astype(bool)[:, None, None, None]
+  bn_mask = mask if train else None
 
   def norm(y):
-    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon)(
+    return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon)(
         y, mask=bn_mask).astype(y.dtype)
   return norm
+
+
+def batch_moments(x: jax.Array, mask=None):
+  """(mean, mean of squares) (C,) of x (B, ..., C) over every axis but the last, counting only
+  the examples where mask (B,) is nonzero (all without a mask). Mask-weighted sums (a
+  contraction with the mask), not a select: XLA:CPU writes out a selected copy of x before
+  reducing it, 15x slower at 32x32x64, batch 32 (benchmarks/README.md)."""
+  if mask is None:
+    return x.mean(axis=tuple(range(x.ndim - 1))), (x * x).mean(axis=tuple(range(x.ndim - 1)))
+  weights = (mask != 0).astype(x.dtype)
+  count = weights.sum() * (x.size // (x.shape[0] * x.shape[-1]))
+  spec = "b...c,b->c"
+  return jnp.einsum(spec, x, weights) / count, jnp.einsum(spec, x * x, weights) / count
+
+
+class BatchNorm(nn.Module):
+  """flax's nn.BatchNorm over (B, ..., C) with its parameters, statistics and values (fast
+  variance E[x^2] - E[x]^2 clipped at 0, float32 statistics, running averages kept while
+  training), whose batch statistics count the examples marked by `mask` (B,) (batch_moments)."""
+
+  use_running_average: bool
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    features = (x.shape[-1],)
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+    scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      mean, mean_square = batch_moments(x.astype(jnp.float32), mask)
+      var = jnp.maximum(0.0, mean_square - jnp.square(mean))
+      if not self.is_initializing():
+        running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+        running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+    return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
 
 
 @jax.custom_jvp

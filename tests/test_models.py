@@ -75,6 +75,33 @@ def test_padding_rows_do_not_change_batch_statistics():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_equals_flax_with_a_mask(train):
+  """models.BatchNorm (mask-weighted statistics) against flax's nn.BatchNorm (a select mask):
+  outputs, running statistics and input gradients, from perturbed non-default variables."""
+  x = 3.0 * jax.random.normal(jax.random.key(0), (8, 5, 5, 4)) + 1.0
+  mask = jnp.array([1, 1, 0, 1, 1, 1, 0, 1], jnp.float32)
+  ours = models.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3)
+  flax_bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3)
+  variables = flax_bn.init(jax.random.key(1), x)
+  assert jax.tree.structure(variables) == jax.tree.structure(ours.init(jax.random.key(1), x))
+  variables = jax.tree.map(lambda a: a + jax.random.uniform(jax.random.key(2), a.shape), variables)
+
+  def run(module, flax_mask):
+    def out(x):
+      return module.apply(variables, x, mask=flax_mask if train else None,
+                          mutable=["batch_stats"])
+    (y, stats), grad = out(x), jax.grad(lambda x: (out(x)[0] * jnp.cos(x)).sum())(x)
+    return y, stats, grad
+
+  y, stats, grad = run(ours, mask)
+  y_flax, stats_flax, grad_flax = run(flax_bn, mask.astype(bool)[:, None, None, None])
+  np.testing.assert_allclose(y, y_flax, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(grad, grad_flax, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(stats_flax)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 15, 15, 4), (2, 9, 12, 2)])
 def test_max_pool_and_its_written_out_gradient_equal_flax(shape):
   x = jax.random.normal(jax.random.key(0), shape)
