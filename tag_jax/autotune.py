@@ -3,8 +3,9 @@
 `resolve` replaces every 'auto' among a method's tunable settings (`model.conv` for all
 methods, plus what the method registers: `affinity.strategy` for TAG/CS,
 `dmtg.branch_strategy` for DMTG) by the candidate whose step was fastest: each
-candidate's step (the method's own, built as the run builds it) is compiled and run
-TIMED_STEPS times on random data of the run's shapes (per-device batch, image shape, tasks,
+candidate's step (the method's own, built as the run builds it; for `model.conv` the run's
+mix of train and measured steps, weighted by how often each runs: `step_mix`) is compiled and
+run TIMED_STEPS times on random data of the run's shapes (per-device batch, image shape, tasks,
 dtype) on one device; its time is the median of the steps after the first (a candidate far
 slower than the best so far is not stepped further: GIVE_UP, GIVE_UP_FIRST). A candidate
 whose compiled step needs more scratch memory than the device has free is skipped, not run.
@@ -37,7 +38,7 @@ MODE_ENV = "TAG_JAX_AUTOTUNE"  # 'time' (default) | 'rule'
 MODES = ("time", "rule")
 CACHE_DIR_ENV = "TAG_JAX_CACHE_DIR"
 CACHE_FILE = "autotune.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: model.conv decided on the run's mix of steps (was the dominant one)
 TIMED_STEPS = 4  # per candidate, after compiling; its time is the median of all but the first
 GIVE_UP = 3.0  # a candidate stops being timed when a step (after its first) is this x the best
 GIVE_UP_FIRST = 10.0  # ... or when its first step (warm-up included) is this x the best
@@ -50,8 +51,8 @@ class Tunable:
 
   candidates(config, num_tasks) -> the values to time (config has the settings tuned before
   this one already decided). step: which step of the built method is timed ('train',
-  'measured', or 'dominant': the measured step when every step is measured, else the train
-  step). key_paths: config values, besides the shapes every key holds, that shape the step.
+  'measured', or 'mix': the steps a run takes, weighted by how often it takes them, see
+  step_mix). key_paths: config values, besides the shapes every key holds, that shape the step.
   """
 
   path: str
@@ -60,7 +61,9 @@ class Tunable:
   key_paths: tuple = ()
 
 
-CONV = Tunable("model.conv", lambda config, num_tasks: models.conv_candidates(), step="dominant")
+CONV = Tunable("model.conv", lambda config, num_tasks: models.conv_candidates(), step="mix")
+# How often a measured step runs: part of a 'mix' decision's key.
+MIX_KEY_PATHS = ("affinity.every_n_steps",)
 
 
 def mode() -> str:
@@ -140,8 +143,9 @@ def host_description() -> str:
 
 
 def cache_key(config, tunable: Tunable, num_tasks: int, image_shape, batch_size: int,
-              candidates: Sequence[str]) -> str:
-  """Canonical JSON of everything the decision depends on, the candidates timed included."""
+              candidates: Sequence[str], extra_paths: Sequence[str] = ()) -> str:
+  """Canonical JSON of everything the decision depends on, the candidates timed included;
+  extra_paths: more config values it depends on (a 'mix' decision: the later settings')."""
   device = jax.devices()[0]
   fields = {
       "setting": tunable.path,
@@ -162,7 +166,7 @@ def cache_key(config, tunable: Tunable, num_tasks: int, image_shape, batch_size:
     fields["host"] = host_description()
   if tunable.path != CONV.path:
     fields["conv"] = config.model.conv
-  for path in tunable.key_paths:
+  for path in (*tunable.key_paths, *extra_paths):
     value = get(config, path)
     fields[path] = list(value) if isinstance(value, tuple) else value
   return json.dumps(fields, sort_keys=True)
@@ -209,14 +213,25 @@ class TooLarge(Exception):
 
 
 def pick_step(method, kind: str) -> Callable:
-  if kind == "dominant":
-    kind = "measured" if method.measured_step and method.measure_every == 1 else "train"
+  """The method's 'train' or 'measured' step (its train step when it measures nothing)."""
   return method.measured_step if kind == "measured" and method.measured_step else method.train_step
+
+
+def step_mix(method) -> list:
+  """[(kind, share of the run's steps)]: a method with a measured step runs it every
+  measure_every steps and its train step otherwise. Deciding on this mix rather than on the
+  more frequent step matters: at 40-100 tasks TAG's measured step costs 50-400 plain steps, and
+  a convolution that wins the plain step lost it 4-9x (benchmarks/README.md)."""
+  if method.measured_step is None:
+    return [("train", 1.0)]
+  if method.measure_every == 1:
+    return [("measured", 1.0)]
+  return [("train", 1 - 1 / method.measure_every), ("measured", 1 / method.measure_every)]
 
 
 def compile_step(method, kind: str, batch: dict):
   """(compiled step, initial state, batch on the device) of `method`'s `kind` step ('train' |
-  'measured' | 'dominant'), jitted with the state donated, on the first device; compile time
+  'measured'), jitted with the state donated, on the first device; compile time
   logged. TooLarge when the compiled step's scratch memory exceeds MEMORY_FRACTION of the
   device's free memory."""
   device = jax.devices()[0]
@@ -251,11 +266,17 @@ def run_steps(compiled, state, batch, steps: int):
 
 def time_method_step(method, kind: str, batch: dict, steps: int = TIMED_STEPS):
   """Yields the seconds of each of `steps` consecutive steps of `method` after compiling
-  (compile_step), one at a time, so that a slow candidate can be abandoned early."""
-  compiled, state, batch = compile_step(method, kind, batch)
+  (compile_step), one at a time, so that a slow candidate can be abandoned early. kind 'mix':
+  each yield is the step_mix-weighted mean of one step of each kind the run takes."""
+  parts = step_mix(method) if kind == "mix" else [(kind, 1.0)]
+  runs = [[*compile_step(method, part, batch), share] for part, share in parts]
   for _ in range(steps):
-    state, (seconds,) = run_steps(compiled, state, batch, 1)
-    yield seconds
+    total = 0.0
+    for run in runs:
+      compiled, state, on_device, share = run
+      run[1], (seconds,) = run_steps(compiled, state, on_device, 1)
+      total += share * seconds
+    yield total
 
 
 def step_time(seconds: Sequence[float]) -> float:
@@ -313,7 +334,7 @@ def resolve(config, build: Callable, num_tasks: int, image_shape, tunables: Sequ
   records = {}
   batch_size = per_device_batch(config)
   batch = None
-  for tunable in tunables:
+  for index, tunable in enumerate(tunables):
     value = get(config, tunable.path)
     if value != "auto":
       records[tunable.path] = {"choice": value, "source": "explicit"}
@@ -331,8 +352,12 @@ def resolve(config, build: Callable, num_tasks: int, image_shape, tunables: Sequ
       return time_method_step(build(candidate_config), tunable.step, batch)
 
     candidates = tunable.candidates(config, num_tasks)
+    # A 'mix' times steps that the later settings shape too (still 'auto': their rules).
+    extra = [path for later in tunables[index + 1:] for path in (later.path, *later.key_paths)
+             ] + list(MIX_KEY_PATHS) if tunable.step == "mix" else []
     records[tunable.path] = choose(
         tunable.path, candidates,
-        cache_key(config, tunable, num_tasks, image_shape, batch_size, candidates), time_candidate)
+        cache_key(config, tunable, num_tasks, image_shape, batch_size, candidates, extra),
+        time_candidate)
     config = with_value(config, tunable.path, records[tunable.path]["choice"])
   return config, records

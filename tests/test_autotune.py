@@ -180,3 +180,30 @@ def test_timing_a_method_with_stacked_seeds_feeds_one_batch_per_seed(tiny_config
   tiny_config.method, tiny_config.groups.seeds = "random", 2
   tiny_config.groups.num_random_groups = 2
   check_real_timing(tiny_config, {"model.conv"})
+
+
+class MixMethod:
+  """Stands in for a Method: which steps exist and how often the measured one runs."""
+
+  def __init__(self, measure_every, measured=True):
+    self.train_step, self.measure_every = "train", measure_every
+    self.measured_step = "measured" if measured else None
+
+
+def test_step_mix_weights_each_step_by_how_often_the_run_takes_it():
+  assert autotune.step_mix(MixMethod(10)) == [("train", 0.9), ("measured", 0.1)]
+  assert autotune.step_mix(MixMethod(1)) == [("measured", 1.0)]
+  assert autotune.step_mix(MixMethod(10, measured=False)) == [("train", 1.0)]
+
+
+def test_a_mix_is_timed_as_the_weighted_mean_of_one_step_of_each_kind(monkeypatch):
+  """model.conv is decided on the run's mix: 9 train steps of 10 ms and one measured step of
+  1,000 ms cost 109 ms a step, not the train step's 10 ms."""
+  seconds = {"train": 0.010, "measured": 1.0}
+  monkeypatch.setattr(autotune, "compile_step",
+                      lambda method, kind, batch: (autotune.pick_step(method, kind), None, batch))
+  monkeypatch.setattr(autotune, "run_steps",
+                      lambda compiled, state, batch, steps: (state, [seconds[compiled]]))
+  times = list(autotune.time_method_step(MixMethod(10), "mix", {}, steps=3))
+  assert times == pytest.approx([0.9 * 0.010 + 0.1 * 1.0] * 3)
+  assert autotune.CONV.step == "mix"
