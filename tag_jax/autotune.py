@@ -326,7 +326,9 @@ def resolve(config, build: Callable, num_tasks: int, image_shape, tunables: Sequ
   """(config with every 'auto' of `tunables` decided, {setting: record}).
 
   build(config) -> Method builds the run's method from a config. Tunables are decided in
-  order, each timed with the ones before it already decided. record: {'choice', 'source':
+  order, each timed with the ones before it already decided; a 'mix' one (model.conv) is timed
+  for each candidate with the later ones decided for that candidate (so conv and the affinity
+  strategy are chosen together; those decisions are cached and reused). record: {'choice', 'source':
   'explicit' | 'rule' | 'cache' | 'timed', and for timed/cached ones 'times_ms' (None =
   skipped), 'skipped', 'measured'}. timer(config, tunable, candidate) -> step seconds replaces
   the real timing (tests).
@@ -345,8 +347,11 @@ def resolve(config, build: Callable, num_tasks: int, image_shape, tunables: Sequ
     if timer is None and batch is None:
       batch = random_batch(batch_size, image_shape, num_tasks, config.model.num_classes)
 
-    def time_candidate(candidate, tunable=tunable, base=config):
+    def time_candidate(candidate, tunable=tunable, base=config, later=tunables[index + 1:]):
       candidate_config = with_value(base, tunable.path, candidate)
+      if tunable.step == "mix" and later:  # with the later settings at their best for it
+        candidate_config, _ = resolve(candidate_config, build, num_tasks, image_shape, later,
+                                      timer=timer)
       if timer is not None:
         return timer(candidate_config, tunable, candidate)
       return time_method_step(build(candidate_config), tunable.step, batch)

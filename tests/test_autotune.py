@@ -62,7 +62,8 @@ def test_second_resolve_reads_the_cache_and_times_nothing(tiny_config, timing):
   tiny_config.method = "dmtg"
   first = FakeTimer({"xla": 1.0, "im2col": 2.0, "unrolled": 3.0, "vmap": 1.0})
   _, record = resolve(tiny_config, first)
-  assert len(first.calls) == 4 and timing.exists()
+  # The strategy for each conv candidate (the conv is decided on the run's mix), then the conv.
+  assert len(first.calls) == 6 and timing.exists()
   second = FakeTimer({"xla": 9.0, "im2col": 1.0, "unrolled": 1.0, "vmap": 9.0})
   config, cached = resolve(tiny_config, second)
   assert second.calls == []
@@ -73,7 +74,28 @@ def test_second_resolve_reads_the_cache_and_times_nothing(tiny_config, timing):
   # Another shape is another key: timed again.
   tiny_config.batch_size = 16
   resolve(tiny_config, second)
-  assert len(second.calls) == 4
+  assert len(second.calls) == 6
+
+
+def test_conv_and_strategy_are_chosen_together(tiny_config, timing):
+  """The conv is timed with the strategy decided for each conv candidate, so the pair that is
+  best together wins: xla + vmap (1 ms). Timed under the strategy's rule ('unrolled' for 2
+  tasks on CPU), im2col would win the conv (3 against 9 ms) and the run would take 3 ms."""
+  tiny_config.method = "tag"
+  strategy_ms = {"xla": {"unrolled": 9.0, "vmap": 1.0}, "im2col": {"unrolled": 3.0, "vmap": 4.0}}
+
+  def timer(config, tunable, candidate):
+    if tunable.path == "affinity.strategy":
+      ms = strategy_ms[config.model.conv][candidate]
+    else:  # the conv's time: its decided strategy's
+      ms = strategy_ms[candidate][config.affinity.strategy]
+    return [ms / 1e3] * 4
+
+  config, record = autotune.resolve(tiny_config, None, len(TASKS), SHAPE,
+                                    (autotune.CONV,) + methods.REGISTRY["tag"].tuned,
+                                    timer=timer)
+  assert (config.model.conv, config.affinity.strategy) == ("xla", "vmap")
+  assert record["model.conv"]["times_ms"] == pytest.approx({"xla": 1.0, "im2col": 3.0})
 
 
 def test_explicit_values_are_never_timed(tiny_config, timing):
