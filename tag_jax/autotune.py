@@ -212,6 +212,10 @@ class TooLarge(Exception):
   """A candidate's compiled step would not fit in the device's free memory."""
 
 
+class NothingFits(TooLarge, RuntimeError):
+  """No candidate of a setting fits in memory (for a 'mix' candidate: it is skipped)."""
+
+
 def pick_step(method, kind: str) -> Callable:
   """The method's 'train' or 'measured' step (its train step when it measures nothing)."""
   return method.measured_step if kind == "measured" and method.measured_step else method.train_step
@@ -310,7 +314,7 @@ def choose(setting: str, candidates: Sequence[str], key: str, timer: Callable) -
       skipped[candidate] = str(e)
       logging.warning("autotune %s: skipping %s: %s", setting, candidate, e)
   if not times:
-    raise RuntimeError(f"autotune {setting}: no candidate fits: {skipped}")
+    raise NothingFits(f"autotune {setting}: no candidate fits: {skipped}")
   choice = min(times, key=times.get)
   now = datetime.datetime.now(datetime.timezone.utc)
   decision = {"choice": choice, "times_ms": {c: times.get(c) for c in candidates},
@@ -333,10 +337,14 @@ def resolve(config, build: Callable, num_tasks: int, image_shape, tunables: Sequ
   skipped), 'skipped', 'measured'}. timer(config, tunable, candidate) -> step seconds replaces
   the real timing (tests).
   """
-  records = {}
+  records, decided = {}, {}  # decided: later settings already decided with a 'mix' choice
   batch_size = per_device_batch(config)
   batch = None
   for index, tunable in enumerate(tunables):
+    if tunable.path in decided:
+      records[tunable.path] = decided[tunable.path]
+      config = with_value(config, tunable.path, decided[tunable.path]["choice"])
+      continue
     value = get(config, tunable.path)
     if value != "auto":
       records[tunable.path] = {"choice": value, "source": "explicit"}
@@ -347,11 +355,13 @@ def resolve(config, build: Callable, num_tasks: int, image_shape, tunables: Sequ
     if timer is None and batch is None:
       batch = random_batch(batch_size, image_shape, num_tasks, config.model.num_classes)
 
-    def time_candidate(candidate, tunable=tunable, base=config, later=tunables[index + 1:]):
+    later, inner = tunables[index + 1:], {}  # inner: candidate -> the later settings' records
+
+    def time_candidate(candidate, tunable=tunable, base=config, later=later, inner=inner):
       candidate_config = with_value(base, tunable.path, candidate)
       if tunable.step == "mix" and later:  # with the later settings at their best for it
-        candidate_config, _ = resolve(candidate_config, build, num_tasks, image_shape, later,
-                                      timer=timer)
+        candidate_config, inner[candidate] = resolve(candidate_config, build, num_tasks,
+                                                     image_shape, later, timer=timer)
       if timer is not None:
         return timer(candidate_config, tunable, candidate)
       return time_method_step(build(candidate_config), tunable.step, batch)
@@ -365,4 +375,5 @@ def resolve(config, build: Callable, num_tasks: int, image_shape, tunables: Sequ
         cache_key(config, tunable, num_tasks, image_shape, batch_size, candidates, extra),
         time_candidate)
     config = with_value(config, tunable.path, records[tunable.path]["choice"])
+    decided.update(inner.get(records[tunable.path]["choice"], {}))
   return config, records

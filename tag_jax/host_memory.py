@@ -13,10 +13,10 @@ M_ARENA_MAX = 1) and keep up to TRIM_THRESHOLD bytes of freed memory in the proc
 trimming it (M_TRIM_THRESHOLD): freed pages stay mapped and the next step reuses them. The
 process's resident memory then stays at its peak instead of shrinking between steps. It must run
 before JAX starts its threads (each thread picks its malloc arena at its first allocation), so
-`import tag_jax` runs it; set TAG_JAX_KEEP_HOST_MEMORY=0 to leave the allocator as it is.
+`import tag_jax` runs it; set TAG_JAX_KEEP_HOST_MEMORY to 0, false, off or no to leave the
+allocator as it is. (If JAX's threads already exist, M_ARENA_MAX no longer reaches them.)
 """
 
-import ctypes
 import os
 import platform
 import sys
@@ -41,13 +41,14 @@ def keep_freed_memory() -> bool:
 
 
 def _apply() -> bool:
-  if os.environ.get(ENV_SWITCH, "1") == "0":
+  if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "off", "no"):
     return False
   if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
     return False
   try:
+    import ctypes  # pylint: disable=import-outside-toplevel (absent from some Python builds)
     mallopt = ctypes.CDLL("libc.so.6").mallopt
-  except (OSError, AttributeError):
+  except (ImportError, OSError, AttributeError):
     return False
   settings = ((M_MMAP_MAX, 0), (M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
   return all([mallopt(param, value) == 1 for param, value in settings])

@@ -192,8 +192,9 @@ def batch_moments(x: jax.Array, mask=None):
     return x.mean(axis=tuple(range(x.ndim - 1))), (x * x).mean(axis=tuple(range(x.ndim - 1)))
   weights = (mask != 0).astype(x.dtype)
   count = weights.sum() * (x.size // (x.shape[0] * x.shape[-1]))
-  spec = "b...c,b->c"
-  return jnp.einsum(spec, x, weights) / count, jnp.einsum(spec, x * x, weights) / count
+  def weighted_sum(values):  # full float32 on every backend (TPU/GPU dots may round inputs)
+    return jnp.einsum("b...c,b->c", values, weights, precision=jax.lax.Precision.HIGHEST)
+  return weighted_sum(x) / count, weighted_sum(x * x) / count
 
 
 class BatchNorm(nn.Module):

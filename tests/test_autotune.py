@@ -229,3 +229,30 @@ def test_a_mix_is_timed_as_the_weighted_mean_of_one_step_of_each_kind(monkeypatc
   times = list(autotune.time_method_step(MixMethod(10), "mix", {}, steps=3))
   assert times == pytest.approx([0.9 * 0.010 + 0.1 * 1.0] * 3)
   assert autotune.CONV.step == "mix"
+
+
+def test_a_fresh_joint_decision_reports_every_setting_as_timed(tiny_config, timing):
+  """The strategy decided inside the conv's timing is the record reported (source 'timed'),
+  not re-read from the cache; nothing is timed twice."""
+  tiny_config.method = "tag"
+  timer = FakeTimer({"xla": 5.0, "im2col": 3.0, "unrolled": 9.0, "vmap": 2.0})
+  _, record = resolve(tiny_config, timer)
+  assert {k: v["source"] for k, v in record.items()} == {"model.conv": "timed",
+                                                          "affinity.strategy": "timed"}
+  assert len(timer.calls) == 6  # 2 strategies for each of 2 convs, 2 convs: none again
+
+
+def test_a_conv_under_which_no_strategy_fits_is_skipped(tiny_config, timing):
+  """Every strategy too large under im2col: im2col is skipped, xla chosen; the run goes on."""
+  tiny_config.method = "tag"
+
+  def timer(config, tunable, candidate):
+    if tunable.path == "affinity.strategy" and config.model.conv == "im2col":
+      raise autotune.TooLarge("needs more memory than there is")
+    return [0.002] * 4
+
+  config, record = autotune.resolve(tiny_config, None, len(TASKS), SHAPE,
+                                    (autotune.CONV,) + methods.REGISTRY["tag"].tuned,
+                                    timer=timer)
+  assert config.model.conv == "xla"
+  assert "im2col" in record["model.conv"]["skipped"]
