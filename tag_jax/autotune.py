@@ -368,8 +368,8 @@ def resolve(config, build: Callable, num_tasks: int, image_shape, tunables: Sequ
 
     candidates = tunable.candidates(config, num_tasks)
     # A 'mix' times steps that the later settings shape too (still 'auto': their rules).
-    extra = [path for later in tunables[index + 1:] for path in (later.path, *later.key_paths)
-             ] + list(MIX_KEY_PATHS) if tunable.step == "mix" else []
+    extra = [path for t in later for path in (t.path, *t.key_paths)] + list(MIX_KEY_PATHS) \
+        if tunable.step == "mix" else []
     records[tunable.path] = choose(
         tunable.path, candidates,
         cache_key(config, tunable, num_tasks, image_shape, batch_size, candidates, extra),
