@@ -38,11 +38,10 @@ def random_batch(args):
           "mask": np.ones((args.batch_size,), np.float32)}
 
 
-def compiled_step(config, args, batch):
-  """(jitted step, state) with the step already compiled and run once."""
-  task_names = tuple(f"task{t}" for t in range(args.tasks))
-  method = methods.build(config, task_names, (args.image_size, args.image_size, 3),
-                         steps_per_epoch=100)
+def compiled_step(config, batch):
+  """(jitted step, state) for `batch`'s shapes, with the step already compiled and run once."""
+  task_names = tuple(f"task{t}" for t in range(batch["labels"].shape[1]))
+  method = methods.build(config, task_names, batch["image"].shape[1:], steps_per_epoch=100)
   step = jax.jit(method.train_step, donate_argnums=0, compiler_options=method.compiler_options)
   state, metrics = step(method.init_state(jax.random.key(0)), batch)
   jax.block_until_ready(metrics)
@@ -75,11 +74,11 @@ def main():
   args = parser.parse_args()
 
   batch = random_batch(args)
-  variants = {"mtl": compiled_step(benchmark_config(args, "mtl"), args, batch)}
+  variants = {"mtl": compiled_step(benchmark_config(args, "mtl"), batch)}
   for strategy in args.strategies:
     for k in args.groups:
       variants[f"dmtg K={k} {strategy}"] = compiled_step(
-          benchmark_config(args, "dmtg", k, strategy), args, batch)
+          benchmark_config(args, "dmtg", k, strategy), batch)
   ms = median_step_ms(variants, batch, args.repeats)
   print(f"backend {jax.default_backend()}, image {args.image_size}, batch {args.batch_size}, "
         f"width {args.width}, {args.tasks} tasks, conv {args.conv}, median of {args.repeats}")

@@ -1,12 +1,12 @@
 """DMTG with the best measured robust options, on the offline synthetic dataset (else as
 synthetic_dmtg.py).
 
-Every head learns at full weight on its branch's features (`probe_heads`), so a task's loss on
-a branch measures the branch, not how often the task sampled it; a balance term keeps all K
-branches in use; Θ gets its own Adam at 0.03. Measured with benchmarks/dmtg_recovery.py
-(README, "DMTG: faithful by default, robust options measured"): on the 3-group width-16
-preset it recovers the planted groups in a minority of seeds (the faithful DMTG in none);
-the target of 9 in 10 is not reached.
+Θ also learns from the lookahead: how a short step of each branch along its update changes
+each task's loss (`lookahead_weight`, tag_jax/methods/dmtg.py), so tasks move towards the
+branches whose updates help them; every head learns at full weight on its branch's features
+(`probe_heads`), a balance term keeps all K branches in use, Θ gets its own Adam at 0.03.
+Measured with benchmarks/dmtg_recovery.py (README, "DMTG: faithful by default, robust options
+measured").
 """
 
 from tag_jax import default_config
@@ -18,4 +18,5 @@ def get_config():
   config.dmtg.balance_weight = 0.1
   config.dmtg.logits_optimizer = "adam"
   config.dmtg.logits_learning_rate = 0.03
+  config.dmtg.lookahead_weight = 0.3
   return config

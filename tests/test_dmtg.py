@@ -225,6 +225,78 @@ def test_probe_heads_learn_unweighted_while_branches_and_logits_learn_the_weight
                          jax.tree.leaves(reference_heads)[0], rtol=1e-4, atol=1e-6)
 
 
+def written_out_pair_losses(net, batch_stats, batch):
+  """ℓ (K, N)(params): masked mean cross-entropy of head (k, n) on branch k, from the logits."""
+  def pair_losses(params):
+    logits, _ = net.branch_logits(params, batch_stats, batch["image"], train=True,
+                                  mask=batch["mask"])
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(log_p, batch["labels"][None, :, :, None], axis=-1)[..., 0]
+    return -(picked * batch["mask"][None, :, None]).sum(1) / batch["mask"].sum()
+  return pair_losses
+
+
+def test_lookahead_alignment_is_each_tasks_loss_change_along_each_branch_update(net, initial):
+  """a[k, n] = ℓ[k, n] now - after branch k steps along its gradient G_k, by a relative length
+  (branch by branch, in a loop), scaled to mean |a| = 1; to first order s_k <∇ℓ[k, n], G_k>,
+  from per-task gradients."""
+  batch, variables = tiny_batch(), distinct_branches(initial)
+  params, stats = variables["params"], variables["batch_stats"]
+  pair_losses = written_out_pair_losses(net, stats, batch)
+  y = jnp.asarray(numpy_softmax(np.random.default_rng(2).normal(size=(NUM_TASKS, 3))))
+  trunk_grads = jax.grad(lambda p: (y * pair_losses(p).T).sum())(params)["trunks"]
+  step_length = 1e-3
+  now = np.asarray(pair_losses(params))
+  alignment = np.asarray(dmtg.lookahead_alignment(
+      dmtg.pair_losses_fn(net, stats, batch), params, trunk_grads, jnp.asarray(now), step_length))
+
+  def flat(tree, k):
+    return np.concatenate([np.asarray(leaf[k], np.float64).ravel() for leaf in jax.tree.leaves(tree)])
+  change, first_order = np.zeros((3, NUM_TASKS)), np.zeros((3, NUM_TASKS))
+  for k in range(3):
+    g, w = flat(trunk_grads, k), flat(params["trunks"], k)
+    s = step_length * np.linalg.norm(w) / np.linalg.norm(g)
+    stepped = jax.tree.map(lambda leaf, grad: leaf.at[k].add(-s * grad[k]), params["trunks"],
+                           trunk_grads)
+    change[k] = now[k] - np.asarray(pair_losses({**params, "trunks": stepped}))[k]
+    for n in range(NUM_TASKS):
+      task_grad = jax.grad(lambda p: pair_losses(p)[k, n])(params)["trunks"]
+      first_order[k, n] = s * flat(task_grad, k) @ g
+  np.testing.assert_allclose(alignment, change / np.abs(change).mean(), rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(alignment, first_order / np.abs(first_order).mean(), atol=0.05)
+
+
+def test_lookahead_adds_its_pull_through_the_relaxed_weights_to_thetas_gradient(net, initial):
+  """One SGD step with lookahead_weight w moves Θ by -lr (∂Σ y ℓ/∂Θ - w ∂Σ y[n, k] a[k, n]/∂Θ),
+  a = lookahead_alignment at the step's trunk gradient; not at all during the warm-up."""
+  lr, seed, tau, weight = 0.1, 5, 2.5, 0.7
+  batch, variables = tiny_batch(), distinct_branches(initial)
+  params, stats = variables["params"], variables["batch_stats"]
+  optimizer = optax.sgd(lr)
+  state = steps.init_train_state(net, optimizer, jax.random.key(0), (8, 8, 3))
+  state = state.replace(params=params, batch_stats=stats, opt_state=optimizer.init(params))
+  step = jax.jit(dmtg.make_dmtg_step(net, optimizer, seed=seed,
+                                     temperature=optax.constant_schedule(tau), hard=False,
+                                     entropy_weight=0.0, search_steps=10, warmup_steps=1,
+                                     lookahead_weight=weight, lookahead_step=0.01))
+  warm, _ = step(state, batch)
+  np.testing.assert_array_equal(warm.params["group_logits"], params["group_logits"])
+  warm = warm.replace(params={**warm.params, "trunks": params["trunks"], "heads": params["heads"]})
+  moved, _ = step(warm, batch)
+  noise = jax.random.gumbel(jax.random.fold_in(jax.random.key(seed), 1), (NUM_TASKS, 3))
+  pair_losses = written_out_pair_losses(net, warm.batch_stats, batch)
+
+  def relaxed(theta):
+    return jax.nn.softmax((theta + noise) / tau, axis=-1)
+  grads = jax.grad(lambda p: (relaxed(p["group_logits"]) * pair_losses(p).T).sum())(warm.params)
+  alignment = dmtg.lookahead_alignment(dmtg.pair_losses_fn(net, warm.batch_stats, batch),
+                                       warm.params, grads["trunks"], pair_losses(warm.params), 0.01)
+  pull = jax.grad(lambda theta: (relaxed(theta) * alignment.T).sum())(params["group_logits"])
+  expected = params["group_logits"] - lr * (grads["group_logits"] - weight * pull)
+  np.testing.assert_allclose(moved.params["group_logits"], expected, rtol=1e-4, atol=1e-6)
+  assert np.abs(np.asarray(pull)).max() > 1e-3  # the term is not negligible here
+
+
 def test_logits_start_at_ones_or_ones_plus_seeded_noise():
   base = tiny_net()
   assert (initial_variables(base)["params"]["group_logits"] == 1).all()
@@ -395,12 +467,17 @@ def test_bad_dmtg_values_are_user_errors(tiny_config):
       ("dmtg.balance_weight", -1.0, "balance_weight must be >= 0"),
       ("dmtg.warmup_steps", -5, "warmup_steps must be >= 0"),
       ("dmtg.logits_init_noise", -0.5, "logits_init_noise must be >= 0"),
+      ("dmtg.lookahead_weight", -1.0, "lookahead_weight must be >= 0"),
       ("dmtg.logits_optimizer", "sgd", "needs config.dmtg.logits_learning_rate > 0"),
       ("dmtg.logits_optimizer", "rmsprop", "unknown config.dmtg.logits_optimizer")]:
     config = tiny_config.copy_and_resolve_references()
     config.update_from_flattened_dict({key: value})
     with pytest.raises(UserError, match=message):
       train.validate_config(config)
+  config = tiny_config.copy_and_resolve_references()
+  config.update_from_flattened_dict({"dmtg.lookahead_weight": 1.0, "dmtg.lookahead_step": 0.0})
+  with pytest.raises(UserError, match="lookahead_step must be in"):
+    train.validate_config(config)
 
 
 # --- end to end ---

@@ -24,13 +24,28 @@ early-stopping best with config.early_stopping.restore_best, else the final.
 
 Robust options (config.dmtg, all off by default; README "DMTG: faithful by
 default, robust options measured"): `warmup_steps`, `logits_optimizer`,
-`balance_weight`, `num_samples`, `tau_schedule`, `logits_init_noise`, and
-`probe_heads`: in the reference, head (k, n) learns with weight y[n, k], so a
+`balance_weight`, `num_samples`, `tau_schedule`, `logits_init_noise`,
+`lookahead_weight` (below) and `probe_heads`: in the reference, head (k, n) learns with weight y[n, k], so a
 task's heads on the branches it seldom samples stay untrained, their ℓ[k, n]
 look worse than the branch is, and Θ follows its first choices (rich get
 richer). With probe_heads every head learns at full weight from its own loss on
 its branch's features (held fixed there), while the branches still learn only
 from Σ y ℓ: ℓ[k, n] then measures how well branch k's features serve task n.
+
+Lookahead (lookahead_weight = w > 0): Θ also learns from TAG's lookahead affinity
+between each branch's current group and each task. G_k is branch k's trunk
+gradient of the step's weighted loss (the update that branch is about to take on
+the tasks it now serves); a short step along it, of length
+lookahead_step · ‖θ_k‖, changes task n's loss on that branch by
+    a[k, n] = ℓ[k, n](θ_k) − ℓ[k, n](θ_k − s_k G_k),  s_k = lookahead_step ‖θ_k‖ / ‖G_k‖,
+≈ s_k ⟨∇ℓ[k, n], G_k⟩: how much serving branch k's group helps task n (the
+gradient's projection on the branch's direction, so a large group does not win by
+size). a is scaled to mean |a| = 1 per step and Θ's gradient gains
+−w · ∂(Σ_{n,k} y[n, k] a[k, n])/∂Θ through the same relaxed weights y: tasks move
+towards branches whose updates help them. One extra forward of the K branches.
+The loss differences ℓ[k, n] alone (what Θ learns from in the reference) are
+near a batch's noise when every branch can fit every task; gradient alignment
+separates groups from the first steps (README).
 
 Outputs: `groups.json` (the TAG/CS selection format, plus `probabilities`
 softmax(Θ) (N, K) and `probabilities_per_epoch`), `dmtg_assignment.png`.
@@ -89,6 +104,11 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.probe_heads = False
   # Θ starts at 1 + logits_init_noise x N(0, 1) (reference 0: ones), a random first preference.
   cfg.logits_init_noise = 0.0
+  # > 0: Θ also learns, at this weight, from how a short step of each branch along its update
+  # changes each task's loss (the lookahead above; reference 0: off). lookahead_step: that
+  # step's length relative to the norm of the branch's trunk parameters.
+  cfg.lookahead_weight = 0.0
+  cfg.lookahead_step = 0.003
   return cfg
 
 
@@ -113,9 +133,12 @@ def validate(config) -> None:
     if not cfg[key] > 0:
       raise UserError(f"config.dmtg.{key} must be > 0, got {cfg[key]}")
   for key, low in (("warmup_steps", 0), ("balance_weight", 0.0), ("num_samples", 1),
-                   ("logits_init_noise", 0.0)):
+                   ("logits_init_noise", 0.0), ("lookahead_weight", 0.0)):
     if not cfg[key] >= low:
       raise UserError(f"config.dmtg.{key} must be >= {low}, got {cfg[key]}")
+  if cfg.lookahead_weight > 0 and not 0 < cfg.lookahead_step < 1:
+    raise UserError(f"config.dmtg.lookahead_step must be in (0, 1) (a step's length relative "
+                    f"to the branch's parameter norm), got {cfg.lookahead_step}")
   if cfg.logits_optimizer != "shared" and not cfg.logits_learning_rate > 0:
     raise UserError(f"config.dmtg.logits_optimizer={cfg.logits_optimizer!r} needs "
                     f"config.dmtg.logits_learning_rate > 0, got {cfg.logits_learning_rate}")
@@ -137,7 +160,9 @@ def build(config, task_names, image_shape, steps_per_epoch) -> Method:
                                 hard=cfg.hard, entropy_weight=cfg.entropy_weight,
                                 search_steps=search_steps, warmup_steps=cfg.warmup_steps,
                                 balance_weight=cfg.balance_weight, num_samples=cfg.num_samples,
-                                probe_heads=cfg.probe_heads),
+                                probe_heads=cfg.probe_heads,
+                                lookahead_weight=cfg.lookahead_weight,
+                                lookahead_step=cfg.lookahead_step),
       eval_step=steps.make_eval_step(net),
       trunk_passes=(net.num_groups, net.num_groups),
       served_groups=lambda params: groups_from_logits(task_names, params["group_logits"]),
@@ -342,15 +367,37 @@ def pair_losses_fn(net: GroupedNet, batch_stats, batch, *, probe_heads: bool = F
   return branch_losses
 
 
+def per_branch_norms(tree) -> jax.Array:
+  """(K,) Euclidean norm of each branch's slice of a tree of (K, ...) leaves."""
+  return jnp.sqrt(sum((leaf.reshape(leaf.shape[0], -1) ** 2).sum(-1)
+                      for leaf in jax.tree.leaves(tree)))
+
+
+def lookahead_alignment(branch_losses, params, trunk_grads, pair_losses, step_length: float):
+  """a (K, N): ℓ[k, n] now minus after a step of relative length `step_length` along branch k's
+  trunk gradient (module docstring), scaled to mean |a| = 1. branch_losses(params) -> (ℓ, ...)
+  as pair_losses_fn returns; trunk_grads: params['trunks']' gradient; pair_losses: ℓ (K, N) now."""
+  trunks = params["trunks"]
+  scale = step_length * per_branch_norms(trunks) / (per_branch_norms(trunk_grads) + 1e-12)
+  stepped = jax.tree.map(lambda w, g: w - scale.reshape((-1,) + (1,) * (w.ndim - 1)) * g,
+                         trunks, trunk_grads)
+  after = jax.lax.stop_gradient(branch_losses({**params, "trunks": stepped})[0])
+  change = pair_losses - after
+  return change / (jnp.abs(change).mean() + 1e-12)
+
+
 def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.Schedule,
                    hard: bool, entropy_weight: float, search_steps: int, warmup_steps: int = 0,
-                   balance_weight: float = 0.0, num_samples: int = 1, probe_heads: bool = False):
+                   balance_weight: float = 0.0, num_samples: int = 1, probe_heads: bool = False,
+                   lookahead_weight: float = 0.0, lookahead_step: float = 0.003):
   """DMTG step: Gumbel-weighted loss before `search_steps`, then the arg-max heads with Θ frozen.
 
   Θ learns from step `warmup_steps` to `search_steps`; before, its gradient is zero and it
   stays put. The relaxed weights are the mean over `num_samples` Gumbel draws (one branch
   forward serves them all). probe_heads: see pair_losses_fn; every head learns from its own
-  loss while searching, the chosen ones only while fine-tuning. metrics: loss (), task_losses
+  loss while searching, the chosen ones only while fine-tuning. lookahead_weight /
+  lookahead_step: the lookahead term of Θ's gradient (module docstring), computed only on the
+  steps where Θ learns. metrics: loss (), task_losses
   (N,) (each task's weighted loss), group_of_task (N,) (argmax Θ after the step).
   """
   def train_step(state: steps.TrainState, batch):
@@ -377,13 +424,22 @@ def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.
                                             jnp.where(searching, entropy_weight, 0.0),
                                             jnp.where(searching, balance_weight, 0.0))
       if heads_own is None:
-        return loss, (loss, task_losses, batch_stats)
+        return loss, (loss, task_losses, batch_stats, pair_losses)
       heads_loss = (jnp.where(searching, 1.0, chosen).T * heads_own).sum()
-      return loss + heads_loss, (loss, task_losses, batch_stats)
+      return loss + heads_loss, (loss, task_losses, batch_stats, pair_losses)
 
-    (_, (loss, task_losses, batch_stats)), grads = jax.value_and_grad(total_loss, has_aux=True)(
-        state.params)
-    grads = {**grads, "group_logits": jnp.where(learning_theta, grads["group_logits"], 0.0)}
+    (_, (loss, task_losses, batch_stats, pair_losses)), grads = jax.value_and_grad(
+        total_loss, has_aux=True)(state.params)
+    theta_grad = grads["group_logits"]
+    if lookahead_weight:
+      alignment = jax.lax.cond(
+          learning_theta,
+          lambda: lookahead_alignment(branch_losses, state.params, grads["trunks"],
+                                      jax.lax.stop_gradient(pair_losses), lookahead_step),
+          lambda: jnp.zeros_like(pair_losses))
+      _, pull = jax.vjp(relaxed, theta)
+      theta_grad = theta_grad + pull(-lookahead_weight * alignment.T)[0]
+    grads = {**grads, "group_logits": jnp.where(learning_theta, theta_grad, 0.0)}
     state = steps.apply_gradients(state, optimizer, grads, batch_stats)
     kept = jnp.where(learning_theta, state.params["group_logits"], theta)
     state = state.replace(params={**state.params, "group_logits": kept})
