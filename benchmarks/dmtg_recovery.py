@@ -1,7 +1,7 @@
 """How often DMTG recovers the planted groups, over seeds, faithful against robust settings.
 
   python benchmarks/dmtg_recovery.py [--seeds 10] [--presets three_groups two_groups]
-      [--variants faithful robust]
+      [--variants faithful robust] [--step_repeats 40]
 
 For each preset (planted groups of the synthetic data) and variant (config changes), trains
 DMTG with config.seed = 0..seeds-1 and reports: how many seeds recover the planted groups

@@ -264,6 +264,11 @@ def test_lookahead_alignment_is_each_tasks_loss_change_along_each_branch_update(
       first_order[k, n] = s * flat(task_grad, k) @ g
   np.testing.assert_allclose(alignment, change / np.abs(change).mean(), rtol=1e-3, atol=1e-3)
   np.testing.assert_allclose(alignment, first_order / np.abs(first_order).mean(), atol=0.05)
+  # no step, ℓ now from another computation: their rounding is not scaled up to a signal
+  still = dmtg.lookahead_alignment(dmtg.pair_losses_fn(net, stats, batch), params,
+                                   jax.tree.map(jnp.zeros_like, trunk_grads), jnp.asarray(now),
+                                   step_length)
+  assert np.abs(np.asarray(still)).max() < 0.01
 
 
 def test_lookahead_adds_its_pull_through_the_relaxed_weights_to_thetas_gradient(net, initial):

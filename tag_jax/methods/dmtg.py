@@ -42,7 +42,9 @@ lookahead_step · ‖θ_k‖, changes task n's loss on that branch by
 gradient's projection on the branch's direction, so a large group does not win by
 size). a is scaled to mean |a| = 1 per step and Θ's gradient gains
 −w · ∂(Σ_{n,k} y[n, k] a[k, n])/∂Θ through the same relaxed weights y: tasks move
-towards branches whose updates help them. One extra forward of the K branches.
+towards branches whose updates help them. One extra forward of the K branches (and
+of the shared stem, if any). A branch with no gradient (with `hard`, one no task
+drew) has a[k, :] = 0: nothing pulls tasks towards it.
 The loss differences ℓ[k, n] alone (what Θ learns from in the reference) are
 near a batch's noise when every branch can fit every task; gradient alignment
 separates groups from the first steps (README).
@@ -67,6 +69,7 @@ from tag_jax.errors import UserError
 from tag_jax.methods.base import Method, one_network
 
 SHARED_STEMS = ("none", "stem")
+ALIGNMENT_FLOOR = 1e-4  # lookahead_alignment: mean |a| is scaled to 1 unless below this x mean ℓ
 LOGITS_OPTIMIZERS = ("shared", "sgd", "adam")
 TAU_SCHEDULES = ("constant", "exponential", "linear")
 
@@ -164,7 +167,9 @@ def build(config, task_names, image_shape, steps_per_epoch) -> Method:
                                 lookahead_weight=cfg.lookahead_weight,
                                 lookahead_step=cfg.lookahead_step),
       eval_step=steps.make_eval_step(net),
-      trunk_passes=(net.num_groups, net.num_groups),
+      # + K lookahead forwards per step with the lookahead (counted on every step, though it
+      # runs only while Θ learns)
+      trunk_passes=(net.num_groups * (2 if cfg.lookahead_weight else 1),) * 2,
       served_groups=lambda params: groups_from_logits(task_names, params["group_logits"]),
       on_epoch_end=record_probabilities,
       finish=write_dmtg_outputs,
@@ -375,7 +380,8 @@ def per_branch_norms(tree) -> jax.Array:
 
 def lookahead_alignment(branch_losses, params, trunk_grads, pair_losses, step_length: float):
   """a (K, N): ℓ[k, n] now minus after a step of relative length `step_length` along branch k's
-  trunk gradient (module docstring), scaled to mean |a| = 1. branch_losses(params) -> (ℓ, ...)
+  trunk gradient (module docstring), scaled to mean |a| = 1 (or by ALIGNMENT_FLOOR x mean ℓ
+  when the changes are smaller than that). branch_losses(params) -> (ℓ, ...)
   as pair_losses_fn returns; trunk_grads: params['trunks']' gradient; pair_losses: ℓ (K, N) now."""
   trunks = params["trunks"]
   scale = step_length * per_branch_norms(trunks) / (per_branch_norms(trunk_grads) + 1e-12)
@@ -383,7 +389,10 @@ def lookahead_alignment(branch_losses, params, trunk_grads, pair_losses, step_le
                          trunks, trunk_grads)
   after = jax.lax.stop_gradient(branch_losses({**params, "trunks": stepped})[0])
   change = pair_losses - after
-  return change / (jnp.abs(change).mean() + 1e-12)
+  # ℓ now and after come from two compiled forwards: a floor keeps their rounding (float32,
+  # ~1e-7 of ℓ) from being scaled up to a signal when the step changes nothing.
+  floor = ALIGNMENT_FLOOR * jnp.abs(pair_losses).mean()
+  return change / jnp.maximum(jnp.abs(change).mean(), floor)
 
 
 def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.Schedule,
