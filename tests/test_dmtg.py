@@ -251,7 +251,8 @@ def test_lookahead_alignment_is_each_tasks_loss_change_along_each_branch_update(
       dmtg.pair_losses_fn(net, stats, batch), params, trunk_grads, jnp.asarray(now), step_length))
 
   def flat(tree, k):
-    return np.concatenate([np.asarray(leaf[k], np.float64).ravel() for leaf in jax.tree.leaves(tree)])
+    return np.concatenate([np.asarray(leaf[k], np.float64).ravel()
+                           for leaf in jax.tree.leaves(tree)])
   change, first_order = np.zeros((3, NUM_TASKS)), np.zeros((3, NUM_TASKS))
   for k in range(3):
     g, w = flat(trunk_grads, k), flat(params["trunks"], k)

@@ -25,8 +25,9 @@ early-stopping best with config.early_stopping.restore_best, else the final.
 Robust options (config.dmtg, all off by default; README "DMTG: faithful by
 default, robust options measured"): `warmup_steps`, `logits_optimizer`,
 `balance_weight`, `num_samples`, `tau_schedule`, `logits_init_noise`,
-`lookahead_weight` (below) and `probe_heads`: in the reference, head (k, n) learns with weight y[n, k], so a
-task's heads on the branches it seldom samples stay untrained, their ℓ[k, n]
+`lookahead_weight` (below) and `probe_heads`: in the reference, head (k, n)
+learns with weight y[n, k], so a task's heads on the branches it seldom samples
+stay untrained, their ℓ[k, n]
 look worse than the branch is, and Θ follows its first choices (rich get
 richer). With probe_heads every head learns at full weight from its own loss on
 its branch's features (held fixed there), while the branches still learn only
