@@ -19,10 +19,8 @@ import os
 import statistics
 import tempfile
 
-import numpy as np
-
 from dmtg_step import compiled_step, median_step_ms
-from tag_jax import study, train
+from tag_jax import autotune, study, train
 from tag_jax.data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,11 +94,8 @@ def step_ratios(preset: str, variants, repeats: int) -> dict:
   """variant -> its bare train step's median time over the faithful step's, on the preset's
   shapes (random batch; every variant compiled here and timed in turn)."""
   config = PRESETS[preset]()
-  rng = np.random.default_rng(0)
-  size, tasks = config.image_size, sum(config.dataset.group_sizes)
-  batch = {"image": rng.normal(size=(config.batch_size, size, size, 3)).astype(np.float32),
-           "labels": rng.integers(0, 2, size=(config.batch_size, tasks)).astype(np.int32),
-           "mask": np.ones((config.batch_size,), np.float32)}
+  batch = autotune.random_batch(config.batch_size, (config.image_size, config.image_size, 3),
+                                sum(config.dataset.group_sizes), config.model.num_classes)
   steps = {}
   for variant in dict.fromkeys(("faithful",) + tuple(variants)):
     variant_config = PRESETS[preset]()

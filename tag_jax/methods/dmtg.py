@@ -373,21 +373,15 @@ def pair_losses_fn(net: GroupedNet, batch_stats, batch, *, probe_heads: bool = F
   return branch_losses
 
 
-def per_branch_norms(tree) -> jax.Array:
-  """(K,) Euclidean norm of each branch's slice of a tree of (K, ...) leaves."""
-  return jnp.sqrt(sum((leaf.reshape(leaf.shape[0], -1) ** 2).sum(-1)
-                      for leaf in jax.tree.leaves(tree)))
-
-
 def lookahead_alignment(branch_losses, params, trunk_grads, pair_losses, step_length: float):
   """a (K, N): ℓ[k, n] now minus after a step of relative length `step_length` along branch k's
   trunk gradient (module docstring), scaled to mean |a| = 1 (or by ALIGNMENT_FLOOR x mean ℓ
   when the changes are smaller than that). branch_losses(params) -> (ℓ, ...)
   as pair_losses_fn returns; trunk_grads: params['trunks']' gradient; pair_losses: ℓ (K, N) now."""
-  trunks = params["trunks"]
-  scale = step_length * per_branch_norms(trunks) / (per_branch_norms(trunk_grads) + 1e-12)
-  stepped = jax.tree.map(lambda w, g: w - scale.reshape((-1,) + (1,) * (w.ndim - 1)) * g,
-                         trunks, trunk_grads)
+  def step_branch(trunk, grad):  # one branch's slice of the stacked (K, ...) trees
+    scale = step_length * optax.global_norm(trunk) / (optax.global_norm(grad) + 1e-12)
+    return jax.tree.map(lambda w, g: w - scale * g, trunk, grad)
+  stepped = jax.vmap(step_branch)(params["trunks"], trunk_grads)
   after = jax.lax.stop_gradient(branch_losses({**params, "trunks": stepped})[0])
   change = pair_losses - after
   # ℓ now and after come from two compiled forwards: a floor keeps their rounding (float32,
