@@ -12,8 +12,12 @@ def softmax_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def per_task_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy per task over real examples (mask (B,) in {0, 1}) -> (T,)."""
-  nll = softmax_nll(logits, labels)
-  return (nll * mask[:, None]).sum(0) / jnp.maximum(mask.sum(), 1.0)
+  return masked_task_mean(softmax_nll(logits, labels), mask)
+
+
+def masked_task_mean(example_losses: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean over real examples (mask (B,) in {0, 1}) of per-example losses (B, T) -> (T,)."""
+  return (example_losses * mask[:, None]).sum(0) / jnp.maximum(mask.sum(), 1.0)
 
 
 def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:

@@ -200,7 +200,16 @@ def batch_moments(x: jax.Array, mask=None):
 class BatchNorm(nn.Module):
   """flax's nn.BatchNorm over (B, ..., C) with its parameters, statistics and values (fast
   variance E[x^2] - E[x]^2 clipped at 0, float32 statistics, running averages kept while
-  training), whose batch statistics count the examples marked by `mask` (B,) (batch_moments)."""
+  training), whose batch statistics count the examples marked by `mask` (B,) (batch_moments).
+
+  Moments for a lookahead (tag_jax.methods.dmtg): training with the 'batch_moments' collection
+  mutable, it writes there the batch's 'mean' and 'mean_square' (C,) and every example's
+  'example_mean' and 'example_mean_square' (B, C). Given them instead (the example rows
+  narrowed to this batch's examples), it normalises with the given batch's moments moved by
+  how much this batch's moments differ from the given examples' (the whole batch after a step,
+  estimated from some of its examples; all of them: this batch's own moments) and leaves the
+  running averages alone.
+  """
 
   use_running_average: bool
   momentum: float = 0.99
@@ -216,12 +225,44 @@ class BatchNorm(nn.Module):
     if self.use_running_average:
       mean, var = running_mean.value, running_var.value
     else:
-      mean, mean_square = batch_moments(x.astype(jnp.float32), mask)
+      x32 = x.astype(jnp.float32)
+      mean, mean_square = batch_moments(x32, mask)
+      given = self.has_variable("batch_moments", "mean")
+      if given:
+        moment = functools.partial(self.get_variable, "batch_moments")
+        then_mean, then_square = rows_moments(moment("example_mean"),
+                                              moment("example_mean_square"), mask)
+        mean = moment("mean") + (mean - then_mean)
+        mean_square = moment("mean_square") + (mean_square - then_square)
       var = jnp.maximum(0.0, mean_square - jnp.square(mean))
-      if not self.is_initializing():
+      if not (self.is_initializing() or given):
         running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
         running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+        if self.is_mutable_collection("batch_moments"):
+          example_mean, example_square = example_moments(x32)
+          for name, value in (("mean", mean), ("mean_square", mean_square),
+                              ("example_mean", example_mean),
+                              ("example_mean_square", example_square)):
+            self.put_variable("batch_moments", name, value)
     return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
+def example_moments(x: jax.Array):
+  """(mean, mean of squares) (B, C) of every example of x (B, ..., C)."""
+  axes = tuple(range(1, x.ndim - 1))
+  return x.mean(axis=axes), (x * x).mean(axis=axes)
+
+
+def rows_moments(example_mean: jax.Array, example_mean_square: jax.Array, mask=None):
+  """(mean, mean of squares) (C,) of a batch from its examples' (B, C), counting the examples
+  where mask (B,) is nonzero (all without a mask), as batch_moments counts them."""
+  if mask is None:
+    return example_mean.mean(0), example_mean_square.mean(0)
+  weights = (mask != 0).astype(example_mean.dtype)
+  count = jnp.maximum(weights.sum(), 1.0)
+  def weighted_sum(values):  # full float32, as in batch_moments
+    return jnp.einsum("bc,b->c", values, weights, precision=jax.lax.Precision.HIGHEST)
+  return weighted_sum(example_mean) / count, weighted_sum(example_mean_square) / count
 
 
 @jax.custom_jvp

@@ -238,8 +238,10 @@ def written_out_pair_losses(net, batch_stats, batch):
 
 def test_lookahead_alignment_is_each_tasks_loss_change_along_each_branch_update(net, initial):
   """a[k, n] = ℓ[k, n] now - after branch k steps along its gradient G_k, by a relative length
-  (branch by branch, in a loop), scaled to mean |a| = 1; to first order s_k <∇ℓ[k, n], G_k>,
-  from per-task gradients."""
+  (branch by branch, in a loop, in training mode), scaled to mean |a| = 1; to first order
+  s_k <∇ℓ[k, n], G_k>, from per-task gradients. The lookahead's forward normalises from the
+  forward now's batch-norm moments, moved by its own batch's change: on the whole batch, the
+  training-mode forward's own moments after the step."""
   batch, variables = tiny_batch(), distinct_branches(initial)
   params, stats = variables["params"], variables["batch_stats"]
   pair_losses = written_out_pair_losses(net, stats, batch)
@@ -247,8 +249,10 @@ def test_lookahead_alignment_is_each_tasks_loss_change_along_each_branch_update(
   trunk_grads = jax.grad(lambda p: (y * pair_losses(p).T).sum())(params)["trunks"]
   step_length = 1e-3
   now = np.asarray(pair_losses(params))
-  alignment = np.asarray(dmtg.lookahead_alignment(
-      dmtg.pair_losses_fn(net, stats, batch), params, trunk_grads, jnp.asarray(now), step_length))
+  moments = dmtg.pair_losses_fn(net, stats, batch)(params)[1]["moments"]
+  lookahead = dmtg.pair_losses_fn(net, stats, batch, moments=moments)
+  alignment = np.asarray(dmtg.lookahead_alignment(lookahead, params, trunk_grads,
+                                                  jnp.asarray(now), step_length))
 
   def flat(tree, k):
     return np.concatenate([np.asarray(leaf[k], np.float64).ravel()
@@ -266,15 +270,19 @@ def test_lookahead_alignment_is_each_tasks_loss_change_along_each_branch_update(
   np.testing.assert_allclose(alignment, change / np.abs(change).mean(), rtol=1e-3, atol=1e-3)
   np.testing.assert_allclose(alignment, first_order / np.abs(first_order).mean(), atol=0.05)
   # no step, ℓ now from another computation: their rounding is not scaled up to a signal
-  still = dmtg.lookahead_alignment(dmtg.pair_losses_fn(net, stats, batch), params,
-                                   jax.tree.map(jnp.zeros_like, trunk_grads), jnp.asarray(now),
-                                   step_length)
+  still = dmtg.lookahead_alignment(lookahead, params, jax.tree.map(jnp.zeros_like, trunk_grads),
+                                   jnp.asarray(now), step_length)
   assert np.abs(np.asarray(still)).max() < 0.01
 
 
-def test_lookahead_adds_its_pull_through_the_relaxed_weights_to_thetas_gradient(net, initial):
+@pytest.mark.parametrize("subsample, shared_stem", [(1, "none"), (2, "none"), (2, "stem")])
+def test_lookahead_adds_its_pull_through_the_relaxed_weights_to_thetas_gradient(subsample,
+                                                                                 shared_stem):
   """One SGD step with lookahead_weight w moves Θ by -lr (∂Σ y ℓ/∂Θ - w ∂Σ y[n, k] a[k, n]/∂Θ),
-  a = lookahead_alignment at the step's trunk gradient; not at all during the warm-up."""
+  a = lookahead_alignment at the step's trunk gradient on every `subsample`-th example with the
+  whole batch's batch-norm moments; not at all during the warm-up."""
+  net = tiny_net(shared_stem=shared_stem)
+  initial = initial_variables(net)
   lr, seed, tau, weight = 0.1, 5, 2.5, 0.7
   batch, variables = tiny_batch(), distinct_branches(initial)
   params, stats = variables["params"], variables["batch_stats"]
@@ -284,7 +292,8 @@ def test_lookahead_adds_its_pull_through_the_relaxed_weights_to_thetas_gradient(
   step = jax.jit(dmtg.make_dmtg_step(net, optimizer, seed=seed,
                                      temperature=optax.constant_schedule(tau), hard=False,
                                      entropy_weight=0.0, search_steps=10, warmup_steps=1,
-                                     lookahead_weight=weight, lookahead_step=0.01))
+                                     lookahead_weight=weight, lookahead_step=0.01,
+                                     lookahead_subsample=subsample))
   warm, _ = step(state, batch)
   np.testing.assert_array_equal(warm.params["group_logits"], params["group_logits"])
   warm = warm.replace(params={**warm.params, "trunks": params["trunks"], "heads": params["heads"]})
@@ -295,8 +304,15 @@ def test_lookahead_adds_its_pull_through_the_relaxed_weights_to_thetas_gradient(
   def relaxed(theta):
     return jax.nn.softmax((theta + noise) / tau, axis=-1)
   grads = jax.grad(lambda p: (relaxed(p["group_logits"]) * pair_losses(p).T).sum())(warm.params)
-  alignment = dmtg.lookahead_alignment(dmtg.pair_losses_fn(net, warm.batch_stats, batch),
-                                       warm.params, grads["trunks"], pair_losses(warm.params), 0.01)
+  moments = dmtg.pair_losses_fn(net, warm.batch_stats, batch)(warm.params)[1]["moments"]
+  examples = {key: value[::subsample] for key, value in batch.items()}
+  assert examples["image"].shape[0] == 6 // subsample
+  narrowed = jax.tree_util.tree_map_with_path(  # example rows: (B, C), stacked (K, B, C)
+      lambda path, a: a[..., ::subsample, :] if path[-1].key.startswith("example_") else a,
+      moments)
+  lookahead = dmtg.pair_losses_fn(net, warm.batch_stats, examples, moments=narrowed)
+  alignment = dmtg.lookahead_alignment(lookahead, warm.params, grads["trunks"],
+                                       lookahead(warm.params)[0], 0.01)
   pull = jax.grad(lambda theta: (relaxed(theta) * alignment.T).sum())(params["group_logits"])
   expected = params["group_logits"] - lr * (grads["group_logits"] - weight * pull)
   np.testing.assert_allclose(moved.params["group_logits"], expected, rtol=1e-4, atol=1e-6)
@@ -374,10 +390,10 @@ def test_vmap_and_unrolled_branches_give_equal_losses_gradients_and_statistics(s
     losses = dmtg.pair_losses_fn(tiny_net(strategy, "stem"), variables["batch_stats"], batch)
 
     def total(params, losses=losses):
-      pair_losses, stats, _ = losses(params)
+      pair_losses, aux = losses(params)
       weights = dmtg.gumbel_softmax(params["group_logits"], noise, 2.5, hard=False)
       return dmtg.grouped_objective(pair_losses, weights, params["group_logits"], 0.0)[0], (
-          pair_losses, stats)
+          pair_losses, aux["batch_stats"], aux["moments"])
     results.append(jax.jit(jax.value_and_grad(total, has_aux=True))(variables["params"]))
   (vmap_loss, vmap_aux), vmap_grads = results[0]
   (unrolled_loss, unrolled_aux), unrolled_grads = results[1]
@@ -474,6 +490,8 @@ def test_bad_dmtg_values_are_user_errors(tiny_config):
       ("dmtg.warmup_steps", -5, "warmup_steps must be >= 0"),
       ("dmtg.logits_init_noise", -0.5, "logits_init_noise must be >= 0"),
       ("dmtg.lookahead_weight", -1.0, "lookahead_weight must be >= 0"),
+      ("dmtg.lookahead_subsample", 0, "lookahead_subsample must be in"),
+      ("dmtg.lookahead_subsample", 10**6, "lookahead_subsample must be in"),
       ("dmtg.logits_optimizer", "sgd", "needs config.dmtg.logits_learning_rate > 0"),
       ("dmtg.logits_optimizer", "rmsprop", "unknown config.dmtg.logits_optimizer")]:
     config = tiny_config.copy_and_resolve_references()
@@ -517,3 +535,12 @@ def test_celeba_config_builds_the_published_network_on_mock_data():
            "mask": jnp.ones((256,))}
   _, metrics = jax.eval_shape(method.train_step, state, batch)
   assert metrics["task_losses"].shape == (9,)
+
+
+@pytest.mark.parametrize("weight, subsample, passes", [(0.0, 2, 3), (0.3, 1, 6), (0.3, 2, 4.5),
+                                                       (0.3, 3, 4)])
+def test_trunk_passes_count_the_lookahead_forward_on_its_share_of_the_batch(weight, subsample,
+                                                                             passes):
+  cfg = dmtg.default_config()
+  cfg.update(num_groups=3, lookahead_weight=weight, lookahead_subsample=subsample)
+  assert dmtg.step_trunk_passes(cfg) == passes

@@ -170,3 +170,46 @@ def test_uint8_images_are_scaled_on_device_like_float_images_on_the_host(dtype):
                              stem.apply(stem_vars, jnp.asarray(on_host), train=False),
                              rtol=1e-5, atol=1e-6)
   assert float(jnp.max(from_uint8)) != 0.0
+
+
+def test_batch_norm_writes_its_moments_and_normalises_a_lookahead_with_the_moved_ones():
+  """Training with 'batch_moments' mutable, models.BatchNorm writes the batch's mask-weighted
+  mean and mean square and every example's; given them, narrowed to some examples, it normalises
+  a batch of those examples (changed) with the whole batch's moments plus the change of the
+  examples' moments (written out), leaving the running statistics alone; given the whole batch
+  unchanged, it normalises as the batch's own forward did."""
+  x = 2.0 * jax.random.normal(jax.random.key(0), (6, 3, 3, 4)) + 0.5
+  mask = jnp.array([1, 1, 1, 1, 0, 1], jnp.float32)
+  bn = models.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-3)
+  variables = bn.init(jax.random.key(1), x)
+  variables = jax.tree.map(lambda a: a + jax.random.uniform(jax.random.key(2), a.shape),
+                           variables)
+  y, written = bn.apply(variables, x, mask=mask, mutable=["batch_stats", "batch_moments"])
+  moments = written["batch_moments"]
+  xs, real = np.asarray(x, np.float64), np.asarray(mask) == 1
+  np.testing.assert_allclose(moments["mean"], xs[real].mean((0, 1, 2)), rtol=1e-5)
+  np.testing.assert_allclose(moments["mean_square"], (xs[real] ** 2).mean((0, 1, 2)), rtol=1e-5)
+  np.testing.assert_allclose(moments["example_mean"], xs.mean((1, 2)), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(moments["example_mean_square"], (xs ** 2).mean((1, 2)), rtol=1e-5)
+  params = variables["params"]
+
+  def normalised(values, mean, mean_square):
+    return ((values - mean) / np.sqrt(mean_square - mean ** 2 + 1e-3) * np.asarray(params["scale"])
+            + np.asarray(params["bias"]))
+  same = bn.apply({**variables, "batch_moments": moments}, x, mask=mask)
+  np.testing.assert_allclose(same, y, rtol=1e-4, atol=1e-5)
+  rows = np.arange(0, 6, 2)  # examples 0, 2, 4 (4 padded)
+  narrowed = {**moments, "example_mean": moments["example_mean"][rows],
+              "example_mean_square": moments["example_mean_square"][rows]}
+  changed = 1.1 * xs[rows] + 0.3
+  out, unchanged = bn.apply({**variables, "batch_moments": narrowed}, jnp.asarray(changed),
+                            mask=mask[rows], mutable=["batch_stats"])
+  kept = real[rows]
+  mean = (xs[real].mean((0, 1, 2)) + changed[kept].mean((0, 1, 2))
+          - xs[rows][kept].mean((0, 1, 2)))
+  mean_square = ((xs[real] ** 2).mean((0, 1, 2)) + (changed[kept] ** 2).mean((0, 1, 2))
+                 - (xs[rows][kept] ** 2).mean((0, 1, 2)))
+  np.testing.assert_allclose(out, normalised(changed, mean, mean_square), rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(unchanged["batch_stats"]),
+                  jax.tree.leaves(variables["batch_stats"])):
+    np.testing.assert_array_equal(a, b)

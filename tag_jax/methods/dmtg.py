@@ -44,8 +44,12 @@ gradient's projection on the branch's direction, so a large group does not win b
 size). a is scaled to mean |a| = 1 per step and Θ's gradient gains
 −w · ∂(Σ_{n,k} y[n, k] a[k, n])/∂Θ through the same relaxed weights y: tasks move
 towards branches whose updates help them. One extra forward of the K branches (and
-of the shared stem, if any). A branch with no gradient (with `hard`, one no task
-drew) has a[k, :] = 0: nothing pulls tasks towards it.
+of the shared stem, if any) on every `lookahead_subsample`-th example of the batch:
+ℓ now is the step's own forward's on those examples, and the forward after the step
+normalises with the whole batch's batch-norm moments moved by the change of those
+examples' moments (models.BatchNorm; with every example, the batch's own moments
+after the step, as a forward in training mode). A branch with no gradient (with
+`hard`, one no task drew) has a[k, :] = 0: nothing pulls tasks towards it.
 The loss differences ℓ[k, n] alone (what Θ learns from in the reference) are
 near a batch's noise when every branch can fit every task; gradient alignment
 separates groups from the first steps (README).
@@ -113,6 +117,9 @@ def default_config() -> ml_collections.ConfigDict:
   # step's length relative to the norm of the branch's trunk parameters.
   cfg.lookahead_weight = 0.0
   cfg.lookahead_step = 0.003
+  # The lookahead's forward runs on every n-th example of the batch (1: all; its batch norm then
+  # estimates the whole batch's moments after the step), about 1/n of a forward of K branches.
+  cfg.lookahead_subsample = 1
   return cfg
 
 
@@ -143,6 +150,10 @@ def validate(config) -> None:
   if cfg.lookahead_weight > 0 and not 0 < cfg.lookahead_step < 1:
     raise UserError(f"config.dmtg.lookahead_step must be in (0, 1) (a step's length relative "
                     f"to the branch's parameter norm), got {cfg.lookahead_step}")
+  if not 1 <= cfg.lookahead_subsample <= config.batch_size:
+    raise UserError(f"config.dmtg.lookahead_subsample must be in [1, config.batch_size] = "
+                    f"[1, {config.batch_size}] (the lookahead uses every n-th example), got "
+                    f"{cfg.lookahead_subsample}")
   if cfg.logits_optimizer != "shared" and not cfg.logits_learning_rate > 0:
     raise UserError(f"config.dmtg.logits_optimizer={cfg.logits_optimizer!r} needs "
                     f"config.dmtg.logits_learning_rate > 0, got {cfg.logits_learning_rate}")
@@ -166,28 +177,43 @@ def build(config, task_names, image_shape, steps_per_epoch) -> Method:
                                 balance_weight=cfg.balance_weight, num_samples=cfg.num_samples,
                                 probe_heads=cfg.probe_heads,
                                 lookahead_weight=cfg.lookahead_weight,
-                                lookahead_step=cfg.lookahead_step),
+                                lookahead_step=cfg.lookahead_step,
+                                lookahead_subsample=cfg.lookahead_subsample),
       eval_step=steps.make_eval_step(net),
-      # + K lookahead forwards per step with the lookahead (counted on every step, though it
-      # runs only while Θ learns)
-      trunk_passes=(net.num_groups * (2 if cfg.lookahead_weight else 1),) * 2,
+      trunk_passes=(step_trunk_passes(cfg),) * 2,
       served_groups=lambda params: groups_from_logits(task_names, params["group_logits"]),
       on_epoch_end=record_probabilities,
       finish=write_dmtg_outputs,
       **one_network(len(task_names)))
 
 
+def step_trunk_passes(dmtg_config):
+  """Trunk passes of a step: K, plus K / lookahead_subsample lookahead forwards with the
+  lookahead (counted on every step, though it runs only while Θ learns)."""
+  cfg = dmtg_config
+  passes = cfg.num_groups + (cfg.num_groups / cfg.lookahead_subsample if cfg.lookahead_weight
+                             else 0)
+  return int(passes) if float(passes).is_integer() else passes
+
+
 # --- the K-branch network ---
 
 
-def apply_with_stats(module: nn.Module, params, batch_stats, x, *, train: bool, mask=None):
-  """(module(x), batch statistics): updated from the batch's real rows (mask (B,)) when training,
-  else unchanged."""
+def apply_with_stats(module: nn.Module, params, batch_stats, x, *, train: bool, mask=None,
+                     moments=None):
+  """(module(x), batch statistics, batch-norm moments). Training: the statistics updated from the
+  batch's real rows (mask (B,)) and every BatchNorm's moments (models.BatchNorm); with another
+  forward's `moments` given, normalised from those (a lookahead), statistics unchanged.
+  Inference: running averages, statistics unchanged, moments None."""
   variables = {"params": params, "batch_stats": batch_stats}
   if not train:
-    return module.apply(variables, x, train=False), batch_stats
-  out, updates = module.apply(variables, x, train=True, mask=mask, mutable=["batch_stats"])
-  return out, updates["batch_stats"]
+    return module.apply(variables, x, train=False), batch_stats, None
+  if moments is not None:
+    out = module.apply({**variables, "batch_moments": moments}, x, train=True, mask=mask)
+    return out, batch_stats, moments
+  out, updates = module.apply(variables, x, train=True, mask=mask,
+                              mutable=["batch_stats", "batch_moments"])
+  return out, updates["batch_stats"], updates["batch_moments"]
 
 
 def assignment(group_logits: jax.Array) -> jax.Array:
@@ -235,20 +261,23 @@ class GroupedNet:
     batch_stats["trunks"] = stacking.tile(trunk_vars["batch_stats"], self.num_groups)
     return {"params": params, "batch_stats": batch_stats}
 
-  def branch_features(self, params, batch_stats, image, *, train: bool, mask=None):
-    """Features of every branch (K, B, F) and the (updated) batch statistics."""
-    new_stats = {}
+  def branch_features(self, params, batch_stats, image, *, train: bool, mask=None, moments=None):
+    """Features of every branch (K, B, F), the (updated) batch statistics and the batch-norm
+    moments {'stem', 'trunks'} (apply_with_stats; `moments` given: normalised with those)."""
+    new_stats, new_moments = {}, {}
     if self.stem is not None:
-      image, new_stats["stem"] = apply_with_stats(self.stem, params["stem"], batch_stats["stem"],
-                                                  image, train=train, mask=mask)
+      image, new_stats["stem"], new_moments["stem"] = apply_with_stats(
+          self.stem, params["stem"], batch_stats["stem"], image, train=train, mask=mask,
+          moments=None if moments is None else moments["stem"])
 
-    def one_branch(trunk_params, trunk_stats):
+    def one_branch(trunk_params, trunk_stats, trunk_moments):
       return apply_with_stats(self.trunk, trunk_params, trunk_stats, image, train=train,
-                              mask=mask)
+                              mask=mask, moments=trunk_moments)
 
-    features, new_stats["trunks"] = stacking.map_stacked(
-        one_branch, params["trunks"], batch_stats["trunks"], strategy=self.strategy)
-    return features, new_stats
+    features, new_stats["trunks"], new_moments["trunks"] = stacking.map_stacked(
+        one_branch, params["trunks"], batch_stats["trunks"],
+        None if moments is None else moments["trunks"], strategy=self.strategy)
+    return features, new_stats, new_moments
 
   def head_logits(self, heads_params, features):
     """Logits of every head on its branch's features: (K, B, F) -> (K, B, N, C)."""
@@ -256,8 +285,8 @@ class GroupedNet:
 
   def branch_logits(self, params, batch_stats, image, *, train: bool, mask=None):
     """Logits of every head on its branch (K, B, N, C) and the (updated) batch statistics."""
-    features, new_stats = self.branch_features(params, batch_stats, image, train=train,
-                                               mask=mask)
+    features, new_stats, _ = self.branch_features(params, batch_stats, image, train=train,
+                                                  mask=mask)
     return self.head_logits(params["heads"], features), new_stats
 
   def apply(self, variables, image, *, train: bool = False):
@@ -350,50 +379,69 @@ def grouped_objective(pair_losses, weights, group_logits, entropy_weight, balanc
           + balance_weight * branch_imbalance(group_logits)), task_losses
 
 
-def pair_losses_fn(net: GroupedNet, batch_stats, batch, *, probe_heads: bool = False):
-  """branch_losses(params) -> (ℓ (K, N), batch stats, heads' own losses (K, N) or None); ℓ[k, n]:
-  masked mean cross-entropy of head (k, n) on branch k, in training mode.
+def pair_losses_fn(net: GroupedNet, batch_stats, batch, *, probe_heads: bool = False,
+                   moments=None):
+  """branch_losses(params) -> (ℓ (K, N), aux); ℓ[k, n]: masked mean cross-entropy of head (k, n)
+  on branch k, in training mode. aux: 'batch_stats' (updated), 'moments' (the forward's
+  batch-norm moments, models.BatchNorm; or `moments` when given: another forward's, which this
+  one normalises from, statistics unchanged), 'example_losses' (K, B, N) (held fixed) and
+  'heads_own' (K, N) or None.
 
   probe_heads: ℓ's gradient reaches the branches only (the heads held fixed in it), and the
   heads' own losses are the same values with the branches' features held fixed instead, for
   the heads to learn from unweighted; else ℓ reaches both and there are none (the reference).
   """
-  per_branch = jax.vmap(losses.per_task_cross_entropy, in_axes=(0, None, None))
+  per_branch = jax.vmap(losses.softmax_nll, in_axes=(0, None))
+  mean_over_batch = jax.vmap(losses.masked_task_mean, in_axes=(0, None))
 
   def pair_losses(heads_params, features):
-    return per_branch(net.head_logits(heads_params, features), batch["labels"], batch["mask"])
+    example_losses = per_branch(net.head_logits(heads_params, features), batch["labels"])
+    return mean_over_batch(example_losses, batch["mask"]), example_losses
 
   def branch_losses(params):
-    features, new_stats = net.branch_features(params, batch_stats, batch["image"], train=True,
-                                              mask=batch["mask"])
-    if not probe_heads:
-      return pair_losses(params["heads"], features), new_stats, None
-    return (pair_losses(jax.lax.stop_gradient(params["heads"]), features), new_stats,
-            pair_losses(params["heads"], jax.lax.stop_gradient(features)))
+    features, new_stats, new_moments = net.branch_features(
+        params, batch_stats, batch["image"], train=True, mask=batch["mask"], moments=moments)
+    heads = params["heads"]
+    pair, example_losses = pair_losses(jax.lax.stop_gradient(heads) if probe_heads else heads,
+                                       features)
+    heads_own = pair_losses(heads, jax.lax.stop_gradient(features))[0] if probe_heads else None
+    return pair, {"batch_stats": new_stats, "moments": new_moments, "heads_own": heads_own,
+                  "example_losses": jax.lax.stop_gradient(example_losses)}
   return branch_losses
 
 
-def lookahead_alignment(branch_losses, params, trunk_grads, pair_losses, step_length: float):
+def lookahead_alignment(branch_losses, params, trunk_grads, now, step_length: float):
   """a (K, N): ℓ[k, n] now minus after a step of relative length `step_length` along branch k's
   trunk gradient (module docstring), scaled to mean |a| = 1 (or by ALIGNMENT_FLOOR x mean ℓ
-  when the changes are smaller than that). branch_losses(params) -> (ℓ, ...)
-  as pair_losses_fn returns; trunk_grads: params['trunks']' gradient; pair_losses: ℓ (K, N) now."""
+  when the changes are smaller than that). branch_losses(params) -> (ℓ, aux) as pair_losses_fn
+  returns (the lookahead's examples and batch-norm moments); trunk_grads: params['trunks']'
+  gradient; now: ℓ (K, N) at params on the same examples and moments."""
   def step_branch(trunk, grad):  # one branch's slice of the stacked (K, ...) trees
     scale = step_length * optax.global_norm(trunk) / (optax.global_norm(grad) + 1e-12)
     return jax.tree.map(lambda w, g: w - scale * g, trunk, grad)
   stepped = jax.vmap(step_branch)(params["trunks"], trunk_grads)
   after = jax.lax.stop_gradient(branch_losses({**params, "trunks": stepped})[0])
-  change = pair_losses - after
+  change = now - after
   # ℓ now and after come from two compiled forwards: a floor keeps their rounding (float32,
   # ~1e-7 of ℓ) from being scaled up to a signal when the step changes nothing.
-  floor = ALIGNMENT_FLOOR * jnp.abs(pair_losses).mean()
+  floor = ALIGNMENT_FLOOR * jnp.abs(now).mean()
   return change / jnp.maximum(jnp.abs(change).mean(), floor)
+
+
+def every_nth_example(batch, moments, n: int):
+  """(batch, moments) narrowed to examples 0, n, 2n, ...: every array of the batch on its leading
+  axis B, the batch-norm moments' example rows (models.BatchNorm, (..., B, C)) on theirs."""
+  def narrow(path, leaf):
+    return leaf[..., ::n, :] if path[-1].key.startswith("example_") else leaf
+  return (jax.tree.map(lambda a: a[::n], batch),
+          jax.tree_util.tree_map_with_path(narrow, moments))
 
 
 def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.Schedule,
                    hard: bool, entropy_weight: float, search_steps: int, warmup_steps: int = 0,
                    balance_weight: float = 0.0, num_samples: int = 1, probe_heads: bool = False,
-                   lookahead_weight: float = 0.0, lookahead_step: float = 0.003):
+                   lookahead_weight: float = 0.0, lookahead_step: float = 0.003,
+                   lookahead_subsample: int = 1):
   """DMTG step: Gumbel-weighted loss before `search_steps`, then the arg-max heads with Θ frozen.
 
   Θ learns from step `warmup_steps` to `search_steps`; before, its gradient is zero and it
@@ -401,7 +449,8 @@ def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.
   forward serves them all). probe_heads: see pair_losses_fn; every head learns from its own
   loss while searching, the chosen ones only while fine-tuning. lookahead_weight /
   lookahead_step: the lookahead term of Θ's gradient (module docstring), computed only on the
-  steps where Θ learns. metrics: loss (), task_losses
+  steps where Θ learns, on every `lookahead_subsample`-th example of the batch (module
+  docstring). metrics: loss (), task_losses
   (N,) (each task's weighted loss), group_of_task (N,) (argmax Θ after the step).
   """
   def train_step(state: steps.TrainState, batch):
@@ -420,7 +469,8 @@ def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.
       return jax.vmap(lambda g: gumbel_softmax(logits, g, tau, hard=hard))(noise).mean(0)
 
     def total_loss(params):
-      pair_losses, batch_stats, heads_own = branch_losses(params)
+      pair_losses, aux = branch_losses(params)
+      heads_own = aux["heads_own"]
       logits = params["group_logits"]
       chosen = jax.nn.one_hot(assignment(logits), net.num_groups)
       weights = jnp.where(searching, relaxed(logits), chosen)
@@ -428,23 +478,27 @@ def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.
                                             jnp.where(searching, entropy_weight, 0.0),
                                             jnp.where(searching, balance_weight, 0.0))
       if heads_own is None:
-        return loss, (loss, task_losses, batch_stats, pair_losses)
+        return loss, (loss, task_losses, aux)
       heads_loss = (jnp.where(searching, 1.0, chosen).T * heads_own).sum()
-      return loss + heads_loss, (loss, task_losses, batch_stats, pair_losses)
+      return loss + heads_loss, (loss, task_losses, aux)
 
-    (_, (loss, task_losses, batch_stats, pair_losses)), grads = jax.value_and_grad(
+    (_, (loss, task_losses, aux)), grads = jax.value_and_grad(
         total_loss, has_aux=True)(state.params)
     theta_grad = grads["group_logits"]
     if lookahead_weight:
+      examples, moments = every_nth_example(batch, aux["moments"], lookahead_subsample)
+      now = jax.vmap(losses.masked_task_mean, in_axes=(0, None))(
+          aux["example_losses"][:, ::lookahead_subsample], examples["mask"])
+      lookahead_losses = pair_losses_fn(net, state.batch_stats, examples, moments=moments)
       alignment = jax.lax.cond(
           learning_theta,
-          lambda: lookahead_alignment(branch_losses, state.params, grads["trunks"],
-                                      jax.lax.stop_gradient(pair_losses), lookahead_step),
-          lambda: jnp.zeros_like(pair_losses))
+          lambda: lookahead_alignment(lookahead_losses, state.params, grads["trunks"], now,
+                                      lookahead_step),
+          lambda: jnp.zeros_like(now))
       _, pull = jax.vjp(relaxed, theta)
       theta_grad = theta_grad + pull(-lookahead_weight * alignment.T)[0]
     grads = {**grads, "group_logits": jnp.where(learning_theta, theta_grad, 0.0)}
-    state = steps.apply_gradients(state, optimizer, grads, batch_stats)
+    state = steps.apply_gradients(state, optimizer, grads, aux["batch_stats"])
     kept = jnp.where(learning_theta, state.params["group_logits"], theta)
     state = state.replace(params={**state.params, "group_logits": kept})
     return state, {"loss": loss, "task_losses": task_losses,
