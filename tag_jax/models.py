@@ -238,7 +238,8 @@ class BatchNorm(nn.Module):
       if not (self.is_initializing() or given):
         running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
         running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
-        if self.is_mutable_collection("batch_moments"):
+        if self.is_mutable_collection("batch_moments"):  # (a second pass over x: the batch's
+          # moments above keep the values every BatchNorm computes without this collection)
           example_mean, example_square = example_moments(x32)
           for name, value in (("mean", mean), ("mean_square", mean_square),
                               ("example_mean", example_mean),
@@ -259,7 +260,7 @@ def rows_moments(example_mean: jax.Array, example_mean_square: jax.Array, mask=N
   if mask is None:
     return example_mean.mean(0), example_mean_square.mean(0)
   weights = (mask != 0).astype(example_mean.dtype)
-  count = jnp.maximum(weights.sum(), 1.0)
+  count = weights.sum()
   def weighted_sum(values):  # full float32, as in batch_moments
     return jnp.einsum("bc,b->c", values, weights, precision=jax.lax.Precision.HIGHEST)
   return weighted_sum(example_mean) / count, weighted_sum(example_mean_square) / count

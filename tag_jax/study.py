@@ -523,7 +523,8 @@ def markdown(report: dict) -> str:
     lines.append(f"| {r['label']} | {r['k']} | {accuracy} |")
   lines += ["", "## Trunk passes", "",
             "One training step of one trunk (forward + backward) on one batch counts 1; each "
-            "lookahead forward or extra per-task backward pull counts 1 more; evaluation is not "
+            "lookahead forward or extra per-task backward pull counts 1 more (a forward on part "
+            "of the batch, its share); evaluation is not "
             "counted. Each stage's steps as its run counted them:", ""]
   for name, stage in report["stages"].items():
     plain, measured = stage["trunk_passes_per_step"]

@@ -546,8 +546,8 @@ def final_results(run: Run, state, meta: dict) -> dict:
       "restored_epoch": restored_epoch,
       **served_results(final, method.serving, baseline),
       "majority_baseline": baseline,
-      "compute": {"trunk_passes": plain * (step - meta["measured_steps"])
-                                  + measured * meta["measured_steps"],
+      "compute": {"trunk_passes": round(plain * (step - meta["measured_steps"])
+                                        + measured * meta["measured_steps"]),
                   "trunk_passes_per_step": [plain, measured],
                   "measured_steps": meta["measured_steps"],
                   "train_seconds": run.seconds()},

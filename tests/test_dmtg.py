@@ -275,13 +275,16 @@ def test_lookahead_alignment_is_each_tasks_loss_change_along_each_branch_update(
   assert np.abs(np.asarray(still)).max() < 0.01
 
 
-@pytest.mark.parametrize("subsample, shared_stem", [(1, "none"), (2, "none"), (2, "stem")])
-def test_lookahead_adds_its_pull_through_the_relaxed_weights_to_thetas_gradient(subsample,
-                                                                                 shared_stem):
+@pytest.mark.parametrize("subsample, shared_stem, strategy", [
+    (1, "none", "unrolled"), (2, "none", "unrolled"), (5, "none", "unrolled"),
+    (2, "stem", "vmap"), (3, "stem", "map")])
+def test_lookahead_adds_its_pull_through_the_relaxed_weights_to_thetas_gradient(
+    subsample, shared_stem, strategy):
   """One SGD step with lookahead_weight w moves Θ by -lr (∂Σ y ℓ/∂Θ - w ∂Σ y[n, k] a[k, n]/∂Θ),
-  a = lookahead_alignment at the step's trunk gradient on every `subsample`-th example with the
-  whole batch's batch-norm moments; not at all during the warm-up."""
-  net = tiny_net(shared_stem=shared_stem)
+  a = lookahead_alignment at the step's trunk gradient on every `subsample`-th example (with 5:
+  examples 0 and 5, the padded one) with the whole batch's batch-norm moments; not at all during
+  the warm-up."""
+  net = tiny_net(strategy, shared_stem=shared_stem)
   initial = initial_variables(net)
   lr, seed, tau, weight = 0.1, 5, 2.5, 0.7
   batch, variables = tiny_batch(), distinct_branches(initial)
@@ -306,7 +309,7 @@ def test_lookahead_adds_its_pull_through_the_relaxed_weights_to_thetas_gradient(
   grads = jax.grad(lambda p: (relaxed(p["group_logits"]) * pair_losses(p).T).sum())(warm.params)
   moments = dmtg.pair_losses_fn(net, warm.batch_stats, batch)(warm.params)[1]["moments"]
   examples = {key: value[::subsample] for key, value in batch.items()}
-  assert examples["image"].shape[0] == 6 // subsample
+  assert examples["image"].shape[0] == len(range(0, 6, subsample))
   narrowed = jax.tree_util.tree_map_with_path(  # example rows: (B, C), stacked (K, B, C)
       lambda path, a: a[..., ::subsample, :] if path[-1].key.startswith("example_") else a,
       moments)
@@ -490,8 +493,9 @@ def test_bad_dmtg_values_are_user_errors(tiny_config):
       ("dmtg.warmup_steps", -5, "warmup_steps must be >= 0"),
       ("dmtg.logits_init_noise", -0.5, "logits_init_noise must be >= 0"),
       ("dmtg.lookahead_weight", -1.0, "lookahead_weight must be >= 0"),
-      ("dmtg.lookahead_subsample", 0, "lookahead_subsample must be in"),
-      ("dmtg.lookahead_subsample", 10**6, "lookahead_subsample must be in"),
+      ("dmtg.lookahead_subsample", 0, "lookahead_subsample must divide"),
+      ("dmtg.lookahead_subsample", 3, "lookahead_subsample must divide"),  # batch 32
+      ("dmtg.lookahead_subsample", 8, "leave at least 8 examples"),
       ("dmtg.logits_optimizer", "sgd", "needs config.dmtg.logits_learning_rate > 0"),
       ("dmtg.logits_optimizer", "rmsprop", "unknown config.dmtg.logits_optimizer")]:
     config = tiny_config.copy_and_resolve_references()

@@ -69,7 +69,8 @@ class Method:
   members (G, T), serving (T,), stacked: see the module docstring.
   measured_step: like train_step, run instead of it when step % measure_every == 0.
   trunk_passes: (per train_step, per measured_step) trunk forward+backward passes (a
-    lookahead forward or an extra per-task backward pull counts one); the loop multiplies
+    lookahead forward or an extra per-task backward pull counts one, a forward on part of
+    the batch its share); the loop multiplies
     them by the steps it ran and reports the total in results.json.
   served_groups(params) -> the task-name groups whose networks serve the tasks; None = from
     members and serving.

@@ -75,6 +75,7 @@ from tag_jax.methods.base import Method, one_network
 
 SHARED_STEMS = ("none", "stem")
 ALIGNMENT_FLOOR = 1e-4  # lookahead_alignment: mean |a| is scaled to 1 unless below this x mean ℓ
+MIN_LOOKAHEAD_EXAMPLES = 8  # lookahead_subsample keeps this many (batch-norm moments from fewer)
 LOGITS_OPTIMIZERS = ("shared", "sgd", "adam")
 TAU_SCHEDULES = ("constant", "exponential", "linear")
 
@@ -128,7 +129,8 @@ BRANCH_STRATEGY = autotune.Tunable(
     "dmtg.branch_strategy",
     lambda config, num_tasks: stacking.timing_candidates(config.dmtg.num_groups,
                                                          differentiated=True),
-    key_paths=("dmtg.num_groups", "dmtg.shared_stem", "dmtg.num_samples", "dmtg.probe_heads"))
+    key_paths=("dmtg.num_groups", "dmtg.shared_stem", "dmtg.num_samples", "dmtg.probe_heads",
+               "dmtg.lookahead_weight", "dmtg.lookahead_subsample"))
 
 
 def validate(config) -> None:
@@ -150,10 +152,12 @@ def validate(config) -> None:
   if cfg.lookahead_weight > 0 and not 0 < cfg.lookahead_step < 1:
     raise UserError(f"config.dmtg.lookahead_step must be in (0, 1) (a step's length relative "
                     f"to the branch's parameter norm), got {cfg.lookahead_step}")
-  if not 1 <= cfg.lookahead_subsample <= config.batch_size:
-    raise UserError(f"config.dmtg.lookahead_subsample must be in [1, config.batch_size] = "
-                    f"[1, {config.batch_size}] (the lookahead uses every n-th example), got "
-                    f"{cfg.lookahead_subsample}")
+  subsample = cfg.lookahead_subsample
+  if not (subsample >= 1 and config.batch_size % subsample == 0
+          and config.batch_size // subsample >= min(MIN_LOOKAHEAD_EXAMPLES, config.batch_size)):
+    raise UserError(f"config.dmtg.lookahead_subsample must divide config.batch_size = "
+                    f"{config.batch_size} and leave at least {MIN_LOOKAHEAD_EXAMPLES} examples "
+                    f"(the lookahead uses every n-th example), got {subsample}")
   if cfg.logits_optimizer != "shared" and not cfg.logits_learning_rate > 0:
     raise UserError(f"config.dmtg.logits_optimizer={cfg.logits_optimizer!r} needs "
                     f"config.dmtg.logits_learning_rate > 0, got {cfg.logits_learning_rate}")
@@ -213,7 +217,7 @@ def apply_with_stats(module: nn.Module, params, batch_stats, x, *, train: bool, 
     return out, batch_stats, moments
   out, updates = module.apply(variables, x, train=True, mask=mask,
                               mutable=["batch_stats", "batch_moments"])
-  return out, updates["batch_stats"], updates["batch_moments"]
+  return out, updates["batch_stats"], updates.get("batch_moments", {})
 
 
 def assignment(group_logits: jax.Array) -> jax.Array:
@@ -263,7 +267,10 @@ class GroupedNet:
 
   def branch_features(self, params, batch_stats, image, *, train: bool, mask=None, moments=None):
     """Features of every branch (K, B, F), the (updated) batch statistics and the batch-norm
-    moments {'stem', 'trunks'} (apply_with_stats; `moments` given: normalised with those)."""
+    moments ({'trunks'} and, with a shared stem, 'stem'; every BatchNorm's 'mean' and
+    'mean_square' (C,), 'example_mean' and 'example_mean_square' (B, C), stacked (K, ...) in
+    'trunks'; None when not training). With another forward's `moments` given: normalised from
+    those (apply_with_stats)."""
     new_stats, new_moments = {}, {}
     if self.stem is not None:
       image, new_stats["stem"], new_moments["stem"] = apply_with_stats(
