@@ -65,6 +65,7 @@ def measure(num_tasks, strategy, args):
     config = default_config.get_base_config()
     config.method = name
     config.model.width, config.model.conv = args.width, args.conv
+    config.batch_size = args.batch_size  # what autotune times 'auto' on
     config.affinity.strategy = strategy
     config.optimizer.learning_rate = 0.01
     methods.validate(config)

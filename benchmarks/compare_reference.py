@@ -32,6 +32,7 @@ def project_steps(args):
     config = default_config.get_base_config()
     config.method = method
     config.model.width, config.model.conv = args.width, args.conv
+    config.batch_size = args.batch_size  # what autotune times 'auto' on
     config.affinity.strategy = args.strategy
     config.affinity.every_n_steps = 1
     config.optimizer.learning_rate = 0.01

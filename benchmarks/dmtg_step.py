@@ -24,6 +24,7 @@ def benchmark_config(args, method: str, num_groups: int = 0, strategy: str = "au
   config.method = method
   config.model.width = args.width
   config.model.conv = args.conv
+  config.batch_size = args.batch_size  # what autotune times 'auto' on
   config.optimizer.name = "adam"
   config.dmtg.num_groups = num_groups or 1
   config.dmtg.branch_strategy = strategy
