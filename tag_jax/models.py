@@ -230,8 +230,9 @@ class BatchNorm(nn.Module):
       given = self.has_variable("batch_moments", "mean")
       if given:
         moment = functools.partial(self.get_variable, "batch_moments")
-        then_mean, then_square = rows_moments(moment("example_mean"),
-                                              moment("example_mean_square"), mask)
+        # the given examples' moments (B, C) -> (C,), counted as batch_moments counts rows
+        then_mean = batch_moments(moment("example_mean"), mask)[0]
+        then_square = batch_moments(moment("example_mean_square"), mask)[0]
         mean = moment("mean") + (mean - then_mean)
         mean_square = moment("mean_square") + (mean_square - then_square)
       var = jnp.maximum(0.0, mean_square - jnp.square(mean))
@@ -252,18 +253,6 @@ def example_moments(x: jax.Array):
   """(mean, mean of squares) (B, C) of every example of x (B, ..., C)."""
   axes = tuple(range(1, x.ndim - 1))
   return x.mean(axis=axes), (x * x).mean(axis=axes)
-
-
-def rows_moments(example_mean: jax.Array, example_mean_square: jax.Array, mask=None):
-  """(mean, mean of squares) (C,) of a batch from its examples' (B, C), counting the examples
-  where mask (B,) is nonzero (all without a mask), as batch_moments counts them."""
-  if mask is None:
-    return example_mean.mean(0), example_mean_square.mean(0)
-  weights = (mask != 0).astype(example_mean.dtype)
-  count = weights.sum()
-  def weighted_sum(values):  # full float32, as in batch_moments
-    return jnp.einsum("bc,b->c", values, weights, precision=jax.lax.Precision.HIGHEST)
-  return weighted_sum(example_mean) / count, weighted_sum(example_mean_square) / count
 
 
 @jax.custom_jvp
