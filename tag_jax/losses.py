@@ -16,8 +16,9 @@ def per_task_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array
 
 
 def masked_task_mean(example_losses: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean over real examples (mask (B,) in {0, 1}) of per-example losses (B, T) -> (T,)."""
-  return (example_losses * mask[:, None]).sum(0) / jnp.maximum(mask.sum(), 1.0)
+  """Mean over real examples (mask (B,) in {0, 1}) of per-example losses (..., B, T) -> (..., T)
+  (leading axes, e.g. DMTG's K branches, are kept)."""
+  return (example_losses * mask[:, None]).sum(-2) / jnp.maximum(mask.sum(), 1.0)
 
 
 def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:

@@ -399,11 +399,10 @@ def pair_losses_fn(net: GroupedNet, batch_stats, batch, *, probe_heads: bool = F
   the heads to learn from unweighted; else ℓ reaches both and there are none (the reference).
   """
   per_branch = jax.vmap(losses.softmax_nll, in_axes=(0, None))
-  mean_over_batch = jax.vmap(losses.masked_task_mean, in_axes=(0, None))
 
   def pair_losses(heads_params, features):
     example_losses = per_branch(net.head_logits(heads_params, features), batch["labels"])
-    return mean_over_batch(example_losses, batch["mask"]), example_losses
+    return losses.masked_task_mean(example_losses, batch["mask"]), example_losses
 
   def branch_losses(params):
     features, new_stats, new_moments = net.branch_features(
@@ -494,8 +493,8 @@ def make_dmtg_step(net: GroupedNet, optimizer, *, seed: int, temperature: optax.
     theta_grad = grads["group_logits"]
     if lookahead_weight:
       examples, moments = every_nth_example(batch, aux["moments"], lookahead_subsample)
-      now = jax.vmap(losses.masked_task_mean, in_axes=(0, None))(
-          aux["example_losses"][:, ::lookahead_subsample], examples["mask"])
+      now = losses.masked_task_mean(aux["example_losses"][:, ::lookahead_subsample],
+                                    examples["mask"])
       lookahead_losses = pair_losses_fn(net, state.batch_stats, examples, moments=moments)
       alignment = jax.lax.cond(
           learning_theta,
