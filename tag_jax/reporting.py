@@ -105,5 +105,6 @@ def answer_lines(results: dict, workdir: str) -> list[str]:
       lines.append(f"{s['max_groups']:>3}  {score:>10}  {gap:>6}  "
                    + " ".join("{" + ", ".join(g) + "}" for g in s["groups"]))
   files = sorted(name for name in os.listdir(workdir) if name.endswith((".json", ".png")))
-  lines.append(f"files in {workdir}: {', '.join(files)}")
+  lines.append(f"results in {workdir}: {', '.join(files)} (and metrics.jsonl, TensorBoard "
+               "events, checkpoints/)")
   return lines

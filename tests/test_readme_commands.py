@@ -21,9 +21,10 @@ TINY = ["--config.num_epochs=1", "--config.dataset.num_train=96",
         "--config.min_train_steps=0", "--config.early_stopping.min_steps=0"]  # npz recipes
 TINY_STUDY = ["--config.study.methods=('mtl', 'tag')", "--config.study.max_groups=(2,)",
               "--config.study.seeds=1"]
-# Commands run elsewhere: the install (.ci/run does exactly it), the test suite itself, and the
-# benchmarks (minutes each, run by hand; their numbers are quoted in the README).
-NOT_HERE = ("pip install", "python -m pytest", "python benchmarks/")
+# Commands run elsewhere: the environment and the install (.ci/run does exactly them), the test
+# suite itself, and the benchmarks (minutes each, run by hand; the README quotes their numbers).
+NOT_HERE = ("python3 -m venv", ". .venv/bin/activate", "pip install", "python -m pytest",
+            "python benchmarks/")
 
 
 def fenced_commands(path: str) -> list[str]:
@@ -59,9 +60,10 @@ def all_commands():
 
 def test_the_readme_has_its_two_setup_commands_first():
   commands = all_commands()
-  assert commands[:4] == [
+  venv = ["python3 -m venv .venv", ". .venv/bin/activate"]
+  assert commands[:8] == venv + [
       "pip install -e .", "python -m tag_jax.main --config=configs/synthetic_tag.py "
-      "--workdir=runs/quickstart", "pip install -e '.[test]'", "python -m pytest -q"]
+      "--workdir=runs/quickstart"] + venv + ["pip install -e '.[test]'", "python -m pytest -q"]
 
 
 def write_my_npz(path):
