@@ -42,12 +42,19 @@ def _as_array(matrix):
         raise ValueError(f"score matrix is not numeric: {error}") from None
 
 
-def _checked_matrix(tasks, matrix):
-    """(n, n) float array; off-diagonal entries must be finite numbers."""
-    array = _as_array(matrix)
+def _checked_square(tasks, array):
+    """``array`` unless its shape is not (n, n) for the n tasks (ValueError, in the shape given)."""
     n = len(tasks)
     if array.shape != (n, n):
-        raise ValueError(f"score matrix has shape {array.shape}, expected ({n}, {n}) for {n} tasks")
+        raise ValueError(f"score matrix has shape {array.shape}, expected ({n}, {n}): one row "
+                         f"and one column per task, for the {n} tasks {list(tasks)}")
+    return array
+
+
+def _checked_matrix(tasks, matrix):
+    """(n, n) float array; off-diagonal entries must be finite numbers."""
+    array = _checked_square(tasks, _as_array(matrix))
+    n = len(tasks)
     off_diagonal = ~np.eye(n, dtype=bool)
     if not np.isfinite(array[off_diagonal]).all():
         i, j = np.argwhere(~np.isfinite(array) & off_diagonal)[0]
@@ -98,7 +105,7 @@ def from_affinity_matrix(tasks, matrix_source_target):
     """(tasks, matrix onto-from) from a ``matrix[source][target]`` table (tag_jax's
     affinity.json), i.e. the transpose."""
     tasks = _checked_tasks(tasks)
-    return tasks, _checked_matrix(tasks, _as_array(matrix_source_target).T)
+    return tasks, _checked_matrix(tasks, _checked_square(tasks, _as_array(matrix_source_target)).T)
 
 
 def transposed(table):
@@ -177,6 +184,17 @@ def parse_scores(document, *, transpose=False, pairs_key=None):
                      f"got {orientation!r}")
 
 
+def _object_without_repeated_keys(pairs):
+    """A JSON object as a dict; ValueError when a key repeats (the decoder would keep the last
+    one silently, and drop a task's scores)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"key {repeated!r} appears twice in one JSON object")
+    return document
+
+
 def load_scores(path, *, transpose=False, pairs_key=None):
     """(tasks, matrix onto-from) from a JSON file, as ``parse_scores``.
 
@@ -185,7 +203,7 @@ def load_scores(path, *, transpose=False, pairs_key=None):
     """
     with open(path, encoding="utf-8") as handle:
         try:
-            document = json.load(handle)
+            document = json.load(handle, object_pairs_hook=_object_without_repeated_keys)
         except RecursionError:
             raise ValueError(f"{path}: JSON nested too deeply to read") from None
         except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, too many digits

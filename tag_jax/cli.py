@@ -11,8 +11,8 @@ diverged); the process never waits on a library's background thread to end.
 import importlib.util
 import logging as py_logging
 import os
+import signal
 import sys
-import threading
 import traceback
 
 from absl import app, flags, logging
@@ -157,21 +157,41 @@ def initialize_distributed() -> None:
 
 
 def exit_now(code: int) -> None:
-  """Exits with `code` after flushing output, without waiting on background threads a library
-  left running (a failed orbax save would otherwise keep the process alive forever)."""
+  """Exits with `code` after flushing output, without the interpreter's shutdown: it would wait
+  on background threads a library left running (a failed orbax save kept the process alive
+  forever) or tear down under native ones (an interrupt during XLA's start-up or compilation
+  ended in a segmentation fault). The run's files are complete by then: checkpoints are saved
+  synchronously and the writers flushed as the run closes."""
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()
-  if any(t.is_alive() and not t.daemon for t in threading.enumerate()
-         if t is not threading.main_thread()):
-    os._exit(code)  # pylint: disable=protected-access
-  sys.exit(code)
+  os._exit(code)  # pylint: disable=protected-access
+
+
+INTERRUPTED = "error: interrupted; re-run the same command to resume"
+
+
+def on_interrupt(signum, frame) -> None:
+  """SIGINT handler: the first raises KeyboardInterrupt (the run stops and closes its files); a
+  second one exits at once (status 130), for when the first was swallowed (a KeyboardInterrupt
+  raised inside a garbage-collection callback, e.g. JAX's during import, is only printed: `run`
+  checks for one before the job starts) or the run is stuck in native code."""
+  del signum, frame
+  if on_interrupt.received:
+    print(INTERRUPTED, file=sys.stderr)
+    exit_now(130)
+  on_interrupt.received = True
+  raise KeyboardInterrupt
+on_interrupt.received = False
 
 
 def run(job) -> None:
   """app.run of job(config, workdir, restart=...): a UserError or a failed write is one line on
   stderr and exit status 2 (TrainingDiverged: 3); any other error a traceback and status 1."""
   def main(argv):
+    if on_interrupt.received:  # an interrupt swallowed while the config file imported JAX
+      print(INTERRUPTED, file=sys.stderr)
+      exit_now(130)
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(QuietLibraries())
@@ -190,9 +210,14 @@ def run(job) -> None:
             "--workdir, then re-run to resume", file=sys.stderr)
       exit_now(2)
     except KeyboardInterrupt:
-      print("error: interrupted; re-run the same command to resume", file=sys.stderr)
+      print(INTERRUPTED, file=sys.stderr)
       exit_now(130)
     except Exception:  # pylint: disable=broad-except (a bug: the traceback, then exit, no hang)
       traceback.print_exc()
       exit_now(1)
-  app.run(main, flags_parser=parse_flags)
+  signal.signal(signal.SIGINT, on_interrupt)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:  # while the flags and config file load
+    print(INTERRUPTED, file=sys.stderr)
+    exit_now(130)

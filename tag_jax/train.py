@@ -310,8 +310,9 @@ def set_up(config, workdir: str, *, restart: bool = False) -> Run:
 
 def restore_or_init(run: Run):
   """(state, meta): the latest checkpoint's, or a fresh state and loop record. Only then are
-  config.json written and the metric writers opened (metrics.jsonl cut back to the checkpoint),
-  so a checkpoint that fails to restore leaves the workdir as it was."""
+  config.json written (unless the workdir holds results: those keep the config.json they were
+  made with until new results replace both) and the metric writers opened (metrics.jsonl cut
+  back to the checkpoint), so a checkpoint that fails to restore leaves the workdir as it was."""
   state = jax.jit(run.method.init_state, out_shardings=run.state_sharding,
                   compiler_options=run.method.compiler_options)(
       jax.random.key(run.config.seed))
@@ -327,11 +328,17 @@ def restore_or_init(run: Run):
                  meta["batch"])
   run.seconds_before = meta["train_seconds"]
   if jax.process_index() == 0:
-    reporting.write_json_atomic(os.path.join(run.workdir, "config.json"), run.config.to_dict())
+    if not os.path.exists(os.path.join(run.workdir, "results.json")):  # else: with new results
+      write_config(run)
     reporting.truncate_jsonl(os.path.join(run.workdir, "metrics.jsonl"), int(state.step),
                              keep_records=meta.get("metrics_records"))
   run.writer = metric_writing.create_writer(run.workdir)
   return state, meta
+
+
+def write_config(run: Run) -> None:
+  """The run's config as workdir/config.json (written atomically)."""
+  reporting.write_json_atomic(os.path.join(run.workdir, "config.json"), run.config.to_dict())
 
 
 def save(run: Run, state, meta: dict) -> None:
@@ -566,6 +573,7 @@ def final_results(run: Run, state, meta: dict) -> dict:
   if jax.process_index() == 0:
     if method.finish:
       results["outputs"] = method.finish(run.context(step), state, meta["method"], final)
+    write_config(run)
     reporting.write_json_atomic(os.path.join(run.workdir, "results.json"), results)
     print("\n".join(reporting.answer_lines(results, run.workdir)), flush=True)
   return results

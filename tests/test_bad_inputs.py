@@ -424,6 +424,20 @@ def test_divergence_stops_the_run_without_outputs(tmp_path, method, learning_rat
   assert not {"groups.json", "affinity.json", "results.json"} & set(os.listdir(tmp_path))
 
 
+def test_a_diverging_resume_keeps_the_results_and_the_config_they_were_made_with(workdir):
+  config = tiny()
+  config.num_epochs = 3
+  config.optimizer.learning_rate = 1e30
+  kept = {name: (workdir / name).read_bytes() for name in ("config.json", "results.json")}
+  with pytest.raises(TrainingDiverged):
+    train.train_and_evaluate(config, str(workdir))
+  assert {name: (workdir / name).read_bytes() for name in kept} == kept
+  config.optimizer.learning_rate = 0.1
+  results = train.train_and_evaluate(config, str(workdir))  # new results, with their config
+  saved = json.load(open(workdir / "config.json"))
+  assert results["epochs"] == saved["num_epochs"] == 3 and saved["optimizer"]["learning_rate"] == 0.1
+
+
 def test_loss_blowup_and_chance_rules():
   config = tiny()
   train.check_loss_blowup(3.9, 1.0, 20, config)
@@ -545,6 +559,30 @@ def test_cli_bad_value_and_bad_config_file_exit_2_with_one_line(tmp_path):
   assert proc.returncode == 2
   assert error_lines(proc) == [f"error: --config={broken}: syntax error at line 1: invalid syntax"]
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("after_seconds", [1.0, 7.0])  # importing; starting up and compiling
+def test_ctrl_c_ends_with_status_130_and_one_line(tmp_path, after_seconds):
+  """SIGINT (Ctrl-C) at any moment: status 130 and the error line, never a crash at exit (it
+  ended in a segmentation fault during compilation) nor a finished run (an interrupt swallowed
+  during import: a second one exits at once)."""
+  err = tmp_path / "stderr"
+  with open(err, "w") as stderr:
+    proc = subprocess.Popen([sys.executable, "-m", "tag_jax.main", "--config=configs/tiny_test.py",
+                             f"--workdir={tmp_path / 'w'}", "--config.mesh.data=1",
+                             "--config.num_epochs=1000", "--config.early_stopping.patience=0"],
+                            cwd=REPO, stderr=stderr, text=True)
+    time.sleep(after_seconds)
+    proc.send_signal(signal.SIGINT)
+    try:
+      proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+      proc.send_signal(signal.SIGINT)
+      proc.wait(timeout=20)
+  text = err.read_text()
+  assert proc.returncode == 130, text[-2000:]
+  assert text.strip().splitlines()[-1] == "error: interrupted; re-run the same command to resume"
+  assert "Fatal Python error" not in text and "Segmentation" not in text
 
 
 HOLDER = ("import sys, time\nfrom tag_jax import workdir\nworkdir.acquire(sys.argv[1])\n"

@@ -91,6 +91,11 @@ def test_text_report(affinity_file, capsys):
     ('{"a": {"b": NaN}, "b": {"a": 1}}', "not a finite number"),
     ('{"a": {"b": 1, "zz": 2}, "b": {"a": 1}}', "unknown task 'zz'"),
     ('{"tasks": ["a", "b"], "orientation": "matrix[source][target]", "matrix": [[0, 1]]}', "shape"),
+    ('{"tasks": ["a", "b", "c"], "orientation": "matrix[source][target]", '
+     '"matrix": [[0, 1, 2], [1, 0, 2]]}', "shape (2, 3), expected (3, 3)"),  # as in the file
+    ('{"a": {"a": 1, "b": 0.1}, "b": {"a": 0.2, "b": 1}, "a": {"a": 1, "b": 0.5}}',
+     "key 'a' appears twice"),
+    ('{"a": {"b": 0.1, "b": 0.3}, "b": {"a": 0.2}}', "key 'b' appears twice"),
     ('{"tasks": ["a", "b"], "matrix": [[0, 1], [1, 0]]}', "orientation"),
     ("[1, 2]", "must be an object"),
     ('{"a": {"b": 1%s}, "b": {"a": 1}}' % ("0" * 400), "score onto 'a' from 'b' is not a finite number"),
