@@ -317,6 +317,9 @@ def restore_or_init(run: Run):
                   compiler_options=run.method.compiler_options)(
       jax.random.key(run.config.seed))
   restored = checkpointing.restore_latest(run.manager, state)
+  if restored is None and os.path.exists(os.path.join(run.workdir, "results.json")):
+    logging.warning("%s holds results but no checkpoint: training again from step 0; its "
+                    "results will be replaced when this run ends.", run.workdir)
   if restored is None:
     meta = {"epoch": 0, "batch": 0, "stopped_early": False, "history": [], "measured_steps": 0,
             "train_seconds": 0.0, "method": {}, "initial_loss": None,

@@ -378,6 +378,15 @@ def test_checkpoint_missing_a_file(workdir):
   assert_refused(tiny(), workdir, rf"checkpoint {folder} is damaged \(state/_sharding is missing\)")
 
 
+def test_results_without_a_checkpoint_train_again_and_say_so(workdir, caplog):
+  shutil.rmtree(workdir / "checkpoints")
+  with caplog.at_level("WARNING"):
+    results = train.train_and_evaluate(tiny(), str(workdir))
+  assert results["steps"] == 3
+  assert any("holds results but no checkpoint: training again from step 0" in r.getMessage()
+             for r in caplog.records)
+
+
 def test_checkpoint_holding_nan_weights(workdir):
   manager, step = only_step_dir(workdir)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
