@@ -11,6 +11,9 @@ things differ from running bench.py directly, both as in `tag_jax.train`:
   'xla_threaded' runs there as 'xla': XLA's convolutions on one core);
 - `config.batch_size` is the harness's batch, so autotune decides 'auto' on the shapes that are
   timed (bench.py leaves the default 256, and decides for batch 256).
+Each project variant's `proj_info` also holds `autotune`: what 'auto' became (Method.autotune).
+One more side effect: tag_jax is imported before bench.py imports TensorFlow and PyTorch, so its
+allocator setting (tag_jax/host_memory.py) holds for their threads too.
 """
 
 import argparse
@@ -44,7 +47,15 @@ def compile_as_trained(project_impl, batch_size: int) -> None:
     return built[-1]
 
   def jit(fn, **kwargs):
-    return jax.jit(fn, compiler_options=built[-1].compiler_options, **kwargs)
+    method = built[-1]
+    assert fn in (method.init_state, method.train_step, method.measured_step), (
+        "project_impl no longer jits a method's steps right after building it; adapt this file")
+    return jax.jit(fn, compiler_options=method.compiler_options, **kwargs)
+
+  describe = project_impl.describe
+
+  def describe_as_built(config):
+    return {**describe(config), "autotune": built[-1].autotune}
 
   jax_as_trained = types.ModuleType("jax_as_trained")
   jax_as_trained.__getattr__ = lambda name: getattr(jax, name)
@@ -58,6 +69,7 @@ def compile_as_trained(project_impl, batch_size: int) -> None:
     config.batch_size = batch_size
     return config, which
   project_impl.make_config = make_config_at_batch
+  project_impl.describe = describe_as_built
 
 
 def main():

@@ -11,13 +11,13 @@ diverged); the process never waits on a library's background thread to end.
 import importlib.util
 import logging as py_logging
 import os
-import signal
 import sys
 import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tag_jax import interrupts
 from tag_jax.errors import UserError
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
@@ -171,27 +171,16 @@ def exit_now(code: int) -> None:
 INTERRUPTED = "error: interrupted; re-run the same command to resume"
 
 
-def on_interrupt(signum, frame) -> None:
-  """SIGINT handler: the first raises KeyboardInterrupt (the run stops and closes its files); a
-  second one exits at once (status 130), for when the first was swallowed (a KeyboardInterrupt
-  raised inside a garbage-collection callback, e.g. JAX's during import, is only printed: `run`
-  checks for one before the job starts) or the run is stuck in native code."""
-  del signum, frame
-  if on_interrupt.received:
-    print(INTERRUPTED, file=sys.stderr)
-    exit_now(130)
-  on_interrupt.received = True
-  raise KeyboardInterrupt
-on_interrupt.received = False
+def exit_interrupted() -> None:
+  print(INTERRUPTED, file=sys.stderr)
+  exit_now(130)
 
 
 def run(job) -> None:
   """app.run of job(config, workdir, restart=...): a UserError or a failed write is one line on
   stderr and exit status 2 (TrainingDiverged: 3); any other error a traceback and status 1."""
   def main(argv):
-    if on_interrupt.received:  # an interrupt swallowed while the config file imported JAX
-      print(INTERRUPTED, file=sys.stderr)
-      exit_now(130)
+    interrupts.raise_if_received()  # one swallowed while the config file imported JAX
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(QuietLibraries())
@@ -210,14 +199,12 @@ def run(job) -> None:
             "--workdir, then re-run to resume", file=sys.stderr)
       exit_now(2)
     except KeyboardInterrupt:
-      print(INTERRUPTED, file=sys.stderr)
-      exit_now(130)
+      exit_interrupted()
     except Exception:  # pylint: disable=broad-except (a bug: the traceback, then exit, no hang)
       traceback.print_exc()
       exit_now(1)
-  signal.signal(signal.SIGINT, on_interrupt)
+  interrupts.install(exit_interrupted)
   try:
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:  # while the flags and config file load
-    print(INTERRUPTED, file=sys.stderr)
-    exit_now(130)
+    exit_interrupted()

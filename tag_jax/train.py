@@ -21,8 +21,9 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from tag_jax import (checkpointing, config_checks, data, early_stopping, evaluation, methods,
-                     metric_writing, models, optim, reporting, sharding, workdir as workdirs)
+from tag_jax import (checkpointing, config_checks, data, early_stopping, evaluation, interrupts,
+                     methods, metric_writing, models, optim, reporting, sharding,
+                     workdir as workdirs)
 from tag_jax.data import pipeline
 from tag_jax.errors import TrainingDiverged, UserError
 from tag_jax.methods.base import FinalEvaluation, LoopContext, Method, groups_of, seed_serving
@@ -310,8 +311,8 @@ def set_up(config, workdir: str, *, restart: bool = False) -> Run:
 
 def restore_or_init(run: Run):
   """(state, meta): the latest checkpoint's, or a fresh state and loop record. Only then are
-  config.json written (unless the workdir holds results: those keep the config.json they were
-  made with until new results replace both) and the metric writers opened (metrics.jsonl cut
+  config.json written (unless the workdir holds results and their config.json: those stay until
+  new results replace both) and the metric writers opened (metrics.jsonl cut
   back to the checkpoint), so a checkpoint that fails to restore leaves the workdir as it was."""
   state = jax.jit(run.method.init_state, out_shardings=run.state_sharding,
                   compiler_options=run.method.compiler_options)(
@@ -331,7 +332,8 @@ def restore_or_init(run: Run):
                  meta["batch"])
   run.seconds_before = meta["train_seconds"]
   if jax.process_index() == 0:
-    if not os.path.exists(os.path.join(run.workdir, "results.json")):  # else: with new results
+    if not (os.path.exists(os.path.join(run.workdir, "results.json"))  # else: with new results
+            and os.path.exists(os.path.join(run.workdir, "config.json"))):
       write_config(run)
     reporting.truncate_jsonl(os.path.join(run.workdir, "metrics.jsonl"), int(state.step),
                              keep_records=meta.get("metrics_records"))
@@ -425,6 +427,7 @@ def train_epoch(run: Run, state, meta: dict, report_progress):
                                    ahead=config.prefetch_batches, streams=streams)
   with contextlib.closing(batches):
     for batch in batches:
+      interrupts.raise_if_received()  # a Ctrl-C that a garbage-collection callback swallowed
       measure_now = run.measured_step and step % method.measure_every == 0
       kind = "measured" if measure_now else "training"
       if kind not in run.compiled:

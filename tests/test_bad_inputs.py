@@ -572,9 +572,9 @@ def test_cli_bad_value_and_bad_config_file_exit_2_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("after_seconds", [1.0, 7.0])  # importing; starting up and compiling
 def test_ctrl_c_ends_with_status_130_and_one_line(tmp_path, after_seconds):
-  """SIGINT (Ctrl-C) at any moment: status 130 and the error line, never a crash at exit (it
-  ended in a segmentation fault during compilation) nor a finished run (an interrupt swallowed
-  during import: a second one exits at once)."""
+  """One SIGINT (Ctrl-C) at any moment: status 130 and the error line, never a crash at exit (it
+  ended in a segmentation fault during compilation) nor a run that goes on (an interrupt raised
+  in JAX's garbage-collection callback during import is swallowed)."""
   err = tmp_path / "stderr"
   with open(err, "w") as stderr:
     proc = subprocess.Popen([sys.executable, "-m", "tag_jax.main", "--config=configs/tiny_test.py",
@@ -584,10 +584,9 @@ def test_ctrl_c_ends_with_status_130_and_one_line(tmp_path, after_seconds):
     time.sleep(after_seconds)
     proc.send_signal(signal.SIGINT)
     try:
-      proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-      proc.send_signal(signal.SIGINT)
-      proc.wait(timeout=20)
+      proc.wait(timeout=90)
+    finally:
+      proc.kill()
   text = err.read_text()
   assert proc.returncode == 130, text[-2000:]
   assert text.strip().splitlines()[-1] == "error: interrupted; re-run the same command to resume"

@@ -21,7 +21,7 @@ TINY = ["--config.num_epochs=1", "--config.dataset.num_train=96",
         "--config.min_train_steps=0", "--config.early_stopping.min_steps=0"]  # npz recipes
 TINY_STUDY = ["--config.study.methods=('mtl', 'tag')", "--config.study.max_groups=(2,)",
               "--config.study.seeds=1"]
-# Commands run elsewhere: the environment and the install (.ci/run does exactly them), the test
+# Commands run elsewhere: the environment and the install (.ci/run does the same), the test
 # suite itself, and the benchmarks (minutes each, run by hand; the README quotes their numbers).
 NOT_HERE = ("python3 -m venv", ". .venv/bin/activate", "pip install", "python -m pytest",
             "python benchmarks/")
