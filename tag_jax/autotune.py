@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from tag_jax import models, reporting
+from tag_jax import interrupts, models, reporting
 
 MODE_ENV = "TAG_JAX_AUTOTUNE"  # 'time' (default) | 'rule'
 MODES = ("time", "rule")
@@ -302,6 +302,7 @@ def choose(setting: str, candidates: Sequence[str], key: str, timer: Callable) -
     return {**cached, "source": "cache"}
   times, skipped = {}, {}
   for candidate in candidates:
+    interrupts.raise_if_received()  # a Ctrl-C swallowed while TensorFlow or JAX imported
     try:
       seconds = []
       for step_seconds in timer(candidate):
