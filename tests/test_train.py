@@ -192,6 +192,39 @@ def test_nan_loss_stops_with_the_task_named_and_keeps_the_last_checkpoint(tiny_c
     np.testing.assert_array_equal(a, b)
 
 
+def test_the_loop_never_reads_a_device_value_between_steps(tiny_config, tmp_path, monkeypatch):
+  """Between two training steps that are neither log nor checkpoint steps, nothing is copied to
+  the host (a jax.device_get or an array turned into a number or numpy array would make the
+  host wait for the step before queueing the next)."""
+  from jax._src import array as array_impl  # pylint: disable=g-import-not-at-top
+  events = []
+  for name in ("__array__", "__float__", "__int__", "__bool__", "__index__", "item", "tolist"):
+    original = getattr(array_impl.ArrayImpl, name)
+    monkeypatch.setattr(array_impl.ArrayImpl, name,
+                        lambda self, *a, _original=original, **k: (
+                            events.append("read"), _original(self, *a, **k))[1])
+  device_get = jax.device_get
+  monkeypatch.setattr(jax, "device_get", lambda x: (events.append("read"), device_get(x))[1])
+  set_up = train.set_up
+
+  def set_up_recording_steps(*args, **kwargs):
+    run = set_up(*args, **kwargs)
+    for field in ("train_step", "measured_step"):
+      step = getattr(run, field)
+      if step:
+        setattr(run, field, lambda state, batch, _step=step: (events.append("step"),
+                                                              _step(state, batch))[1])
+    return run
+  monkeypatch.setattr(train, "set_up", set_up_recording_steps)
+  tiny_config.update_from_flattened_dict({
+      "method": "tag", "affinity.every_n_steps": 2, "num_epochs": 1, "dataset.num_train": 288,
+      "log_every_steps": 1000, "checkpoint_every_steps": 0, "early_stopping.patience": 0})
+  assert train.train_and_evaluate(tiny_config, str(tmp_path))["steps"] == 9
+  steps_at = [i for i, event in enumerate(events) if event == "step"]
+  assert len(steps_at) == 9
+  assert "read" not in events[steps_at[0]:steps_at[-1]], events
+
+
 def test_check_finite_names_only_the_bad_task():
   with pytest.raises(TrainingDiverged, match=r"\['b'\] became non-finite at step 7"):
     train.check_finite(np.array([1.0, np.nan, 2.0]), ("a", "b", "c"), 7, "/tmp/w")
