@@ -144,14 +144,21 @@ def prepare_workdir(workdir: str, config, *, restart: bool = False):
 def check_finite(task_loss: np.ndarray, task_names, step: int, workdir: str,
                  last_saved=None) -> None:
   """TrainingDiverged naming the tasks whose loss is NaN or infinite; last_saved: the step of
-  the latest checkpoint, None when there is none."""
+  the latest checkpoint, None when there is none. Step s's loss is that of the parameters after
+  step s - 1, so at last_saved + 1 the checkpoint itself is what diverged."""
   bad = [name for name, v in zip(task_names, task_loss) if not np.isfinite(v)]
   if bad:
-    kept = (f"the last checkpoint (step {last_saved}) in {os.path.join(workdir, 'checkpoints')} "
-            "is kept: lower config.optimizer.learning_rate or check the input data, then re-run "
-            "to resume" if last_saved is not None else
-            "no checkpoint was saved yet: lower config.optimizer.learning_rate or check the input "
-            "data, then re-run")
+    folder = os.path.join(workdir, "checkpoints")
+    if last_saved is None:
+      kept = ("no checkpoint was saved yet: lower config.optimizer.learning_rate or check the "
+              "input data, then re-run")
+    elif step == last_saved + 1:
+      kept = (f"that is the loss of the last checkpoint's parameters: delete "
+              f"{os.path.join(folder, str(last_saved))} to resume from an earlier checkpoint, or "
+              "lower config.optimizer.learning_rate and start over with --restart")
+    else:
+      kept = (f"the last checkpoint (step {last_saved}) in {folder} is kept: lower "
+              "config.optimizer.learning_rate or check the input data, then re-run to resume")
     raise TrainingDiverged(f"loss of task(s) {bad} became non-finite at step {step}; {kept}")
 
 
@@ -348,11 +355,17 @@ def write_config(run: Run) -> None:
 
 def save(run: Run, state, meta: dict) -> None:
   """A checkpoint of state and meta, with the training seconds so far and the number of records
-  in metrics.jsonl (a resumed run drops those logged after it); the writers are flushed first."""
+  in metrics.jsonl (a resumed run drops those logged after it); the writers are flushed first.
+  TrainingDiverged instead when the state holds NaN or infinite values."""
   run.writer.flush()
   records = (reporting.count_records(os.path.join(run.workdir, "metrics.jsonl"))
              if jax.process_index() == 0 else None)
   step = int(state.step)
+  if not bool(np.asarray(checkpointing.all_finite(state))):
+    kept = (f"the last checkpoint (step {run.last_saved}) is kept" if run.last_saved is not None
+            else "no checkpoint was saved yet")
+    raise TrainingDiverged(f"the parameters became non-finite by step {step} and are not saved; "
+                           f"{kept}: " + RESTART_HINT.format(lr=run.config.optimizer.learning_rate))
   checkpointing.save(run.manager, step, state,
                      {**meta, "train_seconds": run.seconds(), "metrics_records": records})
   run.last_saved = step

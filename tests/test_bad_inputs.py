@@ -472,6 +472,43 @@ def test_nan_loss_before_any_checkpoint_says_none_is_kept():
   with pytest.raises(TrainingDiverged, match=r"the last checkpoint \(step 3\) in /w/checkpoints is "
                                              "kept"):
     train.check_finite(np.array([np.inf]), ("a",), 5, "/w", last_saved=3)
+  with pytest.raises(TrainingDiverged, match=r"at step 4; that is the loss of the last "
+                                             r"checkpoint's parameters: delete /w/checkpoints/3 "
+                                             r"to resume from an earlier checkpoint, or .*--restart"):
+    train.check_finite(np.array([np.inf]), ("a",), 4, "/w", last_saved=3)
+
+
+def test_a_checkpoint_whose_parameters_diverged_is_named_as_the_culprit(tmp_path):
+  config = tiny()
+  config.checkpoint_every_steps = 1
+  config.optimizer.learning_rate = 1e36  # huge but finite parameters after step 1
+  with pytest.raises(TrainingDiverged) as info:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert_one_line(info.value, r"at step 2; that is the loss of the last checkpoint's parameters: "
+                              r"delete .*checkpoints/1 to resume from an earlier", exit_code=3)
+  config.optimizer.learning_rate = 0.1  # resuming is never told to resume from that one
+  with pytest.raises(TrainingDiverged) as again:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert "delete" in str(again.value) and "re-run to resume" not in str(again.value)
+
+
+def test_non_finite_parameters_are_never_saved(tmp_path, monkeypatch):
+  set_up = train.set_up
+
+  def set_up_with_a_step_that_breaks_the_parameters(*args, **kwargs):
+    run = set_up(*args, **kwargs)
+    step = run.train_step
+    run.train_step = lambda state, batch: (lambda new, metrics: (new.replace(
+        params=jax.tree.map(lambda p: p * np.nan, new.params)), metrics))(*step(state, batch))
+    return run
+  monkeypatch.setattr(train, "set_up", set_up_with_a_step_that_breaks_the_parameters)
+  config = tiny()
+  config.checkpoint_every_steps = 1
+  with pytest.raises(TrainingDiverged) as info:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert_one_line(info.value, r"the parameters became non-finite by step 1 and are not saved; no "
+                              r"checkpoint was saved yet: lower config.optimizer", exit_code=3)
+  assert not os.listdir(tmp_path / "checkpoints")
 
 
 # --- config files and the selection command line ---
