@@ -7,7 +7,8 @@ candidate's step (the method's own, built as the run builds it; for `model.conv`
 mix of train and measured steps, weighted by how often each runs: `step_mix`) is compiled and
 run TIMED_STEPS times on random data of the run's shapes (per-device batch, image shape, tasks,
 dtype) on one device; its time is the median of the steps after the first (a candidate far
-slower than the best so far is not stepped further: GIVE_UP, GIVE_UP_FIRST). A candidate
+slower than the best so far is not stepped further: GIVE_UP, GIVE_UP_FIRST; nor one whose steps
+took CANDIDATE_SECONDS, from its second step on). A candidate
 whose compiled step needs more scratch memory than the device has free is skipped, not run.
 The times and the choice are logged and returned as a JSON-able record
 (`Method.autotune`, for results.json), and the decision is cached (`cache_path()`), keyed by
@@ -42,6 +43,7 @@ CACHE_VERSION = 2  # 2: model.conv decided on the run's mix of steps (was the do
 TIMED_STEPS = 4  # per candidate, after compiling; its time is the median of all but the first
 GIVE_UP = 3.0  # a candidate stops being timed when a step (after its first) is this x the best
 GIVE_UP_FIRST = 10.0  # ... or when its first step (warm-up included) is this x the best
+CANDIDATE_SECONDS = 20.0  # a candidate's steps stop once they took this long (after 2 steps)
 MEMORY_FRACTION = 0.8  # candidates needing more than this share of free memory are skipped
 
 
@@ -293,7 +295,8 @@ def choose(setting: str, candidates: Sequence[str], key: str, timer: Callable) -
   when the cache holds `key` (then nothing is timed).
 
   timer's steps are consumed one by one: a candidate whose first step is GIVE_UP_FIRST times,
-  or a later step GIVE_UP times, slower than the best so far is not timed further. Returns {'choice', 'source':
+  or a later step GIVE_UP times, slower than the best so far is not timed further, nor one whose
+  steps took CANDIDATE_SECONDS (from its second step on). Returns {'choice', 'source':
   'cache'|'timed', 'times_ms': {candidate: ms or None}, 'skipped': {candidate: why},
   'measured': when}; timed decisions are stored in the cache."""
   cached = load_cache().get(key)
@@ -310,6 +313,8 @@ def choose(setting: str, candidates: Sequence[str], key: str, timer: Callable) -
         limit = GIVE_UP if len(seconds) > 1 else GIVE_UP_FIRST
         if times and 1e3 * step_seconds > limit * min(times.values()):
           break  # hopeless: the rest of its steps would only cost time
+        if len(seconds) >= 2 and sum(seconds) > CANDIDATE_SECONDS:
+          break  # slow steps: one after the first is enough to rank them
       times[candidate] = 1e3 * step_time(seconds)
     except TooLarge as e:
       skipped[candidate] = str(e)

@@ -161,6 +161,21 @@ def test_a_hopeless_candidate_is_abandoned_after_two_steps(tiny_config, timing):
   assert consumed == {"xla": autotune.TIMED_STEPS, "im2col": 1}
 
 
+def test_slow_steps_are_timed_until_the_time_budget_after_two(tiny_config, timing):
+  consumed = {"xla": 0, "im2col": 0}
+  step_seconds = {"xla": 0.6 * autotune.CANDIDATE_SECONDS,
+                  "im2col": 0.5 * autotune.CANDIDATE_SECONDS}
+
+  def timer(config, tunable, candidate):
+    for _ in range(autotune.TIMED_STEPS):
+      consumed[candidate] += 1
+      yield step_seconds[candidate]
+  config, record = resolve(tiny_config, timer)
+  assert consumed == {"xla": 2, "im2col": 3}  # stop once the steps took CANDIDATE_SECONDS
+  assert config.model.conv == "im2col"
+  assert record["model.conv"]["times_ms"]["xla"] == 1e3 * step_seconds["xla"]
+
+
 def test_many_slices_drop_the_unrolled_candidate_and_few_the_mapped_one(tiny_config):
   tiny_config.method = "tag"
   assert autotune.get(tiny_config, "affinity.strategy") == "auto"
