@@ -172,6 +172,7 @@ INTERRUPTED = "error: interrupted; re-run the same command to resume"
 
 
 def exit_interrupted() -> None:
+  """The interrupted line on stderr, then exit status 130 (tag_jax.interrupts)."""
   print(INTERRUPTED, file=sys.stderr)
   exit_now(130)
 

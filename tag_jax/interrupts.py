@@ -4,8 +4,8 @@ Python turns SIGINT into a KeyboardInterrupt raised wherever the main thread is,
 inside a garbage-collection callback (JAX registers one) is only printed: the run would go on.
 `install` makes the first SIGINT raise as usual and also remember it, so that
 `raise_if_received` (before a command's job starts, before each autotune candidate and every
-training step) raises again; a second SIGINT calls the command's `exit_now` at once. Without `install` (a library user's own
-process), nothing changes and `raise_if_received` never raises.
+training step) raises again; a second SIGINT calls the command's `exit_now` at once. Without
+`install` (a library user's own process), nothing changes and `raise_if_received` never raises.
 """
 
 import signal

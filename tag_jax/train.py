@@ -540,11 +540,7 @@ def seed_results(run: Run, final: FinalEvaluation, baseline: dict) -> list:
 
 def final_results(run: Run, state, meta: dict) -> dict:
   """Evaluates the reported parameters, lets the method write its outputs, writes results.json."""
-  config, method = run.config, run.method
-  if not bool(np.asarray(checkpointing.all_finite(state))):
-    raise TrainingDiverged("the trained state holds NaN or infinite values: the run diverged and "
-                           "writes no results; "
-                           + RESTART_HINT.format(lr=config.optimizer.learning_rate))
+  config, method = run.config, run.method  # state is finite: saved (save) or restored so
   best_epoch = meta["early_stopping"]["best_epoch"]
   use_best = config.early_stopping.restore_best and max(best_epoch) > 0
   params, batch_stats = ((state.best_params, state.best_batch_stats) if use_best

@@ -444,7 +444,8 @@ def test_a_diverging_resume_keeps_the_results_and_the_config_they_were_made_with
   config.optimizer.learning_rate = 0.1
   results = train.train_and_evaluate(config, str(workdir))  # new results, with their config
   saved = json.load(open(workdir / "config.json"))
-  assert results["epochs"] == saved["num_epochs"] == 3 and saved["optimizer"]["learning_rate"] == 0.1
+  assert results["epochs"] == saved["num_epochs"] == 3
+  assert saved["optimizer"]["learning_rate"] == 0.1
 
 
 def test_loss_blowup_and_chance_rules():
@@ -474,7 +475,8 @@ def test_nan_loss_before_any_checkpoint_says_none_is_kept():
     train.check_finite(np.array([np.inf]), ("a",), 5, "/w", last_saved=3)
   with pytest.raises(TrainingDiverged, match=r"at step 4; that is the loss of the last "
                                              r"checkpoint's parameters: delete /w/checkpoints/3 "
-                                             r"to resume from an earlier checkpoint, or .*--restart"):
+                                             r"to resume from an earlier checkpoint, or "
+                                             r".*--restart"):
     train.check_finite(np.array([np.inf]), ("a",), 4, "/w", last_saved=3)
 
 
