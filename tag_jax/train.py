@@ -153,9 +153,10 @@ def check_finite(task_loss: np.ndarray, task_names, step: int, workdir: str,
       kept = ("no checkpoint was saved yet: lower config.optimizer.learning_rate or check the "
               "input data, then re-run")
     elif step == last_saved + 1:
-      kept = (f"that is the loss of the last checkpoint's parameters: delete "
-              f"{os.path.join(folder, str(last_saved))} to resume from an earlier checkpoint, or "
-              "lower config.optimizer.learning_rate and start over with --restart")
+      kept = (f"that is the loss of the last checkpoint's parameters: lower "
+              f"config.optimizer.learning_rate, delete {os.path.join(folder, str(last_saved))} "
+              "and re-run (it resumes from an earlier checkpoint, if any), or start over with "
+              "--restart")
     else:
       kept = (f"the last checkpoint (step {last_saved}) in {folder} is kept: lower "
               "config.optimizer.learning_rate or check the input data, then re-run to resume")

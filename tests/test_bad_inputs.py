@@ -474,9 +474,9 @@ def test_nan_loss_before_any_checkpoint_says_none_is_kept():
                                              "kept"):
     train.check_finite(np.array([np.inf]), ("a",), 5, "/w", last_saved=3)
   with pytest.raises(TrainingDiverged, match=r"at step 4; that is the loss of the last "
-                                             r"checkpoint's parameters: delete /w/checkpoints/3 "
-                                             r"to resume from an earlier checkpoint, or "
-                                             r".*--restart"):
+                                             r"checkpoint's parameters: lower .*, delete "
+                                             r"/w/checkpoints/3 and re-run \(it resumes from an "
+                                             r"earlier checkpoint, if any\), or .*--restart"):
     train.check_finite(np.array([np.inf]), ("a",), 4, "/w", last_saved=3)
 
 
@@ -487,7 +487,7 @@ def test_a_checkpoint_whose_parameters_diverged_is_named_as_the_culprit(tmp_path
   with pytest.raises(TrainingDiverged) as info:
     train.train_and_evaluate(config, str(tmp_path))
   assert_one_line(info.value, r"at step 2; that is the loss of the last checkpoint's parameters: "
-                              r"delete .*checkpoints/1 to resume from an earlier", exit_code=3)
+                              r"lower .*, delete .*checkpoints/1 and re-run", exit_code=3)
   config.optimizer.learning_rate = 0.1  # resuming is never told to resume from that one
   with pytest.raises(TrainingDiverged) as again:
     train.train_and_evaluate(config, str(tmp_path))
