@@ -1,4 +1,5 @@
 """Installs tag_jax (JAX/Flax task grouping) and selection (framework-free network selection)."""
+
 import setuptools
 
 setuptools.setup(
@@ -31,6 +32,13 @@ setuptools.setup(
     extras_require={
         # Only for preparing CelebA's ArrayRecord files (data/prepare_celeba.md).
         "prepare": ["tensorflow-cpu>=2.16", "importlib_resources"],
-        "test": ["pytest>=7", "pytest-xdist>=3.5", "hypothesis>=6", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
+        "test": [
+            "pytest>=7",
+            "pytest-xdist>=3.5",
+            "hypothesis>=6",
+            "nbclient>=0.9",
+            "nbformat>=5.9",
+            "ipykernel>=6",
+        ],
     },
 )

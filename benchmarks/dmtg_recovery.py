@@ -20,6 +20,7 @@ import statistics
 import tempfile
 
 from dmtg_step import compiled_step, median_step_ms
+
 from tag_jax import autotune, study, train
 from tag_jax.data import synthetic
 
@@ -27,33 +28,36 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str):
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+    path = os.path.join(REPO, "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def three_groups():
-  """The synthetic study's DMTG search (stage dmtg_k3): 9 tasks in 3 planted groups, width 16,
-  K = 3, DMTG's own Adam."""
-  stage = study.Stage("dmtg_k3", {"method": "dmtg", "dmtg.num_groups": 3}, search=True,
-                      method="dmtg")
-  return study.stage_config(load_config("synthetic_study"), stage)
+    """The synthetic study's DMTG search (stage dmtg_k3): 9 tasks in 3 planted groups, width 16,
+    K = 3, DMTG's own Adam."""
+    stage = study.Stage(
+        "dmtg_k3", {"method": "dmtg", "dmtg.num_groups": 3}, search=True, method="dmtg"
+    )
+    return study.stage_config(load_config("synthetic_study"), stage)
 
 
 def two_groups():
-  """configs/synthetic_dmtg.py: 6 tasks in 2 planted groups, 2-filter trunks, K = 2."""
-  return load_config("synthetic_dmtg")
+    """configs/synthetic_dmtg.py: 6 tasks in 2 planted groups, 2-filter trunks, K = 2."""
+    return load_config("synthetic_dmtg")
 
 
 PRESETS = {"three_groups": three_groups, "two_groups": two_groups}
+
+
 def robust_changes() -> dict:
-  """The config.dmtg values configs/synthetic_dmtg_robust.py changes over synthetic_dmtg.py
-  (only those: its num_groups, K = 2, must not replace a preset's)."""
-  robust = load_config("synthetic_dmtg_robust").dmtg.to_dict()
-  faithful = load_config("synthetic_dmtg").dmtg.to_dict()
-  return {key: value for key, value in robust.items() if faithful[key] != value}
+    """The config.dmtg values configs/synthetic_dmtg_robust.py changes over synthetic_dmtg.py
+    (only those: its num_groups, K = 2, must not replace a preset's)."""
+    robust = load_config("synthetic_dmtg_robust").dmtg.to_dict()
+    faithful = load_config("synthetic_dmtg").dmtg.to_dict()
+    return {key: value for key, value in robust.items() if faithful[key] != value}
 
 
 # Variant -> config.dmtg changes over the preset.
@@ -61,81 +65,99 @@ VARIANTS = {"faithful": {}, "robust": robust_changes()}
 
 
 def stable_step(workdir: str, task_names) -> int:
-  """The first logged step from which argmax Θ (metrics group_of_task) never changes again."""
-  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  rows = [(r["step"], tuple(r[f"train/group_of_task/{t}"] for t in task_names))
-          for r in records if f"train/group_of_task/{task_names[0]}" in r]
-  final = rows[-1][1]
-  step = rows[-1][0]
-  for s, assignment in reversed(rows):
-    if assignment != final:
-      break
-    step = s
-  return step
+    """The first logged step from which argmax Θ (metrics group_of_task) never changes again."""
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    rows = [
+        (r["step"], tuple(r[f"train/group_of_task/{t}"] for t in task_names))
+        for r in records
+        if f"train/group_of_task/{task_names[0]}" in r
+    ]
+    final = rows[-1][1]
+    step = rows[-1][0]
+    for s, assignment in reversed(rows):
+        if assignment != final:
+            break
+        step = s
+    return step
 
 
 def run(preset: str, variant: str, seed: int, folder: str) -> dict:
-  config = PRESETS[preset]()
-  config.seed = seed
-  config.log_every_steps = 1
-  config.dmtg.update(VARIANTS[variant])
-  workdir = os.path.join(folder, f"{preset}_{variant}_{seed}")
-  results = train.train_and_evaluate(config, workdir)
-  planted = {frozenset(g) for g in synthetic.planted_groups(tuple(config.dataset.group_sizes))}
-  groups = json.load(open(os.path.join(workdir, "groups.json")))["selections"][0]["groups"]
-  return {"recovered": {frozenset(g) for g in groups} == planted,
-          "stable_step": stable_step(workdir, results["tasks"]), "steps": results["steps"],
-          "total_error": results["test"]["total_error"],
-          "seconds_per_step": results["compute"]["train_seconds"] / results["steps"],
-          "groups": groups}
+    config = PRESETS[preset]()
+    config.seed = seed
+    config.log_every_steps = 1
+    config.dmtg.update(VARIANTS[variant])
+    workdir = os.path.join(folder, f"{preset}_{variant}_{seed}")
+    results = train.train_and_evaluate(config, workdir)
+    planted = {frozenset(g) for g in synthetic.planted_groups(tuple(config.dataset.group_sizes))}
+    groups = json.load(open(os.path.join(workdir, "groups.json")))["selections"][0]["groups"]
+    return {
+        "recovered": {frozenset(g) for g in groups} == planted,
+        "stable_step": stable_step(workdir, results["tasks"]),
+        "steps": results["steps"],
+        "total_error": results["test"]["total_error"],
+        "seconds_per_step": results["compute"]["train_seconds"] / results["steps"],
+        "groups": groups,
+    }
 
 
 def step_ratios(preset: str, variants, repeats: int) -> dict:
-  """variant -> its bare train step's median time over the faithful step's, on the preset's
-  shapes (random batch; every variant compiled here and timed in turn)."""
-  config = PRESETS[preset]()
-  batch = autotune.random_batch(config.batch_size, (config.image_size, config.image_size, 3),
-                                sum(config.dataset.group_sizes), config.model.num_classes)
-  steps = {}
-  for variant in dict.fromkeys(("faithful",) + tuple(variants)):
-    variant_config = PRESETS[preset]()
-    variant_config.dmtg.update(VARIANTS[variant])
-    steps[variant] = compiled_step(variant_config, batch)
-  ms = median_step_ms(steps, batch, repeats)
-  return {variant: ms[variant] / ms["faithful"] for variant in variants}
+    """variant -> its bare train step's median time over the faithful step's, on the preset's
+    shapes (random batch; every variant compiled here and timed in turn)."""
+    config = PRESETS[preset]()
+    batch = autotune.random_batch(
+        config.batch_size,
+        (config.image_size, config.image_size, 3),
+        sum(config.dataset.group_sizes),
+        config.model.num_classes,
+    )
+    steps = {}
+    for variant in dict.fromkeys(("faithful",) + tuple(variants)):
+        variant_config = PRESETS[preset]()
+        variant_config.dmtg.update(VARIANTS[variant])
+        steps[variant] = compiled_step(variant_config, batch)
+    ms = median_step_ms(steps, batch, repeats)
+    return {variant: ms[variant] / ms["faithful"] for variant in variants}
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--seeds", type=int, default=10)
-  parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-  parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-  parser.add_argument("--step_repeats", type=int, default=40)
-  args = parser.parse_args(argv)
-  summary = {}
-  with tempfile.TemporaryDirectory() as folder:
-    for preset in args.presets:
-      ratios = step_ratios(preset, args.variants, args.step_repeats)
-      for variant in args.variants:
-        runs = [run(preset, variant, seed, folder) for seed in range(args.seeds)]
-        summary[f"{preset}/{variant}"] = {
-            "recovered": sum(r["recovered"] for r in runs), "seeds": args.seeds,
-            "median_stable_step": statistics.median(r["stable_step"] for r in runs),
-            "steps": runs[0]["steps"],
-            "median_total_error": statistics.median(r["total_error"] for r in runs),
-            "median_seconds_per_step": statistics.median(r["seconds_per_step"] for r in runs),
-            "step_over_faithful": ratios[variant]}
-        print(f"{preset} {variant}: {summary[f'{preset}/{variant}']}", flush=True)
-  print("| preset | variant | recovered | argmax stable from step (median) | steps | "
-        "Total Error (median) | s/step (median) | step / faithful step |")
-  print("|---|---|---|---|---|---|---|---|")
-  for name, s in summary.items():
-    preset, variant = name.split("/")
-    print(f"| {preset} | {variant} | {s['recovered']}/{s['seeds']} | {s['median_stable_step']} | "
-          f"{s['steps']} | {s['median_total_error']:.2f} | {s['median_seconds_per_step']:.4f} | "
-          f"{s['step_over_faithful']:.2f} |")
-  print(json.dumps(summary))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--step_repeats", type=int, default=40)
+    args = parser.parse_args(argv)
+    summary = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for preset in args.presets:
+            ratios = step_ratios(preset, args.variants, args.step_repeats)
+            for variant in args.variants:
+                runs = [run(preset, variant, seed, folder) for seed in range(args.seeds)]
+                summary[f"{preset}/{variant}"] = {
+                    "recovered": sum(r["recovered"] for r in runs),
+                    "seeds": args.seeds,
+                    "median_stable_step": statistics.median(r["stable_step"] for r in runs),
+                    "steps": runs[0]["steps"],
+                    "median_total_error": statistics.median(r["total_error"] for r in runs),
+                    "median_seconds_per_step": statistics.median(
+                        r["seconds_per_step"] for r in runs
+                    ),
+                    "step_over_faithful": ratios[variant],
+                }
+                print(f"{preset} {variant}: {summary[f'{preset}/{variant}']}", flush=True)
+    print(
+        "| preset | variant | recovered | argmax stable from step (median) | steps | "
+        "Total Error (median) | s/step (median) | step / faithful step |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, s in summary.items():
+        preset, variant = name.split("/")
+        print(
+            f"| {preset} | {variant} | {s['recovered']}/{s['seeds']} | {s['median_stable_step']} | "
+            f"{s['steps']} | {s['median_total_error']:.2f} | {s['median_seconds_per_step']:.4f} | "
+            f"{s['step_over_faithful']:.2f} |"
+        )
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -28,83 +28,114 @@ from tag_jax.data import base
 
 
 def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("benchmark_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+    spec = importlib.util.spec_from_file_location("benchmark_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def as_uint8(dataset: base.ArrayDataset) -> base.ArrayDataset:
-  """The dataset with its images mapped linearly onto 0..255 (uint8), per split."""
-  def quantized(images):
-    low, high = images.min(), images.max()
-    return np.rint(255 * (images - low) / (high - low)).astype(np.uint8)
-  return base.ArrayDataset(dataset.task_names, {
-      split: (quantized(images), labels) for split, (images, labels) in dataset.splits.items()})
+    """The dataset with its images mapped linearly onto 0..255 (uint8), per split."""
+
+    def quantized(images):
+        low, high = images.min(), images.max()
+        return np.rint(255 * (images - low) / (high - low)).astype(np.uint8)
+
+    return base.ArrayDataset(
+        dataset.task_names,
+        {split: (quantized(images), labels) for split, (images, labels) in dataset.splits.items()},
+    )
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/synthetic_mtl.py")
-  parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--image_size", type=int, default=32)
-  parser.add_argument("--width", type=int, default=32)
-  parser.add_argument("--batch_size", type=int, default=64)
-  parser.add_argument("--num_train", type=int, default=None,
-                      help="training examples (config.dataset.num_train; default: the config's)")
-  parser.add_argument("--prefetch_batches", type=int, default=None,
-                      help="config.prefetch_batches (default: the config's)")
-  parser.add_argument("--pixels", choices=("float32", "uint8"), default="float32",
-                      help="how the in-memory images are stored: the synthetic data's float32, "
-                           "or uint8 as the CelebA cache and npz files store them (rescaled "
-                           "synthetic images; the same step times, a quarter of the bytes)")
-  return parser.parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/synthetic_mtl.py")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--num_train",
+        type=int,
+        default=None,
+        help="training examples (config.dataset.num_train; default: the config's)",
+    )
+    parser.add_argument(
+        "--prefetch_batches",
+        type=int,
+        default=None,
+        help="config.prefetch_batches (default: the config's)",
+    )
+    parser.add_argument(
+        "--pixels",
+        choices=("float32", "uint8"),
+        default="float32",
+        help="how the in-memory images are stored: the synthetic data's float32, "
+        "or uint8 as the CelebA cache and npz files store them (rescaled "
+        "synthetic images; the same step times, a quarter of the bytes)",
+    )
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
-  args = parse_args(argv)
-  config = load_config(args.config)
-  config.image_size, config.model.width, config.batch_size = (args.image_size, args.width,
-                                                              args.batch_size)
-  if args.num_train is not None:
-    config.dataset.num_train = args.num_train
-  if args.prefetch_batches is not None:
-    config.prefetch_batches = args.prefetch_batches
-  config.drop_remainder = True  # every step the same shape: one compiled program
-  config.num_epochs = args.rounds + 1
-  with tempfile.TemporaryDirectory() as workdir:
-    run = train.set_up(config, workdir)
-    if args.pixels == "uint8":
-      run.dataset = as_uint8(run.dataset)
-    try:
-      state, meta = train.restore_or_init(run)
-      progress = lambda step: None  # pylint: disable=unnecessary-lambda-assignment
-      state, meta = train.train_epoch(run, state, meta, progress)  # compiles
-      batch = sharding.global_batch(next(iter(train.training_batches(run, {**meta, "batch": 0}))),
-                                  run.mesh)
-      loop, bare = [], []
-      for _ in range(args.rounds):
-        meta = {**meta, "epoch": meta["epoch"] + 1, "batch": 0}
-        start = time.perf_counter()
-        state, meta = train.train_epoch(run, state, meta, progress)
-        jax.block_until_ready(state)
-        loop.append((time.perf_counter() - start) / run.steps_per_epoch)
-        start = time.perf_counter()
-        for _ in range(run.steps_per_epoch):
-          state, metrics = run.train_step(state, batch)
-        jax.block_until_ready((state, metrics))
-        bare.append((time.perf_counter() - start) / run.steps_per_epoch)
-    finally:
-      run.close()
-  ratios = [a / b for a, b in zip(loop, bare)]
-  print(json.dumps({
-      "config": args.config, "method": config.method, "backend": jax.default_backend(),
-      "image_size": args.image_size, "width": args.width, "batch_size": args.batch_size,
-      "prefetch_batches": config.prefetch_batches, "pixels": args.pixels,
-      "steps_per_round": run.steps_per_epoch, "loop_ms_per_step": 1e3 * statistics.median(loop),
-      "bare_ms_per_step": 1e3 * statistics.median(bare),
-      "loop_over_bare": statistics.median(ratios)}))
+    args = parse_args(argv)
+    config = load_config(args.config)
+    config.image_size, config.model.width, config.batch_size = (
+        args.image_size,
+        args.width,
+        args.batch_size,
+    )
+    if args.num_train is not None:
+        config.dataset.num_train = args.num_train
+    if args.prefetch_batches is not None:
+        config.prefetch_batches = args.prefetch_batches
+    config.drop_remainder = True  # every step the same shape: one compiled program
+    config.num_epochs = args.rounds + 1
+    with tempfile.TemporaryDirectory() as workdir:
+        run = train.set_up(config, workdir)
+        if args.pixels == "uint8":
+            run.dataset = as_uint8(run.dataset)
+        try:
+            state, meta = train.restore_or_init(run)
+            progress = lambda step: None  # pylint: disable=unnecessary-lambda-assignment
+            state, meta = train.train_epoch(run, state, meta, progress)  # compiles
+            batch = sharding.global_batch(
+                next(iter(train.training_batches(run, {**meta, "batch": 0}))), run.mesh
+            )
+            loop, bare = [], []
+            for _ in range(args.rounds):
+                meta = {**meta, "epoch": meta["epoch"] + 1, "batch": 0}
+                start = time.perf_counter()
+                state, meta = train.train_epoch(run, state, meta, progress)
+                jax.block_until_ready(state)
+                loop.append((time.perf_counter() - start) / run.steps_per_epoch)
+                start = time.perf_counter()
+                for _ in range(run.steps_per_epoch):
+                    state, metrics = run.train_step(state, batch)
+                jax.block_until_ready((state, metrics))
+                bare.append((time.perf_counter() - start) / run.steps_per_epoch)
+        finally:
+            run.close()
+    ratios = [a / b for a, b in zip(loop, bare)]
+    print(
+        json.dumps(
+            {
+                "config": args.config,
+                "method": config.method,
+                "backend": jax.default_backend(),
+                "image_size": args.image_size,
+                "width": args.width,
+                "batch_size": args.batch_size,
+                "prefetch_batches": config.prefetch_batches,
+                "pixels": args.pixels,
+                "steps_per_round": run.steps_per_epoch,
+                "loop_ms_per_step": 1e3 * statistics.median(loop),
+                "bare_ms_per_step": 1e3 * statistics.median(bare),
+                "loop_over_bare": statistics.median(ratios),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
-  main()
+    main()

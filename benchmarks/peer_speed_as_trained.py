@@ -25,67 +25,71 @@ import jax
 
 from tag_jax import methods
 
-HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                       "peer_speed")
+HARNESS = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "peer_speed"
+)
 
 
 def harness_batch(bench_args) -> int:
-  """bench.py's --batch among its arguments (its default, 32, if absent)."""
-  parser = argparse.ArgumentParser(add_help=False)
-  parser.add_argument("--batch", type=int, default=32)
-  return parser.parse_known_args(bench_args)[0].batch
+    """bench.py's --batch among its arguments (its default, 32, if absent)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--batch", type=int, default=32)
+    return parser.parse_known_args(bench_args)[0].batch
 
 
 def compile_as_trained(project_impl, batch_size: int) -> None:
-  """Patches the harness's project_impl module: its configs get `batch_size`, and its jax.jit
-  passes the compiler_options of the method methods.build returned last (project_impl jits a
-  method's steps right after building it)."""
-  built = []
+    """Patches the harness's project_impl module: its configs get `batch_size`, and its jax.jit
+    passes the compiler_options of the method methods.build returned last (project_impl jits a
+    method's steps right after building it)."""
+    built = []
 
-  def build(*args, **kwargs):
-    built.append(methods.build(*args, **kwargs))
-    return built[-1]
+    def build(*args, **kwargs):
+        built.append(methods.build(*args, **kwargs))
+        return built[-1]
 
-  def jit(fn, **kwargs):
-    method = built[-1]
-    assert fn in (method.init_state, method.train_step, method.measured_step), (
-        "project_impl no longer jits a method's steps right after building it; adapt this file")
-    return jax.jit(fn, compiler_options=method.compiler_options, **kwargs)
+    def jit(fn, **kwargs):
+        method = built[-1]
+        assert fn in (method.init_state, method.train_step, method.measured_step), (
+            "project_impl no longer jits a method's steps right after building it; adapt this file"
+        )
+        return jax.jit(fn, compiler_options=method.compiler_options, **kwargs)
 
-  describe = project_impl.describe
+    describe = project_impl.describe
 
-  def describe_as_built(config):
-    return {**describe(config), "autotune": built[-1].autotune}
+    def describe_as_built(config):
+        return {**describe(config), "autotune": built[-1].autotune}
 
-  jax_as_trained = types.ModuleType("jax_as_trained")
-  jax_as_trained.__getattr__ = lambda name: getattr(jax, name)
-  jax_as_trained.jit = jit
-  project_impl.jax = jax_as_trained
-  project_impl.methods = types.SimpleNamespace(validate=methods.validate, build=build)
-  make_config = project_impl.make_config
+    jax_as_trained = types.ModuleType("jax_as_trained")
+    jax_as_trained.__getattr__ = lambda name: getattr(jax, name)
+    jax_as_trained.jit = jit
+    project_impl.jax = jax_as_trained
+    project_impl.methods = types.SimpleNamespace(validate=methods.validate, build=build)
+    make_config = project_impl.make_config
 
-  def make_config_at_batch(name):
-    config, which = make_config(name)
-    config.batch_size = batch_size
-    return config, which
-  project_impl.make_config = make_config_at_batch
-  project_impl.describe = describe_as_built
+    def make_config_at_batch(name):
+        config, which = make_config(name)
+        config.batch_size = batch_size
+        return config, which
+
+    project_impl.make_config = make_config_at_batch
+    project_impl.describe = describe_as_built
 
 
 def main():
-  argv = sys.argv[1:]
-  split = argv.index("--") if "--" in argv else len(argv)
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--harness", default=HARNESS, help="folder holding bench.py")
-  args = parser.parse_args(argv[:split])
-  bench_args = argv[split + 1:]
-  sys.path.insert(0, os.path.abspath(args.harness))
-  import bench  # pylint: disable=import-outside-toplevel,import-error
-  import project_impl  # pylint: disable=import-outside-toplevel,import-error
-  compile_as_trained(project_impl, harness_batch(bench_args))
-  sys.argv = [os.path.join(args.harness, "bench.py")] + bench_args
-  bench.main()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--harness", default=HARNESS, help="folder holding bench.py")
+    args = parser.parse_args(argv[:split])
+    bench_args = argv[split + 1 :]
+    sys.path.insert(0, os.path.abspath(args.harness))
+    import bench  # pylint: disable=import-outside-toplevel,import-error
+    import project_impl  # pylint: disable=import-outside-toplevel,import-error
+
+    compile_as_trained(project_impl, harness_batch(bench_args))
+    sys.argv = [os.path.join(args.harness, "bench.py")] + bench_args
+    bench.main()
 
 
 if __name__ == "__main__":
-  main()
+    main()

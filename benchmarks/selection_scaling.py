@@ -62,15 +62,37 @@ def main():
         for k in args.groups:
             for kind in args.kinds:
                 table = affinity_table(kind, n, seed=n)
-                runs = [timed(table, k, args.time_limit) for _ in range(args.repeats if n <= 9 else 1)]
+                runs = [
+                    timed(table, k, args.time_limit) for _ in range(args.repeats if n <= 9 else 1)
+                ]
                 seconds = statistics.median(s for s, _, _ in runs)
                 _, result, found = runs[-1]
-                rows.append({"tasks": n, "groups": k, "table": kind, "seconds": round(seconds, 2),
-                             "best_at": round(found, 2), "score": result.score, "gap": result.gap})
-                print(f"| {n} | {k} | {kind} | {seconds:.2f} | {found:.2f} | {result.score:.4f} | "
-                      f"{result.gap:.3g} |", flush=True)
-    print(json.dumps({"benchmark": "selection_scaling", "time_limit": args.time_limit,
-                      "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "rows": rows}))
+                rows.append(
+                    {
+                        "tasks": n,
+                        "groups": k,
+                        "table": kind,
+                        "seconds": round(seconds, 2),
+                        "best_at": round(found, 2),
+                        "score": result.score,
+                        "gap": result.gap,
+                    }
+                )
+                print(
+                    f"| {n} | {k} | {kind} | {seconds:.2f} | {found:.2f} | {result.score:.4f} | "
+                    f"{result.gap:.3g} |",
+                    flush=True,
+                )
+    print(
+        json.dumps(
+            {
+                "benchmark": "selection_scaling",
+                "time_limit": args.time_limit,
+                "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ from tag_jax import default_config
 
 
 def get_config():
-  config = default_config.get_celeba_config()
-  config.method = "cs"
-  config.affinity.every_n_steps = 1
-  config.selection.max_groups = (2, 3, 4)
-  return config
+    config = default_config.get_celeba_config()
+    config.method = "cs"
+    config.affinity.every_n_steps = 1
+    config.selection.max_groups = (2, 3, 4)
+    return config

@@ -5,9 +5,9 @@ from tag_jax.data.celeba import CELEBA_40
 
 
 def get_config():
-  config = default_config.get_celeba_config()
-  config.method = "cs"
-  config.tasks = CELEBA_40
-  config.affinity.every_n_steps = 1
-  config.selection.max_groups = (2, 3, 4, 5)
-  return config
+    config = default_config.get_celeba_config()
+    config.method = "cs"
+    config.tasks = CELEBA_40
+    config.affinity.every_n_steps = 1
+    config.selection.max_groups = (2, 3, 4, 5)
+    return config

@@ -8,7 +8,7 @@ from tag_jax import default_config
 
 
 def get_config():
-  config = default_config.get_celeba_config()
-  config.method = "dmtg"
-  config.update(default_config.DMTG_CELEBA_TRAINING)
-  return config
+    config = default_config.get_celeba_config()
+    config.method = "dmtg"
+    config.update(default_config.DMTG_CELEBA_TRAINING)
+    return config

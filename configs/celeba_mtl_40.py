@@ -5,7 +5,7 @@ from tag_jax.data.celeba import CELEBA_40
 
 
 def get_config():
-  config = default_config.get_celeba_config()
-  config.method = "mtl"
-  config.tasks = CELEBA_40
-  return config
+    config = default_config.get_celeba_config()
+    config.method = "mtl"
+    config.tasks = CELEBA_40
+    return config

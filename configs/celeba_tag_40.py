@@ -5,11 +5,11 @@ from tag_jax.data.celeba import CELEBA_40
 
 
 def get_config():
-  config = default_config.get_celeba_config()
-  config.method = "tag"
-  config.tasks = CELEBA_40
-  default_config.use_tag_celeba_code_affinity(config)
-  config.selection.max_groups = (2, 3, 4, 5)
-  # 40 lookahead sources: lax.map bounds memory and was measured 2x faster than unrolling on CPU.
-  config.affinity.strategy = "map"
-  return config
+    config = default_config.get_celeba_config()
+    config.method = "tag"
+    config.tasks = CELEBA_40
+    default_config.use_tag_celeba_code_affinity(config)
+    config.selection.max_groups = (2, 3, 4, 5)
+    # 40 lookahead sources: lax.map bounds memory and was measured 2x faster than unrolling on CPU.
+    config.affinity.strategy = "map"
+    return config

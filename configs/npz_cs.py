@@ -6,6 +6,6 @@ from tag_jax import default_config
 
 
 def get_config():
-  config = default_config.get_npz_config()
-  config.method = "cs"
-  return config
+    config = default_config.get_npz_config()
+    config.method = "cs"
+    return config

@@ -7,8 +7,8 @@ from tag_jax import default_config
 
 
 def get_config():
-  config = default_config.get_npz_config()
-  config.method = "dmtg"
-  config.dmtg.num_groups = 3
-  config.update(default_config.DMTG_NPZ_TRAINING)
-  return config
+    config = default_config.get_npz_config()
+    config.method = "dmtg"
+    config.dmtg.num_groups = 3
+    config.update(default_config.DMTG_NPZ_TRAINING)
+    return config

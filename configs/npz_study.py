@@ -6,7 +6,7 @@ from tag_jax import default_config
 
 
 def get_config():
-  config = default_config.get_npz_config()
-  config.study.seeds = 3  # every row: mean ± spread over 3 seeds
-  config.study.overrides.dmtg = default_config.DMTG_NPZ_TRAINING
-  return config
+    config = default_config.get_npz_config()
+    config.study.seeds = 3  # every row: mean ± spread over 3 seeds
+    config.study.overrides.dmtg = default_config.DMTG_NPZ_TRAINING
+    return config

@@ -13,4 +13,4 @@ from tag_jax import default_config
 
 
 def get_config():
-  return default_config.get_synthetic_dmtg_config()
+    return default_config.get_synthetic_dmtg_config()

@@ -9,7 +9,7 @@ from tag_jax.data import synthetic
 
 
 def get_config():
-  config = default_config.get_synthetic_config()
-  config.method = "groups"
-  config.groups.groups = synthetic.planted_groups(config.dataset.group_sizes)
-  return config
+    config = default_config.get_synthetic_config()
+    config.method = "groups"
+    config.groups.groups = synthetic.planted_groups(config.dataset.group_sizes)
+    return config

@@ -7,4 +7,4 @@ from tag_jax import default_config
 
 
 def get_config():
-  return default_config.get_many_tasks_config(4)
+    return default_config.get_many_tasks_config(4)

@@ -5,7 +5,7 @@ from tag_jax import default_config
 
 
 def get_config():
-  config = default_config.get_synthetic_config()
-  config.method = "pairs"
-  config.groups.hoa_score = "loss"
-  return config
+    config = default_config.get_synthetic_config()
+    config.method = "pairs"
+    config.groups.hoa_score = "loss"
+    return config

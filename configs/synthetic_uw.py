@@ -4,6 +4,6 @@ from tag_jax import default_config
 
 
 def get_config():
-  config = default_config.get_synthetic_config()
-  config.method = "uw"
-  return config
+    config = default_config.get_synthetic_config()
+    config.method = "uw"
+    return config

@@ -87,7 +87,9 @@ class EnumeratedPricer:
         reduced = self._allowed_values(branching) - _subset_sums(duals)
         improving = np.flatnonzero(reduced > threshold)
         if len(improving) > max_columns:
-            improving = improving[np.argpartition(-reduced[improving], max_columns - 1)[:max_columns]]
+            improving = improving[
+                np.argpartition(-reduced[improving], max_columns - 1)[:max_columns]
+            ]
         best_first = improving[np.argsort(-reduced[improving], kind="stable")]
         columns = [(int(s), float(self.values[s])) for s in best_first]
         return columns, max(threshold, float(reduced.max()))
@@ -155,7 +157,10 @@ class SearchPricer:
         starts and the sets reached from them by best-improvement moves (add
         or drop one class of glued tasks), until ``deadline``. Moves are bool
         rows whose column sums are the set's plus or minus the class's."""
-        class_members, blocked_members = mask_members(classes, self.n), mask_members(blocked, self.n)
+        class_members, blocked_members = (
+            mask_members(classes, self.n),
+            mask_members(blocked, self.n),
+        )
         class_sums = class_members.astype(float) @ self.off_gain
         found = {}
         for mask in starts:
@@ -163,7 +168,9 @@ class SearchPricer:
                 break
             members = mask_members([mask], self.n)[0]
             sums = members.astype(float) @ self.off_gain
-            value, current = (float(x[0]) for x in self._reduced_members(members[None], sums[None], duals))
+            value, current = (
+                float(x[0]) for x in self._reduced_members(members[None], sums[None], duals)
+            )
             while True:
                 if current > threshold:
                     found[mask] = (value, current)
@@ -176,7 +183,9 @@ class SearchPricer:
                 if not len(moves) or time.monotonic() > deadline:
                     break
                 signs = np.where(dropping[movable], -1.0, 1.0)
-                values, reduced = self._reduced_members(moves, sums + signs[:, None] * class_sums[movable], duals)
+                values, reduced = self._reduced_members(
+                    moves, sums + signs[:, None] * class_sums[movable], duals
+                )
                 best = int(np.argmax(reduced))
                 if reduced[best] <= current + REDUCED_COST_STEP:
                     break
@@ -201,8 +210,15 @@ class SearchPricer:
             chosen = mask_members([chosen_mask], n)[0]
             if values is None:
                 values = self._member_values(chosen, duals)
-            open_list = [i for i in range(len(classes)) if open_classes >> i & 1 and not (
-                classes[i] & (classes[i] - 1) == 0 and values[classes[i].bit_length() - 1].max() <= 0.0)]
+            open_list = [
+                i
+                for i in range(len(classes))
+                if open_classes >> i & 1
+                and not (
+                    classes[i] & (classes[i] - 1) == 0
+                    and values[classes[i].bit_length() - 1].max() <= 0.0
+                )
+            ]
             if not open_list:
                 continue
             bound = self._bound(values, chosen, members[open_list].any(axis=0))
@@ -226,16 +242,26 @@ class SearchPricer:
         node's bound of the search."""
         classes = branching.classes(self.n)
         conflicts = branching.conflicts(classes)
-        blocked = [sum(c for j, c in enumerate(classes) if conflict >> j & 1) for conflict in conflicts]
+        blocked = [
+            sum(c for j, c in enumerate(classes) if conflict >> j & 1) for conflict in conflicts
+        ]
         singles = [c for c in classes if c & (c - 1) == 0]
         nobody = np.zeros(self.n, dtype=bool)
-        root_bound = max([threshold, self._bound(self._member_values(nobody, duals), nobody, ~nobody)]
-                         + list(self._reduced(singles, duals)[1] if singles else []))
-        found = self._local_search(duals, threshold, classes, blocked, list(dict.fromkeys(list(hints) + classes)),
-                                   deadline)
+        root_bound = max(
+            [threshold, self._bound(self._member_values(nobody, duals), nobody, ~nobody)]
+            + list(self._reduced(singles, duals)[1] if singles else [])
+        )
+        found = self._local_search(
+            duals, threshold, classes, blocked, list(dict.fromkeys(list(hints) + classes)), deadline
+        )
         if found:
-            ranked = [mask for mask, _ in sorted(found.items(), key=lambda item: -item[1][1])[:max_columns]]
-            values = column_values(self.off_gain, self.alone, ranked, self.penalty)  # not summed incrementally
+            ranked = [
+                mask
+                for mask, _ in sorted(found.items(), key=lambda item: -item[1][1])[:max_columns]
+            ]
+            values = column_values(
+                self.off_gain, self.alone, ranked, self.penalty
+            )  # not summed incrementally
             return list(zip(ranked, values.tolist())), root_bound
         found, bound = self._branch_and_bound(duals, threshold, classes, conflicts, deadline)
         return list(found.items()), min(bound, root_bound)

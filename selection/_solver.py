@@ -52,7 +52,7 @@ from scipy.sparse import coo_matrix
 from scipy.spatial.distance import squareform
 
 from ._branching import Branching, feasible_partition
-from ._pricing import EnumeratedPricer, SearchPricer, mask_members, column_values
+from ._pricing import EnumeratedPricer, SearchPricer, column_values, mask_members
 from ._values import served_values
 
 PENALTY = 1e-7  # per served set, gains scaled to max |gain| = 1
@@ -104,22 +104,36 @@ class _Master:
         """The linear programme over the columns allowed by ``branching``."""
         masks = [m for m in self.columns if branching.allows(m)]
         membership, values = self._arrays(masks)
-        result = linprog(-values, A_eq=membership, b_eq=np.ones(self.n),
-                         A_ub=np.ones((1, len(masks))), b_ub=[self.max_sets],
-                         bounds=(0, None), method="highs-ds", options=LP_OPTIONS)
+        result = linprog(
+            -values,
+            A_eq=membership,
+            b_eq=np.ones(self.n),
+            A_ub=np.ones((1, len(masks))),
+            b_ub=[self.max_sets],
+            bounds=(0, None),
+            method="highs-ds",
+            options=LP_OPTIONS,
+        )
         if result.status != 0:
             raise RuntimeError(f"master linear programme failed: {result.message}")
-        return _LinearSolution(masks, result.x, -result.eqlin.marginals,
-                               max(0.0, -result.ineqlin.marginals[0]))
+        return _LinearSolution(
+            masks, result.x, -result.eqlin.marginals, max(0.0, -result.ineqlin.marginals[0])
+        )
 
     def best_integer(self, seconds):
         """The best partition using generated columns only (HiGHS MILP), or None."""
         masks = list(self.columns)
         membership, values = self._arrays(masks)
-        result = milp(-values, integrality=np.ones(len(masks)), bounds=(0, 1),
-                      constraints=[LinearConstraint(membership, 1, 1),
-                                   LinearConstraint(np.ones((1, len(masks))), 0, self.max_sets)],
-                      options={"time_limit": max(seconds, 0.1), "mip_rel_gap": 0, "presolve": False})
+        result = milp(
+            -values,
+            integrality=np.ones(len(masks)),
+            bounds=(0, 1),
+            constraints=[
+                LinearConstraint(membership, 1, 1),
+                LinearConstraint(np.ones((1, len(masks))), 0, self.max_sets),
+            ],
+            options={"time_limit": max(seconds, 0.1), "mip_rel_gap": 0, "presolve": False},
+        )
         if result.x is None:
             return None
         return [m for m, x in zip(masks, result.x) if x > 0.5]
@@ -141,7 +155,9 @@ def improve(off_gain, alone, served_sets, max_sets, deadline=None):
             home = next(i for i, s in enumerate(sets) if s & bit)
             rest = sets[home] & ~bit
             rest_value = column_values(off_gain, alone, [rest], PENALTY)[0] if rest else 0.0
-            targets = [i for i in range(len(sets)) if i != home] + ([None] if rest and len(sets) < max_sets else [])
+            targets = [i for i in range(len(sets)) if i != home] + (
+                [None] if rest and len(sets) < max_sets else []
+            )
             if not targets:
                 continue
             joined = [bit if i is None else sets[i] | bit for i in targets]
@@ -178,7 +194,9 @@ def clustered_partitions(off_gain, max_sets):
     partitions = []
     for count in range(2, min(max_sets, n) + 1):
         labels = fcluster(tree, t=count, criterion="maxclust")
-        sets = [sum(1 << int(t) for t in np.flatnonzero(labels == label)) for label in np.unique(labels)]
+        sets = [
+            sum(1 << int(t) for t in np.flatnonzero(labels == label)) for label in np.unique(labels)
+        ]
         if sets not in partitions:
             partitions.append(sets)
     return partitions
@@ -204,8 +222,11 @@ def merged_partitions(off_gain, alone, max_sets, deadline, finest=None):
     while len(members) > 2 and time.monotonic() < deadline:
         pairs = [(a, b) for a in range(len(members)) for b in range(a + 1, len(members))]
         unions = np.array([members[a] | members[b] for a, b in pairs])
-        losses = values[[a for a, _ in pairs]] + values[[b for _, b in pairs]] - served_values(
-            off_gain, alone, unions)
+        losses = (
+            values[[a for a, _ in pairs]]
+            + values[[b for _, b in pairs]]
+            - served_values(off_gain, alone, unions)
+        )
         best = int(np.argmin(losses))
         a, b = pairs[best]
         members[a], values[a] = unions[best], values[a] - losses[best] + values[b]
@@ -301,13 +322,18 @@ def relaxed_upper_bound(off_gain, alone, max_sets, time_limit=None, row_share=1.
     matrix = coo_matrix((vals, (rows, cols)), shape=(len(upper), len(objective)))
     bounds = [(None, None)] * n + [(0, None)] * (1 + count + n * count)
     options = LP_OPTIONS if time_limit is None else {**LP_OPTIONS, "time_limit": time_limit}
-    result = linprog(objective, A_ub=matrix, b_ub=upper, bounds=bounds, method="highs-ipm", options=options)
+    result = linprog(
+        objective, A_ub=matrix, b_ub=upper, bounds=bounds, method="highs-ipm", options=options
+    )
     if result.status != 0:
         return np.inf
     pi = result.x[:n]  # re-evaluate the bound for these duals exactly, not trusting tolerances
     gains = np.sort(np.maximum(np.maximum(best_mean - pi[:, None], helper), 0.0), axis=0)[::-1]
-    rho = max(np.cumsum(gains, axis=0)[sizes - 1, np.arange(count)].max(),
-              max((alone - pi)[free], default=0.0), 0.0)
+    rho = max(
+        np.cumsum(gains, axis=0)[sizes - 1, np.arange(count)].max(),
+        max((alone - pi)[free], default=0.0),
+        0.0,
+    )
     return float(pi.sum() + max_sets * rho)
 
 
@@ -331,7 +357,9 @@ class _Search:
 
     MAX_NEW_COLUMNS_PER_TASK = 2
     FINAL_SHARE = 0.1  # of the time, kept for a last integer programme if unproven
-    RELAXATION_SHARE = 0.25  # of the time, at most, for the relaxed bound (beyond ENUMERATION_LIMIT)
+    RELAXATION_SHARE = (
+        0.25  # of the time, at most, for the relaxed bound (beyond ENUMERATION_LIMIT)
+    )
     RELAXATION_MIN_SECONDS = 1.0  # its (n^2-variable) programme takes ~10 s at 200 tasks
     # relaxed_upper_bound's row shares: 1 (own best partners; the quicker programme, first),
     # then 0.6 (gains split between the two tasks; 0.19 -> 0.13 gap at 40 planted tasks, k = 5)
@@ -351,8 +379,14 @@ class _Search:
     def _report(self):
         """Tell ``progress`` the incumbent and the proven bound (as a Partition)."""
         if self.progress is not None and self.best_sets is not None:
-            self.progress(Partition(self.best_sets, self.best_value, max(self.upper, self.best_value),
-                                    self._tolerance()))
+            self.progress(
+                Partition(
+                    self.best_sets,
+                    self.best_value,
+                    max(self.upper, self.best_value),
+                    self._tolerance(),
+                )
+            )
 
     def tighten(self, bound):
         """Take a proven upper bound on the best penalised total; reports when it is lower."""
@@ -393,7 +427,9 @@ class _Search:
             left = stop - time.monotonic()
             if left <= 0:
                 break
-            bound = min(bound, relaxed_upper_bound(self.off_gain, self.alone, self.max_sets, left, share))
+            bound = min(
+                bound, relaxed_upper_bound(self.off_gain, self.alone, self.max_sets, left, share)
+            )
         return bound - PENALTY
 
     def column_generation(self, branching):
@@ -404,8 +440,13 @@ class _Search:
             threshold = solution.cardinality_dual + REDUCED_COST_TOLERANCE
             in_use = [m for m, w in zip(solution.masks, solution.weights) if w > 1e-9]
             columns, price_bound = self.pricer.price(
-                solution.duals, threshold, branching, self.deadline,
-                self.MAX_NEW_COLUMNS_PER_TASK * self.n, in_use)
+                solution.duals,
+                threshold,
+                branching,
+                self.deadline,
+                self.MAX_NEW_COLUMNS_PER_TASK * self.n,
+                in_use,
+            )
             bound = min(bound, float(solution.duals.sum()) + self.max_sets * price_bound)
             new = [(m, v) for m, v in columns if m not in self.master.columns]
             if not new or bound <= self.best_value + self._tolerance() or self._time_left() <= 0:
@@ -421,17 +462,27 @@ class _Search:
         self.tighten(task_upper_bound(self.off_gain, self.alone) - PENALTY)
         if self.n > ENUMERATION_LIMIT:
             starts = clustered_partitions(self.off_gain, self.max_sets) + merged_partitions(
-                self.off_gain, self.alone, self.max_sets, self.deadline)
+                self.off_gain, self.alone, self.max_sets, self.deadline
+            )
             for sets in starts:
                 if self._time_left() <= 0:
                     break
-                self.offer(sets, as_columns=False)  # as columns they steered a 40-task search to worse sets
-            seconds = max(self.RELAXATION_SHARE * (self.final_deadline - self.start), self.RELAXATION_MIN_SECONDS)
+                self.offer(
+                    sets, as_columns=False
+                )  # as columns they steered a 40-task search to worse sets
+            seconds = max(
+                self.RELAXATION_SHARE * (self.final_deadline - self.start),
+                self.RELAXATION_MIN_SECONDS,
+            )
             self.tighten(self._relaxed_bound(seconds))
         counter = itertools.count()
         root = Branching()
         open_nodes = [(-np.inf, next(counter), root)]
-        while open_nodes and self._time_left() > 0 and self.upper > self.best_value + self._tolerance():
+        while (
+            open_nodes
+            and self._time_left() > 0
+            and self.upper > self.best_value + self._tolerance()
+        ):
             node_bound, _, branching = heapq.heappop(open_nodes)
             if -node_bound <= self.best_value + self._tolerance():
                 open_nodes = []
@@ -455,7 +506,9 @@ class _Search:
                 self.offer([m for m, w in zip(solution.masks, solution.weights) if w > 0.5])
             elif bound > self.best_value + self._tolerance():
                 for same in (True, False):
-                    heapq.heappush(open_nodes, (-bound, next(counter), branching.with_pair(*pair, same)))
+                    heapq.heappush(
+                        open_nodes, (-bound, next(counter), branching.with_pair(*pair, same))
+                    )
             if open_nodes:  # best bound first: the open nodes' largest bound holds everywhere
                 self.tighten(max(self.best_value, -open_nodes[0][0]))
         upper = max([self.best_value] + [-b for b, _, _ in open_nodes])
@@ -463,7 +516,9 @@ class _Search:
             upper = self.best_value  # the anytime bound already proves it
         if upper > self.best_value + self._tolerance():
             if self.n <= ENUMERATION_LIMIT:
-                seconds = max((self.final_deadline - time.monotonic()) / 2, self.RELAXATION_MIN_SECONDS)
+                seconds = max(
+                    (self.final_deadline - time.monotonic()) / 2, self.RELAXATION_MIN_SECONDS
+                )
                 upper = min(upper, self._relaxed_bound(seconds))
             final_sets = self.master.best_integer(self.final_deadline - time.monotonic())
             if final_sets:

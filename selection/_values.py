@@ -42,7 +42,13 @@ def values_from_sums(alone, members, sums):
         helping = rows > current[:, None]
         new = (base + np.einsum("ij,ij->i", rows, helping)) / (slots + helping.sum(axis=1))
         rising = new > current
-        active, rows, base, slots, current = active[rising], rows[rising], base[rising], slots[rising], new[rising]
+        active, rows, base, slots, current = (
+            active[rising],
+            rows[rising],
+            base[rising],
+            slots[rising],
+            new[rising],
+        )
         values[active] = current
     task = np.argmax(members, axis=1)
     return np.where((size == 1) & (alone[task] >= values), alone[task], values)

@@ -171,8 +171,9 @@ def _selection(tasks, objective, off_gain, alone, scale, partition, max_groups):
     )
 
 
-def select_groups(scores, *, max_groups, objective="maximize", singletons="forbid", time_limit=60.0,
-                  progress=None):
+def select_groups(
+    scores, *, max_groups, objective="maximize", singletons="forbid", time_limit=60.0, progress=None
+):
     """The best selection of at most ``max_groups`` groups.
 
     scores: ``scores[t][u]`` = score ONTO t FROM u (mapping of mappings), or a
@@ -192,14 +193,20 @@ def select_groups(scores, *, max_groups, objective="maximize", singletons="forbi
     n = len(tasks)
     off_gain, alone = _gain_tables(matrix, objective, singletons)
     scale = max(np.abs(off_gain).max(), np.abs(alone[np.isfinite(alone)]).max(initial=0.0)) or 1.0
-    selection = functools.partial(_selection, tasks, objective, off_gain, alone, scale,
-                                  max_groups=max_groups)
+    selection = functools.partial(
+        _selection, tasks, objective, off_gain, alone, scale, max_groups=max_groups
+    )
 
     def report(partition, final=False):
         chosen = selection(partition)
         progress(Progress(time.monotonic() - start, chosen.score, chosen.gap, chosen.groups, final))
         return chosen
 
-    partition = solve_partition(off_gain / scale, alone / scale, min(max_groups, n), deadline,
-                                progress=report if progress else None)
+    partition = solve_partition(
+        off_gain / scale,
+        alone / scale,
+        min(max_groups, n),
+        deadline,
+        progress=report if progress else None,
+    )
     return report(partition, final=True) if progress else selection(partition)

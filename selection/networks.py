@@ -46,8 +46,10 @@ class Network:
         if not tasks or len(set(tasks)) != len(tasks) or not all(isinstance(t, str) for t in tasks):
             raise ValueError(f"network tasks must be distinct names, got {self.tasks!r}")
         if set(self.losses) != set(tasks):
-            raise ValueError(f"network {'+'.join(tasks)} needs a loss for exactly its tasks, "
-                             f"got {sorted(self.losses)}")
+            raise ValueError(
+                f"network {'+'.join(tasks)} needs a loss for exactly its tasks, "
+                f"got {sorted(self.losses)}"
+            )
         losses = {t: float(self.losses[t]) for t in tasks}
         if not all(math.isfinite(v) for v in losses.values()):
             raise ValueError(f"network {'+'.join(tasks)} has a loss that is not a finite number")
@@ -65,7 +67,9 @@ def task_order(networks):
 
 def best_losses(networks, tasks):
     """{task: lowest loss among ``networks`` on it, or UNCOVERED_LOSS}."""
-    return {t: min([n.losses[t] for n in networks if t in n.losses] + [UNCOVERED_LOSS]) for t in tasks}
+    return {
+        t: min([n.losses[t] for n in networks if t in n.losses] + [UNCOVERED_LOSS]) for t in tasks
+    }
 
 
 def total_loss(networks, tasks):
@@ -79,8 +83,10 @@ def _search_order(networks, tasks):
     by_task = {t: sorted(n.losses[t] for n in networks if t in n.losses) for t in tasks}
 
     def rank(i):
-        return min((by_task[t].index(networks[i].losses[t]) for t in networks[i].tasks if t in by_task),
-                   default=len(networks))
+        return min(
+            (by_task[t].index(networks[i].losses[t]) for t in networks[i].tasks if t in by_task),
+            default=len(networks),
+        )
 
     return sorted(range(len(networks)), key=rank)
 
@@ -96,8 +102,13 @@ class NetworkSelection(list):
 
     def to_dict(self):
         """JSON-ready form: each network's tasks, cost and losses."""
-        return {"networks": [{"tasks": list(n.tasks), "cost": n.cost, "losses": dict(n.losses)} for n in self],
-                "total": self.total, "gap": self.gap}
+        return {
+            "networks": [
+                {"tasks": list(n.tasks), "cost": n.cost, "losses": dict(n.losses)} for n in self
+            ],
+            "total": self.total,
+            "gap": self.gap,
+        }
 
 
 def select_networks(networks, *, budget, tasks=None, time_limit=60.0):
@@ -146,8 +157,10 @@ def select_networks(networks, *, budget, tasks=None, time_limit=60.0):
         lowered = tuple(map(min, current, losses[position]))
         if spent + costs[position] <= budget + COST_TOLERANCE and lowered != current:
             stack.append((position + 1, chosen + (position,), lowered, spent + costs[position]))
-    lowest = min([best_key[0]] + [sum(map(min, current, still_reachable[position]))
-                                  for position, _, current, _ in stack])
+    lowest = min(
+        [best_key[0]]
+        + [sum(map(min, current, still_reachable[position])) for position, _, current, _ in stack]
+    )
     gap = best_key[0] - lowest if best_key[0] - lowest > TIE_TOLERANCE else 0.0
     chosen = [networks[i] for i in sorted(order[p] for p in best_chosen)]
     return NetworkSelection(chosen, total_loss(chosen, tasks), gap)
@@ -174,8 +187,10 @@ def hoa_approximation(networks):
     def approximated(network):
         if len(network.tasks) < 3:
             return network
-        losses = {t: sum(pair_loss(t, u) for u in network.tasks if u != t) / (len(network.tasks) - 1)
-                  for t in network.tasks}
+        losses = {
+            t: sum(pair_loss(t, u) for u in network.tasks if u != t) / (len(network.tasks) - 1)
+            for t in network.tasks
+        }
         return Network(network.tasks, losses, network.cost)
 
     return [approximated(n) for n in networks]
@@ -186,10 +201,15 @@ def matching_networks(selected, candidates):
     (e.g. its test-set counterpart); ValueError if none or several."""
 
     def match(network):
-        same = [c for c in candidates
-                if set(c.tasks) == set(network.tasks) and abs(c.cost - network.cost) <= COST_TOLERANCE]
+        same = [
+            c
+            for c in candidates
+            if set(c.tasks) == set(network.tasks) and abs(c.cost - network.cost) <= COST_TOLERANCE
+        ]
         if len(same) != 1:
-            raise ValueError(f"{len(same)} networks match {'+'.join(network.tasks)} (cost {network.cost:g})")
+            raise ValueError(
+                f"{len(same)} networks match {'+'.join(network.tasks)} (cost {network.cost:g})"
+            )
         return same[0]
 
     return [match(n) for n in selected]
@@ -207,7 +227,9 @@ def _network_from_row(row, task_columns, line):
     names = [t.strip() for t in re.split(r"[+|]", row.get("tasks") or "") if t.strip()]
     unknown = [t for t in names if t not in task_columns]
     if not names or unknown:
-        raise ValueError(f"line {line}: unknown or missing task names {unknown or row.get('tasks')!r}")
+        raise ValueError(
+            f"line {line}: unknown or missing task names {unknown or row.get('tasks')!r}"
+        )
     filled = {t for t in task_columns if (row.get(t) or "").strip()}
     if filled != set(names):
         raise ValueError(f"line {line}: losses given for {sorted(filled)} but tasks are {names}")
@@ -233,7 +255,9 @@ def load_networks(path):
         try:
             header = reader.fieldnames or []
             if "tasks" not in header or "cost" not in header:
-                raise ValueError(f"{path}: the header needs 'tasks' and 'cost' columns, got {header}")
+                raise ValueError(
+                    f"{path}: the header needs 'tasks' and 'cost' columns, got {header}"
+                )
             task_columns = [c for c in header if c not in ("tasks", "cost")]
             networks = [_network_from_row(row, task_columns, reader.line_num) for row in reader]
         except UnicodeDecodeError as error:

@@ -46,8 +46,10 @@ def _checked_square(tasks, array):
     """``array`` unless its shape is not (n, n) for the n tasks (ValueError, in the shape given)."""
     n = len(tasks)
     if array.shape != (n, n):
-        raise ValueError(f"score matrix has shape {array.shape}, expected ({n}, {n}): one row "
-                         f"and one column per task, for the {n} tasks {list(tasks)}")
+        raise ValueError(
+            f"score matrix has shape {array.shape}, expected ({n}, {n}): one row "
+            f"and one column per task, for the {n} tasks {list(tasks)}"
+        )
     return array
 
 
@@ -119,13 +121,19 @@ def _nulls_to_nan(rows):
     else is left for ``_as_array`` to reject."""
     if not isinstance(rows, list):
         return rows
-    return [[math.nan if v is None else v for v in row] if isinstance(row, list) else row for row in rows]
+    return [
+        [math.nan if v is None else v for v in row] if isinstance(row, list) else row
+        for row in rows
+    ]
 
 
 def _is_pairs_file(document):
     """Whether a JSON object is a pairs.json: a list of ``tasks`` and tables."""
-    return "matrix" not in document and isinstance(document.get("tasks"), list) and any(
-        key in document for key in PAIRS_KEYS)
+    return (
+        "matrix" not in document
+        and isinstance(document.get("tasks"), list)
+        and any(key in document for key in PAIRS_KEYS)
+    )
 
 
 def _pairs_table(document, pairs_key):
@@ -139,8 +147,10 @@ def _pairs_table(document, pairs_key):
     if not isinstance(table, Mapping):
         raise ValueError(f"pairs file's {pairs_key!r} must map task names to scores")
     if set(table) != set(tasks):
-        raise ValueError(f"pairs file's {pairs_key!r} has tasks {sorted(map(str, table))}, "
-                         f"but its 'tasks' are {list(tasks)}")
+        raise ValueError(
+            f"pairs file's {pairs_key!r} has tasks {sorted(map(str, table))}, "
+            f"but its 'tasks' are {list(tasks)}"
+        )
     return score_table({t: table[t] for t in tasks})
 
 
@@ -161,8 +171,10 @@ def parse_scores(document, *, transpose=False, pairs_key=None):
         raise ValueError(f"pairs_key must be one of {PAIRS_KEYS}, got {pairs_key!r}")
     pairs = _is_pairs_file(document)
     if pairs_key is not None and not pairs:
-        raise ValueError("a pairs key only applies to a pairs.json (with 'tasks' and "
-                         f"{' / '.join(PAIRS_KEYS)} tables)")
+        raise ValueError(
+            "a pairs key only applies to a pairs.json (with 'tasks' and "
+            f"{' / '.join(PAIRS_KEYS)} tables)"
+        )
     if pairs:
         if transpose:
             raise ValueError("a pairs file is already onto t from u; do not transpose it")
@@ -180,8 +192,10 @@ def parse_scores(document, *, transpose=False, pairs_key=None):
         return from_affinity_matrix(tasks, matrix)
     if orientation == TARGET_SOURCE:
         return score_table((tasks, matrix))
-    raise ValueError(f"affinity file orientation must be {SOURCE_TARGET!r} or {TARGET_SOURCE!r}, "
-                     f"got {orientation!r}")
+    raise ValueError(
+        f"affinity file orientation must be {SOURCE_TARGET!r} or {TARGET_SOURCE!r}, "
+        f"got {orientation!r}"
+    )
 
 
 def _object_without_repeated_keys(pairs):

@@ -56,190 +56,316 @@ ESTIMATORS = ("exact", "first_order", "sketched")
 
 
 def sources_for_order(num_tasks: int, order: str) -> list[tuple[int, ...]]:
-  """REFERENCE 'order': 'singles' -> T single tasks; '1' -> singles + all tasks; '-1' -> every subset."""
-  singles = [(t,) for t in range(num_tasks)]
-  if order == "singles":
-    return singles
-  if order == "1":
-    return singles + [tuple(range(num_tasks))]
-  if order == "-1":
-    return [c for k in range(1, num_tasks + 1) for c in itertools.combinations(range(num_tasks), k)]
-  raise ValueError(f"affinity order must be one of {ORDERS}, got {order!r}")
+    """REFERENCE 'order': 'singles' -> T single tasks; '1' -> singles + all tasks; '-1' -> every subset."""
+    singles = [(t,) for t in range(num_tasks)]
+    if order == "singles":
+        return singles
+    if order == "1":
+        return singles + [tuple(range(num_tasks))]
+    if order == "-1":
+        return [
+            c for k in range(1, num_tasks + 1) for c in itertools.combinations(range(num_tasks), k)
+        ]
+    raise ValueError(f"affinity order must be one of {ORDERS}, got {order!r}")
 
 
 def source_weights(num_tasks: int, sources: Sequence[Sequence[int]] | None) -> np.ndarray:
-  """(S, T) 0/1 matrix: row s marks the tasks whose losses make up source s."""
-  sources = [(t,) for t in range(num_tasks)] if sources is None else sources
-  weights = np.zeros((len(sources), num_tasks), np.float32)
-  for s, members in enumerate(sources):
-    weights[s, list(members)] = 1.0
-  return weights
+    """(S, T) 0/1 matrix: row s marks the tasks whose losses make up source s."""
+    sources = [(t,) for t in range(num_tasks)] if sources is None else sources
+    weights = np.zeros((len(sources), num_tasks), np.float32)
+    for s, members in enumerate(sources):
+        weights[s, list(members)] = 1.0
+    return weights
 
 
-def per_task_gradients(vjp_fn: Callable, num_tasks: int, *, strategy: str = "auto",
-                       chunk_size: int | None = None):
-  """Gradients of each of the T losses: pytree with leaves (T, *param_shape)."""
-  eye = jnp.eye(num_tasks, dtype=jnp.float32)
-  return stacking.map_stacked(lambda e: vjp_fn(e)[0], eye,
-                              strategy=stacking.resolve(strategy, num_tasks),
-                              chunk_size=chunk_size)
+def per_task_gradients(
+    vjp_fn: Callable, num_tasks: int, *, strategy: str = "auto", chunk_size: int | None = None
+):
+    """Gradients of each of the T losses: pytree with leaves (T, *param_shape)."""
+    eye = jnp.eye(num_tasks, dtype=jnp.float32)
+    return stacking.map_stacked(
+        lambda e: vjp_fn(e)[0],
+        eye,
+        strategy=stacking.resolve(strategy, num_tasks),
+        chunk_size=chunk_size,
+    )
 
 
-def affinity_from_task_gradients(losses_fn: Callable, params, batch, base_losses, task_grads, *,
-                                 learning_rate, momentum=0.0, trace=None, weight_decay=0.0,
-                                 scale_by_lr=True, sources=None, strategy="auto",
-                                 chunk_size=None) -> jax.Array:
-  """Lookahead affinity (S, T) given the losses (T,) at `params` and per-task gradients (T, ...)."""
-  weights = jnp.asarray(source_weights(base_losses.shape[0], sources))
-  direction = jax.tree.map(lambda p: weight_decay * p, params)
-  if trace is not None:
-    direction = jax.tree.map(lambda d, m: d + momentum * m, direction, trace)
-  lookahead_params = jax.tree.map(
-      lambda p, g, d: p - learning_rate * (jnp.tensordot(weights, g, axes=1) + d),
-      params, task_grads, direction)
-  lookahead_losses = stacking.map_stacked(
-      lambda p: losses_fn(p, batch), lookahead_params,
-      strategy=stacking.resolve(strategy, weights.shape[0]), chunk_size=chunk_size)
-  ratio = 1.0 - lookahead_losses / base_losses[None, :]
-  return ratio / learning_rate if scale_by_lr else ratio
+def affinity_from_task_gradients(
+    losses_fn: Callable,
+    params,
+    batch,
+    base_losses,
+    task_grads,
+    *,
+    learning_rate,
+    momentum=0.0,
+    trace=None,
+    weight_decay=0.0,
+    scale_by_lr=True,
+    sources=None,
+    strategy="auto",
+    chunk_size=None,
+) -> jax.Array:
+    """Lookahead affinity (S, T) given the losses (T,) at `params` and per-task gradients (T, ...)."""
+    weights = jnp.asarray(source_weights(base_losses.shape[0], sources))
+    direction = jax.tree.map(lambda p: weight_decay * p, params)
+    if trace is not None:
+        direction = jax.tree.map(lambda d, m: d + momentum * m, direction, trace)
+    lookahead_params = jax.tree.map(
+        lambda p, g, d: p - learning_rate * (jnp.tensordot(weights, g, axes=1) + d),
+        params,
+        task_grads,
+        direction,
+    )
+    lookahead_losses = stacking.map_stacked(
+        lambda p: losses_fn(p, batch),
+        lookahead_params,
+        strategy=stacking.resolve(strategy, weights.shape[0]),
+        chunk_size=chunk_size,
+    )
+    ratio = 1.0 - lookahead_losses / base_losses[None, :]
+    return ratio / learning_rate if scale_by_lr else ratio
 
 
-def lookahead_affinity(losses_fn: Callable, params, batch, *, learning_rate, momentum=0.0,
-                       trace=None, weight_decay=0.0, scale_by_lr=True, sources=None,
-                       strategy="auto", chunk_size=None) -> jax.Array:
-  """TAG affinity A (S, T), row = source, column = target task.
+def lookahead_affinity(
+    losses_fn: Callable,
+    params,
+    batch,
+    *,
+    learning_rate,
+    momentum=0.0,
+    trace=None,
+    weight_decay=0.0,
+    scale_by_lr=True,
+    sources=None,
+    strategy="auto",
+    chunk_size=None,
+) -> jax.Array:
+    """TAG affinity A (S, T), row = source, column = target task.
 
-  losses_fn(params, batch) -> (T,) per-task losses as a function of the SHARED
-  parameters only. For source s (a single task, or a tuple of task indices whose
-  losses are summed), the lookahead is
-    theta'_s = theta - lr * (g_s + weight_decay * theta + momentum * trace)
-  (without `trace`: theta - lr * (g_s + weight_decay * theta)), and
-    A[s, t] = 1 - L_t(theta'_s) / L_t(theta), divided by lr when `scale_by_lr`.
-  """
-  base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
-  task_grads = per_task_gradients(vjp_fn, base_losses.shape[0], strategy=strategy,
-                                  chunk_size=chunk_size)
-  return affinity_from_task_gradients(
-      losses_fn, params, batch, base_losses, task_grads, learning_rate=learning_rate,
-      momentum=momentum, trace=trace, weight_decay=weight_decay, scale_by_lr=scale_by_lr,
-      sources=sources, strategy=strategy, chunk_size=chunk_size)
+    losses_fn(params, batch) -> (T,) per-task losses as a function of the SHARED
+    parameters only. For source s (a single task, or a tuple of task indices whose
+    losses are summed), the lookahead is
+      theta'_s = theta - lr * (g_s + weight_decay * theta + momentum * trace)
+    (without `trace`: theta - lr * (g_s + weight_decay * theta)), and
+      A[s, t] = 1 - L_t(theta'_s) / L_t(theta), divided by lr when `scale_by_lr`.
+    """
+    base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
+    task_grads = per_task_gradients(
+        vjp_fn, base_losses.shape[0], strategy=strategy, chunk_size=chunk_size
+    )
+    return affinity_from_task_gradients(
+        losses_fn,
+        params,
+        batch,
+        base_losses,
+        task_grads,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        trace=trace,
+        weight_decay=weight_decay,
+        scale_by_lr=scale_by_lr,
+        sources=sources,
+        strategy=strategy,
+        chunk_size=chunk_size,
+    )
 
 
 def lookahead_direction(params, *, momentum=0.0, trace=None, weight_decay=0.0):
-  """delta = weight_decay * theta + momentum * trace (params-shaped), or None when it is zero."""
-  if trace is None and not weight_decay:
-    return None
-  direction = jax.tree.map(lambda p: weight_decay * p, params)
-  if trace is not None:
-    direction = jax.tree.map(lambda d, m: d + momentum * m, direction, trace)
-  return direction
+    """delta = weight_decay * theta + momentum * trace (params-shaped), or None when it is zero."""
+    if trace is None and not weight_decay:
+        return None
+    direction = jax.tree.map(lambda p: weight_decay * p, params)
+    if trace is not None:
+        direction = jax.tree.map(lambda d, m: d + momentum * m, direction, trace)
+    return direction
 
 
 def gram_from_task_gradients(task_grads) -> jax.Array:
-  """(T, T) inner products G[s, t] = <g_s, g_t> of per-task gradients (leaves (T, ...))."""
-  flats = [g.reshape(g.shape[0], -1) for g in jax.tree.leaves(task_grads)]
-  return sum(f @ f.T for f in flats)
+    """(T, T) inner products G[s, t] = <g_s, g_t> of per-task gradients (leaves (T, ...))."""
+    flats = [g.reshape(g.shape[0], -1) for g in jax.tree.leaves(task_grads)]
+    return sum(f @ f.T for f in flats)
 
 
 def direction_products(task_grads, direction) -> jax.Array:
-  """(T,) b[t] = <g_t, direction>: per-task gradients (leaves (T, ...)) against one params tree."""
-  pairs = zip(jax.tree.leaves(task_grads), jax.tree.leaves(direction))
-  return sum(g.reshape(g.shape[0], -1) @ d.reshape(-1) for g, d in pairs)
+    """(T,) b[t] = <g_t, direction>: per-task gradients (leaves (T, ...)) against one params tree."""
+    pairs = zip(jax.tree.leaves(task_grads), jax.tree.leaves(direction))
+    return sum(g.reshape(g.shape[0], -1) @ d.reshape(-1) for g, d in pairs)
 
 
-def first_order_from_gram(base_losses, gram, products=None, *, learning_rate, scale_by_lr=True,
-                          sources=None) -> jax.Array:
-  """(S, T) first-order affinity lr (W G + 1 b^T) / L (module docstring); scale_by_lr drops lr.
+def first_order_from_gram(
+    base_losses, gram, products=None, *, learning_rate, scale_by_lr=True, sources=None
+) -> jax.Array:
+    """(S, T) first-order affinity lr (W G + 1 b^T) / L (module docstring); scale_by_lr drops lr.
 
-  base_losses (T,); gram (T, T) = <g_s, g_t>; products (T,) = <g_t, delta> or None (delta = 0).
-  """
-  weights = jnp.asarray(source_weights(base_losses.shape[0], sources))
-  change = weights @ gram
-  if products is not None:
-    change = change + products[None, :]
-  ratio = change / base_losses[None, :]
-  return ratio if scale_by_lr else learning_rate * ratio
-
-
-def first_order_from_task_gradients(params, base_losses, task_grads, *, learning_rate,
-                                    momentum=0.0, trace=None, weight_decay=0.0, scale_by_lr=True,
-                                    sources=None) -> jax.Array:
-  """First-order affinity (S, T) from the losses (T,) and per-task gradients (T, ...) at params."""
-  direction = lookahead_direction(params, momentum=momentum, trace=trace,
-                                  weight_decay=weight_decay)
-  products = None if direction is None else direction_products(task_grads, direction)
-  return first_order_from_gram(base_losses, gram_from_task_gradients(task_grads), products,
-                               learning_rate=learning_rate, scale_by_lr=scale_by_lr,
-                               sources=sources)
+    base_losses (T,); gram (T, T) = <g_s, g_t>; products (T,) = <g_t, delta> or None (delta = 0).
+    """
+    weights = jnp.asarray(source_weights(base_losses.shape[0], sources))
+    change = weights @ gram
+    if products is not None:
+        change = change + products[None, :]
+    ratio = change / base_losses[None, :]
+    return ratio if scale_by_lr else learning_rate * ratio
 
 
-def first_order_affinity(losses_fn: Callable, params, batch, *, learning_rate, momentum=0.0,
-                         trace=None, weight_decay=0.0, scale_by_lr=True, sources=None,
-                         strategy="auto", chunk_size=None) -> jax.Array:
-  """First-order estimate (S, T) of `lookahead_affinity` (same arguments): T pulls, no lookahead."""
-  base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
-  task_grads = per_task_gradients(vjp_fn, base_losses.shape[0], strategy=strategy,
-                                  chunk_size=chunk_size)
-  return first_order_from_task_gradients(
-      params, base_losses, task_grads, learning_rate=learning_rate, momentum=momentum,
-      trace=trace, weight_decay=weight_decay, scale_by_lr=scale_by_lr, sources=sources)
+def first_order_from_task_gradients(
+    params,
+    base_losses,
+    task_grads,
+    *,
+    learning_rate,
+    momentum=0.0,
+    trace=None,
+    weight_decay=0.0,
+    scale_by_lr=True,
+    sources=None,
+) -> jax.Array:
+    """First-order affinity (S, T) from the losses (T,) and per-task gradients (T, ...) at params."""
+    direction = lookahead_direction(
+        params, momentum=momentum, trace=trace, weight_decay=weight_decay
+    )
+    products = None if direction is None else direction_products(task_grads, direction)
+    return first_order_from_gram(
+        base_losses,
+        gram_from_task_gradients(task_grads),
+        products,
+        learning_rate=learning_rate,
+        scale_by_lr=scale_by_lr,
+        sources=sources,
+    )
+
+
+def first_order_affinity(
+    losses_fn: Callable,
+    params,
+    batch,
+    *,
+    learning_rate,
+    momentum=0.0,
+    trace=None,
+    weight_decay=0.0,
+    scale_by_lr=True,
+    sources=None,
+    strategy="auto",
+    chunk_size=None,
+) -> jax.Array:
+    """First-order estimate (S, T) of `lookahead_affinity` (same arguments): T pulls, no lookahead."""
+    base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
+    task_grads = per_task_gradients(
+        vjp_fn, base_losses.shape[0], strategy=strategy, chunk_size=chunk_size
+    )
+    return first_order_from_task_gradients(
+        params,
+        base_losses,
+        task_grads,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        trace=trace,
+        weight_decay=weight_decay,
+        scale_by_lr=scale_by_lr,
+        sources=sources,
+    )
 
 
 def rademacher_directions(key, params, count: int):
-  """`count` random +-1 directions like params: leaves (count, *param_shape), E[v v^T] = I."""
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(treedef, [
-      jax.random.rademacher(k, (count, *leaf.shape), jnp.int32).astype(leaf.dtype)
-      for k, leaf in zip(keys, leaves)])
+    """`count` random +-1 directions like params: leaves (count, *param_shape), E[v v^T] = I."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [
+            jax.random.rademacher(k, (count, *leaf.shape), jnp.int32).astype(leaf.dtype)
+            for k, leaf in zip(keys, leaves)
+        ],
+    )
 
 
-def sketched_gram(losses_fn: Callable, params, batch, directions, *, direction=None,
-                  strategy="auto", chunk_size=None):
-  """(base losses (T,), G_hat (T, T), J delta (T,) or None) from forward-mode products.
+def sketched_gram(
+    losses_fn: Callable,
+    params,
+    batch,
+    directions,
+    *,
+    direction=None,
+    strategy="auto",
+    chunk_size=None,
+):
+    """(base losses (T,), G_hat (T, T), J delta (T,) or None) from forward-mode products.
 
-  directions: leaves (m, *param_shape) with E[v v^T] = I; G_hat = (1/m) sum_i (J v_i)(J v_i)^T.
-  One linearisation, then the m tangent evaluations batched by `strategy`.
-  """
-  base_losses, linear = jax.linearize(lambda p: losses_fn(p, batch), params)
-  count = jax.tree.leaves(directions)[0].shape[0]
-  projections = stacking.map_stacked(linear, directions,
-                                     strategy=stacking.resolve(strategy, count),
-                                     chunk_size=chunk_size)  # (m, T)
-  gram = projections.T @ projections / count
-  return base_losses, gram, None if direction is None else linear(direction)
+    directions: leaves (m, *param_shape) with E[v v^T] = I; G_hat = (1/m) sum_i (J v_i)(J v_i)^T.
+    One linearisation, then the m tangent evaluations batched by `strategy`.
+    """
+    base_losses, linear = jax.linearize(lambda p: losses_fn(p, batch), params)
+    count = jax.tree.leaves(directions)[0].shape[0]
+    projections = stacking.map_stacked(
+        linear, directions, strategy=stacking.resolve(strategy, count), chunk_size=chunk_size
+    )  # (m, T)
+    gram = projections.T @ projections / count
+    return base_losses, gram, None if direction is None else linear(direction)
 
 
-def sketched_affinity(losses_fn: Callable, params, batch, *, key, sketch_size: int, learning_rate,
-                      momentum=0.0, trace=None, weight_decay=0.0, scale_by_lr=True, sources=None,
-                      strategy="auto", chunk_size=None) -> jax.Array:
-  """Sketched first-order estimate (S, T) of `lookahead_affinity`: sketch_size jvps along
-  Rademacher directions drawn from `key`; the other arguments as lookahead_affinity."""
-  direction = lookahead_direction(params, momentum=momentum, trace=trace,
-                                  weight_decay=weight_decay)
-  base_losses, gram, products = sketched_gram(
-      losses_fn, params, batch, rademacher_directions(key, params, sketch_size),
-      direction=direction, strategy=strategy, chunk_size=chunk_size)
-  return first_order_from_gram(base_losses, gram, products, learning_rate=learning_rate,
-                               scale_by_lr=scale_by_lr, sources=sources)
+def sketched_affinity(
+    losses_fn: Callable,
+    params,
+    batch,
+    *,
+    key,
+    sketch_size: int,
+    learning_rate,
+    momentum=0.0,
+    trace=None,
+    weight_decay=0.0,
+    scale_by_lr=True,
+    sources=None,
+    strategy="auto",
+    chunk_size=None,
+) -> jax.Array:
+    """Sketched first-order estimate (S, T) of `lookahead_affinity`: sketch_size jvps along
+    Rademacher directions drawn from `key`; the other arguments as lookahead_affinity."""
+    direction = lookahead_direction(
+        params, momentum=momentum, trace=trace, weight_decay=weight_decay
+    )
+    base_losses, gram, products = sketched_gram(
+        losses_fn,
+        params,
+        batch,
+        rademacher_directions(key, params, sketch_size),
+        direction=direction,
+        strategy=strategy,
+        chunk_size=chunk_size,
+    )
+    return first_order_from_gram(
+        base_losses,
+        gram,
+        products,
+        learning_rate=learning_rate,
+        scale_by_lr=scale_by_lr,
+        sources=sources,
+    )
 
 
 def cosine_from_task_gradients(task_grads, *, kernels_only=True) -> jax.Array:
-  """(T, T) cosine similarity of per-task gradients (leaves (T, ...)), flattened and concatenated.
+    """(T, T) cosine similarity of per-task gradients (leaves (T, ...)), flattened and concatenated.
 
-  kernels_only keeps leaves whose per-task shape has rank > 1 (conv/dense kernels).
-  """
-  leaves = [g.reshape(g.shape[0], -1) for g in jax.tree.leaves(task_grads)
-            if not kernels_only or g.ndim > 2]
-  flat = jnp.concatenate(leaves, axis=1)
-  unit = flat / jnp.maximum(jnp.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-  return unit @ unit.T
+    kernels_only keeps leaves whose per-task shape has rank > 1 (conv/dense kernels).
+    """
+    leaves = [
+        g.reshape(g.shape[0], -1)
+        for g in jax.tree.leaves(task_grads)
+        if not kernels_only or g.ndim > 2
+    ]
+    flat = jnp.concatenate(leaves, axis=1)
+    unit = flat / jnp.maximum(jnp.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T
 
 
-def gradient_cosine_similarity(losses_fn: Callable, params, batch, *, kernels_only=True,
-                               strategy="auto", chunk_size=None) -> jax.Array:
-  """CS baseline: (T, T) cosine between per-task gradients of the shared parameters (symmetric)."""
-  base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
-  task_grads = per_task_gradients(vjp_fn, base_losses.shape[0], strategy=strategy,
-                                  chunk_size=chunk_size)
-  return cosine_from_task_gradients(task_grads, kernels_only=kernels_only)
+def gradient_cosine_similarity(
+    losses_fn: Callable, params, batch, *, kernels_only=True, strategy="auto", chunk_size=None
+) -> jax.Array:
+    """CS baseline: (T, T) cosine between per-task gradients of the shared parameters (symmetric)."""
+    base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
+    task_grads = per_task_gradients(
+        vjp_fn, base_losses.shape[0], strategy=strategy, chunk_size=chunk_size
+    )
+    return cosine_from_task_gradients(task_grads, kernels_only=kernels_only)

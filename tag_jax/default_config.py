@@ -11,168 +11,180 @@ from tag_jax import methods
 
 
 def get_base_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.method = "mtl"  # a name of tag_jax.methods.METHODS
-  # Task names to train on, in this order; empty = every task of the dataset.
-  config.tasks = ()
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.method = "mtl"  # a name of tag_jax.methods.METHODS
+    # Task names to train on, in this order; empty = every task of the dataset.
+    config.tasks = ()
 
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "synthetic"  # 'synthetic' | 'npz' | 'digits' | 'celeb_a'
-  config.dataset.path = ""  # npz: path of the .npz file.
-  config.dataset.data_dir = ""  # celeb_a: TFDS data_dir ('' = TFDS default).
-  config.dataset.num_train = 4096  # synthetic sizes
-  config.dataset.num_validation = 512
-  config.dataset.num_test = 512
-  config.dataset.group_sizes = (3, 3, 3)  # synthetic: planted task groups.
-  config.dataset.noise = 0.5  # synthetic: pixel noise std.
-  config.dataset.task_noise = 0.05  # synthetic: std of each task's own noise on its group factor.
-  config.dataset.label_noise = 0.02  # synthetic: fraction of flipped labels.
-  config.dataset.data_seed = 0  # synthetic: generator seed (independent of config.seed).
-  config.dataset.num_workers = 4  # celeb_a: reader threads.
-  config.dataset.cache_dir = ""  # celeb_a: resized uint8 images ('' = in data_dir; 'none' = off)
-  # Side of the (square) images: synthetic ones are generated at it, celeb_a ones resized to it
-  # (npz files keep their own size).
-  config.image_size = 64
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "synthetic"  # 'synthetic' | 'npz' | 'digits' | 'celeb_a'
+    config.dataset.path = ""  # npz: path of the .npz file.
+    config.dataset.data_dir = ""  # celeb_a: TFDS data_dir ('' = TFDS default).
+    config.dataset.num_train = 4096  # synthetic sizes
+    config.dataset.num_validation = 512
+    config.dataset.num_test = 512
+    config.dataset.group_sizes = (3, 3, 3)  # synthetic: planted task groups.
+    config.dataset.noise = 0.5  # synthetic: pixel noise std.
+    config.dataset.task_noise = 0.05  # synthetic: std of each task's own noise on its group factor.
+    config.dataset.label_noise = 0.02  # synthetic: fraction of flipped labels.
+    config.dataset.data_seed = 0  # synthetic: generator seed (independent of config.seed).
+    config.dataset.num_workers = 4  # celeb_a: reader threads.
+    config.dataset.cache_dir = ""  # celeb_a: resized uint8 images ('' = in data_dir; 'none' = off)
+    # Side of the (square) images: synthetic ones are generated at it, celeb_a ones resized to it
+    # (npz files keep their own size).
+    config.image_size = 64
 
-  config.model = ml_collections.ConfigDict()
-  config.model.width = 64  # filters of every trunk convolution
-  # 'xla' | 'xla_threaded' (CPU: XLA's own multithreaded kernels, tag_jax/models.py) | 'im2col' |
-  # 'auto' (timed on the run's shapes, cached: tag_jax/autotune.py)
-  config.model.conv = "auto"
-  config.model.bn_epsilon = 1e-3  # TF reference; the PyTorch reference uses 1e-5
-  config.model.bn_momentum = 0.99  # running-average decay (TF default)
-  config.model.num_classes = 2  # logits per task head
-  # Compute dtype: 'float32' or 'bfloat16' (parameters, optimizer state and losses stay float32).
-  config.dtype = "float32"
+    config.model = ml_collections.ConfigDict()
+    config.model.width = 64  # filters of every trunk convolution
+    # 'xla' | 'xla_threaded' (CPU: XLA's own multithreaded kernels, tag_jax/models.py) | 'im2col' |
+    # 'auto' (timed on the run's shapes, cached: tag_jax/autotune.py)
+    config.model.conv = "auto"
+    config.model.bn_epsilon = 1e-3  # TF reference; the PyTorch reference uses 1e-5
+    config.model.bn_momentum = 0.99  # running-average decay (TF default)
+    config.model.num_classes = 2  # logits per task head
+    # Compute dtype: 'float32' or 'bfloat16' (parameters, optimizer state and losses stay float32).
+    config.dtype = "float32"
 
-  config.batch_size = 256  # global batch
-  config.eval_batch_size = 256
-  config.drop_remainder = False  # reference keeps the last partial batch
-  # Batches read and copied to the device ahead of the step, in a background thread; 0 = none.
-  config.prefetch_batches = 2
-  config.num_epochs = 100
-  # Train at least this many steps: epochs are added to config.num_epochs until they hold this many
-  # (a small dataset still gets trained); 0 = exactly num_epochs.
-  config.min_train_steps = 0
-  config.max_steps = -1  # stop (after a checkpoint) at this global step; -1 = no limit
+    config.batch_size = 256  # global batch
+    config.eval_batch_size = 256
+    config.drop_remainder = False  # reference keeps the last partial batch
+    # Batches read and copied to the device ahead of the step, in a background thread; 0 = none.
+    config.prefetch_batches = 2
+    config.num_epochs = 100
+    # Train at least this many steps: epochs are added to config.num_epochs until they hold this many
+    # (a small dataset still gets trained); 0 = exactly num_epochs.
+    config.min_train_steps = 0
+    config.max_steps = -1  # stop (after a checkpoint) at this global step; -1 = no limit
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "sgd"  # 'sgd' | 'adam'
-  config.optimizer.learning_rate = 5e-4
-  config.optimizer.momentum = 0.9  # sgd only; 0 = plain SGD
-  config.optimizer.weight_decay = 0.0  # L2 added to the gradient (coupled), like the references
-  config.optimizer.schedule = "step"  # 'step' | 'constant' | 'cosine' (to 0 at the last step)
-  config.optimizer.decay_every_epochs = 15  # 'step': multiply by decay_factor every this many epochs
-  config.optimizer.decay_factor = 0.5
-  config.optimizer.warmup_steps = 0  # linear warm-up of the learning rate over this many steps
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"  # 'sgd' | 'adam'
+    config.optimizer.learning_rate = 5e-4
+    config.optimizer.momentum = 0.9  # sgd only; 0 = plain SGD
+    config.optimizer.weight_decay = 0.0  # L2 added to the gradient (coupled), like the references
+    config.optimizer.schedule = "step"  # 'step' | 'constant' | 'cosine' (to 0 at the last step)
+    config.optimizer.decay_every_epochs = (
+        15  # 'step': multiply by decay_factor every this many epochs
+    )
+    config.optimizer.decay_factor = 0.5
+    config.optimizer.warmup_steps = 0  # linear warm-up of the learning rate over this many steps
 
-  config.early_stopping = ml_collections.ConfigDict()
-  config.early_stopping.patience = 10  # epochs without a better summed validation loss; 0 = off
-  config.early_stopping.restore_best = True
-  config.early_stopping.min_steps = 0  # no network stops before this many training steps
+    config.early_stopping = ml_collections.ConfigDict()
+    config.early_stopping.patience = 10  # epochs without a better summed validation loss; 0 = off
+    config.early_stopping.restore_best = True
+    config.early_stopping.min_steps = 0  # no network stops before this many training steps
 
-  # Method-owned blocks: config.affinity, selection, baselines, groups, dmtg (defaults and
-  # meanings in the method modules, tag_jax.methods.CONFIG_BLOCKS).
-  for key, block in methods.CONFIG_BLOCKS.items():
-    config[key] = block()
+    # Method-owned blocks: config.affinity, selection, baselines, groups, dmtg (defaults and
+    # meanings in the method modules, tag_jax.methods.CONFIG_BLOCKS).
+    for key, block in methods.CONFIG_BLOCKS.items():
+        config[key] = block()
 
-  # The grouping study (python -m tag_jax.study): one stage per run, each in workdir/<stage>.
-  config.study = ml_collections.ConfigDict()
-  # 'mtl', 'single', 'tag', 'cs', 'hoa', 'random', 'uw', 'gradnorm', 'pcgrad', 'dmtg'.
-  config.study.methods = ("mtl", "single", "tag", "cs", "hoa", "random", "uw", "gradnorm",
-                          "pcgrad", "dmtg")
-  config.study.max_groups = (2, 3)  # k of every grouping method (and DMTG's num_groups)
-  config.study.epochs_search = 0  # epochs of the TAG/CS/HOA/DMTG runs; 0 = config.num_epochs
-  config.study.epochs_train = 0  # epochs of all other runs; 0 = config.num_epochs
-  # Per study method, config changes for that method's own run(s) (not for retraining the
-  # groups it selects), applied last: e.g. overrides.dmtg = DMTG_CELEBA_TRAINING.
-  config.study.overrides = ml_collections.ConfigDict()
-  # Every stage is run with seeds config.seed, config.seed + 1, ... (report: mean and spread).
-  config.study.seeds = 1
+    # The grouping study (python -m tag_jax.study): one stage per run, each in workdir/<stage>.
+    config.study = ml_collections.ConfigDict()
+    # 'mtl', 'single', 'tag', 'cs', 'hoa', 'random', 'uw', 'gradnorm', 'pcgrad', 'dmtg'.
+    config.study.methods = (
+        "mtl",
+        "single",
+        "tag",
+        "cs",
+        "hoa",
+        "random",
+        "uw",
+        "gradnorm",
+        "pcgrad",
+        "dmtg",
+    )
+    config.study.max_groups = (2, 3)  # k of every grouping method (and DMTG's num_groups)
+    config.study.epochs_search = 0  # epochs of the TAG/CS/HOA/DMTG runs; 0 = config.num_epochs
+    config.study.epochs_train = 0  # epochs of all other runs; 0 = config.num_epochs
+    # Per study method, config changes for that method's own run(s) (not for retraining the
+    # groups it selects), applied last: e.g. overrides.dmtg = DMTG_CELEBA_TRAINING.
+    config.study.overrides = ml_collections.ConfigDict()
+    # Every stage is run with seeds config.seed, config.seed + 1, ... (report: mean and spread).
+    config.study.seeds = 1
 
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.data = -1  # devices on the batch axis; -1 = all (divided by mesh.networks)
-  config.mesh.networks = 1  # devices on the stacked-network axis (group/pair training)
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # devices on the batch axis; -1 = all (divided by mesh.networks)
+    config.mesh.networks = 1  # devices on the stacked-network axis (group/pair training)
 
-  config.log_every_steps = 50
-  config.checkpoint_every_steps = 0  # 0 = checkpoint at the end of every epoch only
-  config.keep_checkpoints = 2
-  return config
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 0  # 0 = checkpoint at the end of every epoch only
+    config.keep_checkpoints = 2
+    return config
 
 
 def get_synthetic_config() -> ml_collections.ConfigDict:
-  """The quick-start setting: the offline synthetic dataset, a narrow trunk, a few minutes on CPU."""
-  config = get_base_config()
-  config.dataset.name = "synthetic"
-  config.image_size = 16
-  config.model.width = 16
-  config.batch_size = 64
-  config.eval_batch_size = 256
-  config.num_epochs = 8
-  config.optimizer.name = "sgd"
-  config.optimizer.learning_rate = 0.1
-  config.optimizer.decay_every_epochs = 4
-  config.early_stopping.patience = 3
-  config.log_every_steps = 20
-  return config
+    """The quick-start setting: the offline synthetic dataset, a narrow trunk, a few minutes on CPU."""
+    config = get_base_config()
+    config.dataset.name = "synthetic"
+    config.image_size = 16
+    config.model.width = 16
+    config.batch_size = 64
+    config.eval_batch_size = 256
+    config.num_epochs = 8
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.1
+    config.optimizer.decay_every_epochs = 4
+    config.early_stopping.patience = 3
+    config.log_every_steps = 20
+    return config
 
 
 def get_celeba_config() -> ml_collections.ConfigDict:
-  """The published CelebA setting of TAG and DMTG (REFERENCE §3), which the base defaults are.
+    """The published CelebA setting of TAG and DMTG (REFERENCE §3), which the base defaults are.
 
-  64x64 inputs, the 'ResNet18' trunk of width 64, SGD momentum 0.9, lr 5e-4
-  halved every 15 epochs, batch 256 (last partial batch kept), up to 100 epochs,
-  early stopping after 10 epochs without a better summed validation loss (best
-  parameters restored). Tasks: the papers' nine.
-  """
-  from tag_jax.data.celeba import CELEBA_9  # pylint: disable=g-import-not-at-top (TFDS is slow)
+    64x64 inputs, the 'ResNet18' trunk of width 64, SGD momentum 0.9, lr 5e-4
+    halved every 15 epochs, batch 256 (last partial batch kept), up to 100 epochs,
+    early stopping after 10 epochs without a better summed validation loss (best
+    parameters restored). Tasks: the papers' nine.
+    """
+    from tag_jax.data.celeba import CELEBA_9  # pylint: disable=g-import-not-at-top (TFDS is slow)
 
-  config = get_base_config()
-  config.dataset.name = "celeb_a"
-  config.tasks = CELEBA_9
-  config.log_every_steps = 100
-  return config
+    config = get_base_config()
+    config.dataset.name = "celeb_a"
+    config.tasks = CELEBA_9
+    config.log_every_steps = 100
+    return config
 
 
 def get_many_tasks_config(num_groups: int) -> ml_collections.ConfigDict:
-  """TAG with `num_groups` planted groups of 10 synthetic tasks, the first-order estimator, and
-  the selection of that many groups (configs/synthetic_many_tasks*.py)."""
-  config = get_synthetic_config()
-  config.method = "tag"
-  config.dataset.group_sizes = (10,) * num_groups
-  config.dataset.num_train = 8192
-  config.model.width = 32
-  config.optimizer.learning_rate = 0.02  # the loss sums many tasks
-  config.num_epochs = 12
-  config.log_every_steps = 100
-  config.affinity.every_n_steps = 10
-  config.affinity.lookahead = "sgd"
-  config.affinity.scale_by_lr = False
-  config.affinity.estimator = "first_order"
-  config.selection.max_groups = (num_groups,)
-  return config
+    """TAG with `num_groups` planted groups of 10 synthetic tasks, the first-order estimator, and
+    the selection of that many groups (configs/synthetic_many_tasks*.py)."""
+    config = get_synthetic_config()
+    config.method = "tag"
+    config.dataset.group_sizes = (10,) * num_groups
+    config.dataset.num_train = 8192
+    config.model.width = 32
+    config.optimizer.learning_rate = 0.02  # the loss sums many tasks
+    config.num_epochs = 12
+    config.log_every_steps = 100
+    config.affinity.every_n_steps = 10
+    config.affinity.lookahead = "sgd"
+    config.affinity.scale_by_lr = False
+    config.affinity.estimator = "first_order"
+    config.selection.max_groups = (num_groups,)
+    return config
 
 
 def get_npz_config() -> ml_collections.ConfigDict:
-  """The recipe for your own .npz data, chosen on real data (the 'digits' dataset; numbers in
-  configs/npz_mtl.py): Adam 1e-2 warmed up over 50 steps then cosine to 0, at least 1,000 steps
-  and 10 epochs, batch 64, width 16, batch-norm momentum 0.9, early stopping (patience 10
-  epochs) not before step 1,000, best validation epoch reported."""
-  config = get_synthetic_config()
-  config.dataset.name = "npz"
-  config.model.width = 16
-  config.model.bn_momentum = 0.9  # running averages settle within ~30 steps
-  config.batch_size = 64
-  config.num_epochs = 10
-  config.min_train_steps = 1000  # a small dataset still gets 1,000 steps
-  config.optimizer.name = "adam"
-  config.optimizer.learning_rate = 0.01
-  config.optimizer.warmup_steps = 50
-  config.optimizer.schedule = "cosine"
-  config.early_stopping.patience = 10
-  config.early_stopping.min_steps = 1000
-  return config
+    """The recipe for your own .npz data, chosen on real data (the 'digits' dataset; numbers in
+    configs/npz_mtl.py): Adam 1e-2 warmed up over 50 steps then cosine to 0, at least 1,000 steps
+    and 10 epochs, batch 64, width 16, batch-norm momentum 0.9, early stopping (patience 10
+    epochs) not before step 1,000, best validation epoch reported."""
+    config = get_synthetic_config()
+    config.dataset.name = "npz"
+    config.model.width = 16
+    config.model.bn_momentum = 0.9  # running averages settle within ~30 steps
+    config.batch_size = 64
+    config.num_epochs = 10
+    config.min_train_steps = 1000  # a small dataset still gets 1,000 steps
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 0.01
+    config.optimizer.warmup_steps = 50
+    config.optimizer.schedule = "cosine"
+    config.early_stopping.patience = 10
+    config.early_stopping.min_steps = 1000
+    return config
 
 
 # DMTG on your own data: the npz recipe, without early stopping, reporting the final network and
@@ -181,41 +193,44 @@ DMTG_NPZ_TRAINING = {"early_stopping": {"patience": 0, "restore_best": False}}
 
 
 def get_synthetic_dmtg_config() -> ml_collections.ConfigDict:
-  """DMTG on the synthetic data with K = 2 for 2 planted groups of 3 (configs/synthetic_dmtg.py)."""
-  config = get_synthetic_config()
-  config.method = "dmtg"
-  config.dataset.group_sizes = (3, 3)
-  config.dataset.num_train = 16384
-  config.model.width = 2
-  config.batch_size = 32
-  config.eval_batch_size = 512
-  config.num_epochs = 1
-  config.update(DMTG_SYNTHETIC_TRAINING)  # Adam 1e-2, no early stopping
-  config.log_every_steps = 64
-  config.dmtg.num_groups = len(config.dataset.group_sizes)
-  return config
+    """DMTG on the synthetic data with K = 2 for 2 planted groups of 3 (configs/synthetic_dmtg.py)."""
+    config = get_synthetic_config()
+    config.method = "dmtg"
+    config.dataset.group_sizes = (3, 3)
+    config.dataset.num_train = 16384
+    config.model.width = 2
+    config.batch_size = 32
+    config.eval_batch_size = 512
+    config.num_epochs = 1
+    config.update(DMTG_SYNTHETIC_TRAINING)  # Adam 1e-2, no early stopping
+    config.log_every_steps = 64
+    config.dmtg.num_groups = len(config.dataset.group_sizes)
+    return config
 
 
 # DMTG's published CelebA training (REFERENCE §6) where it differs from the TAG setting: one Adam
 # at 8e-4 for all parameters and the group logits, no early stopping (the network of the final
 # grouping is reported). Its other values (batch 256, 100 epochs, lr halved every 15, K = 3,
 # constant tau 2.5, soft assignment) are the base defaults.
-DMTG_CELEBA_TRAINING = {"optimizer": {"name": "adam", "learning_rate": 8e-4},
-                        "early_stopping": {"patience": 0, "restore_best": False}}
+DMTG_CELEBA_TRAINING = {
+    "optimizer": {"name": "adam", "learning_rate": 8e-4},
+    "early_stopping": {"patience": 0, "restore_best": False},
+}
 
 
 # DMTG's own training at the synthetic data's scale (configs/synthetic_dmtg.py, the synthetic
 # study's DMTG search): one Adam at 1e-2 for everything, constant, no early stopping.
-DMTG_SYNTHETIC_TRAINING = {"optimizer": {"name": "adam", "learning_rate": 0.01,
-                                         "schedule": "constant"},
-                           "early_stopping": {"patience": 0, "restore_best": False}}
+DMTG_SYNTHETIC_TRAINING = {
+    "optimizer": {"name": "adam", "learning_rate": 0.01, "schedule": "constant"},
+    "early_stopping": {"patience": 0, "restore_best": False},
+}
 
 
 def use_tag_celeba_code_affinity(config: ml_collections.ConfigDict) -> None:
-  """TAG's CelebA code: every step, the optimizer's next step with the momentum trace taken at
-  coefficient 1.0 (its flag mix-up), divided by the learning rate. The paper's form instead:
-  affinity.lookahead='sgd', every_n_steps=10, scale_by_lr=False."""
-  config.affinity.lookahead = "momentum"
-  config.affinity.momentum = 1.0
-  config.affinity.every_n_steps = 1
-  config.affinity.scale_by_lr = True
+    """TAG's CelebA code: every step, the optimizer's next step with the momentum trace taken at
+    coefficient 1.0 (its flag mix-up), divided by the learning rate. The paper's form instead:
+    affinity.lookahead='sgd', every_n_steps=10, scale_by_lr=False."""
+    config.affinity.lookahead = "momentum"
+    config.affinity.momentum = 1.0
+    config.affinity.every_n_steps = 1
+    config.affinity.scale_by_lr = True

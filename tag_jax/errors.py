@@ -2,12 +2,12 @@
 
 
 class UserError(Exception):
-  """Bad input (config value, data file, workdir, checkpoint). The message says what to do."""
+    """Bad input (config value, data file, workdir, checkpoint). The message says what to do."""
 
-  exit_code = 2
+    exit_code = 2
 
 
 class TrainingDiverged(UserError):
-  """A loss became NaN or infinite; the last good checkpoint is kept."""
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
 
-  exit_code = 3
+    exit_code = 3

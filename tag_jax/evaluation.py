@@ -15,38 +15,50 @@ import numpy as np
 from tag_jax import sharding
 
 
-def evaluate_networks(eval_step, params, batch_stats, dataset, split: str, *, batch_size: int,
-                      mesh, prefetch: int = 2) -> dict:
-  """{'task_loss', 'task_accuracy'}: (G, T) numpy means over the split's examples.
+def evaluate_networks(
+    eval_step, params, batch_stats, dataset, split: str, *, batch_size: int, mesh, prefetch: int = 2
+) -> dict:
+    """{'task_loss', 'task_accuracy'}: (G, T) numpy means over the split's examples.
 
-  Batches are read and copied to the devices `prefetch` ahead (sharding.device_batches); the
-  sums stay on the device until the split's end (one transfer)."""
-  batches = dataset.batches(split, batch_size=batch_size, seed=0, epoch=0, shuffle=False,
-                            drop_remainder=False, process_index=jax.process_index(),
-                            process_count=jax.process_count())
-  sums = None
-  with contextlib.closing(sharding.device_batches(batches, mesh, ahead=prefetch)) as on_device:
-    for batch in on_device:
-      out = eval_step(params, batch_stats, batch)
-      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  sums = jax.device_get(sums)
-  count = max(float(sums["count"]), 1.0)
-  return {"task_loss": sums["loss_sum"] / count, "task_accuracy": sums["correct"] / count}
+    Batches are read and copied to the devices `prefetch` ahead (sharding.device_batches); the
+    sums stay on the device until the split's end (one transfer)."""
+    batches = dataset.batches(
+        split,
+        batch_size=batch_size,
+        seed=0,
+        epoch=0,
+        shuffle=False,
+        drop_remainder=False,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    sums = None
+    with contextlib.closing(sharding.device_batches(batches, mesh, ahead=prefetch)) as on_device:
+        for batch in on_device:
+            out = eval_step(params, batch_stats, batch)
+            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    count = max(float(sums["count"]), 1.0)
+    return {"task_loss": sums["loss_sum"] / count, "task_accuracy": sums["correct"] / count}
 
 
 def serving_summary(networks: dict, serving: np.ndarray) -> dict:
-  """Each task on its serving network: task_loss, task_accuracy (T lists), their summed loss and
-  Total Error (sum over tasks of error %)."""
-  tasks = np.arange(len(serving))
-  losses = networks["task_loss"][serving, tasks]
-  accuracy = networks["task_accuracy"][serving, tasks]
-  return {"task_loss": losses.tolist(), "task_accuracy": accuracy.tolist(),
-          "loss": float(losses.sum()), "total_error": float((100.0 * (1.0 - accuracy)).sum())}
+    """Each task on its serving network: task_loss, task_accuracy (T lists), their summed loss and
+    Total Error (sum over tasks of error %)."""
+    tasks = np.arange(len(serving))
+    losses = networks["task_loss"][serving, tasks]
+    accuracy = networks["task_accuracy"][serving, tasks]
+    return {
+        "task_loss": losses.tolist(),
+        "task_accuracy": accuracy.tolist(),
+        "loss": float(losses.sum()),
+        "total_error": float((100.0 * (1.0 - accuracy)).sum()),
+    }
 
 
 def network_losses(networks: dict, members: np.ndarray) -> np.ndarray:
-  """(G,) each network's validation objective: the sum of its member tasks' losses."""
-  return (members * networks["task_loss"]).sum(1)
+    """(G,) each network's validation objective: the sum of its member tasks' losses."""
+    return (members * networks["task_loss"]).sum(1)
 
 
 # A run learned when its validation Total Error is at most this fraction of the majority baseline's.
@@ -54,21 +66,23 @@ LEARNED_FRACTION = 0.9
 
 
 def majority_baseline(dataset, num_classes: int) -> dict:
-  """Each task's most frequent class in the training labels, answered for every example.
+    """Each task's most frequent class in the training labels, answered for every example.
 
-  {'classes': (T,) majority class per task, 'validation'/'test': {'task_accuracy' (T,),
-  'total_error'}} (ties go to the lower class).
-  """
-  train = dataset.labels("train")
-  classes = np.array([np.bincount(column, minlength=num_classes).argmax() for column in train.T])
-  baseline = {"classes": classes.tolist()}
-  for split in ("validation", "test"):
-    accuracy = (dataset.labels(split) == classes).mean(0)
-    baseline[split] = {"task_accuracy": accuracy.tolist(),
-                       "total_error": float((100.0 * (1.0 - accuracy)).sum())}
-  return baseline
+    {'classes': (T,) majority class per task, 'validation'/'test': {'task_accuracy' (T,),
+    'total_error'}} (ties go to the lower class).
+    """
+    train = dataset.labels("train")
+    classes = np.array([np.bincount(column, minlength=num_classes).argmax() for column in train.T])
+    baseline = {"classes": classes.tolist()}
+    for split in ("validation", "test"):
+        accuracy = (dataset.labels(split) == classes).mean(0)
+        baseline[split] = {
+            "task_accuracy": accuracy.tolist(),
+            "total_error": float((100.0 * (1.0 - accuracy)).sum()),
+        }
+    return baseline
 
 
 def learned(validation_total_error: float, baseline: dict) -> bool:
-  """Whether the validation Total Error is clearly (LEARNED_FRACTION) below the baseline's."""
-  return validation_total_error <= LEARNED_FRACTION * baseline["validation"]["total_error"]
+    """Whether the validation Total Error is clearly (LEARNED_FRACTION) below the baseline's."""
+    return validation_total_error <= LEARNED_FRACTION * baseline["validation"]["total_error"]

@@ -30,25 +30,26 @@ _applied = None
 
 
 def keep_freed_memory() -> bool:
-  """Tunes glibc's malloc as the module docstring says (once per process); True when in effect.
+    """Tunes glibc's malloc as the module docstring says (once per process); True when in effect.
 
-  A no-op returning False off Linux/glibc or when TAG_JAX_KEEP_HOST_MEMORY=0.
-  """
-  global _applied
-  if _applied is None:
-    _applied = _apply()
-  return _applied
+    A no-op returning False off Linux/glibc or when TAG_JAX_KEEP_HOST_MEMORY=0.
+    """
+    global _applied
+    if _applied is None:
+        _applied = _apply()
+    return _applied
 
 
 def _apply() -> bool:
-  if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "off", "no"):
-    return False
-  if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-    return False
-  try:
-    import ctypes  # pylint: disable=import-outside-toplevel (absent from some Python builds)
-    mallopt = ctypes.CDLL("libc.so.6").mallopt
-  except (ImportError, OSError, AttributeError):
-    return False
-  settings = ((M_MMAP_MAX, 0), (M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-  return all([mallopt(param, value) == 1 for param, value in settings])
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "off", "no"):
+        return False
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        import ctypes  # pylint: disable=import-outside-toplevel (absent from some Python builds)
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (ImportError, OSError, AttributeError):
+        return False
+    settings = ((M_MMAP_MAX, 0), (M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return all([mallopt(param, value) == 1 for param, value in settings])

@@ -15,23 +15,23 @@ _received = False
 
 
 def install(exit_now: Callable[[], None]) -> None:
-  """The handler above for SIGINT, unless SIGINT is not Python's default (e.g. ignored, as in a
-  non-interactive shell's background job, or the caller's own handler): that stays."""
-  if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-    return
+    """The handler above for SIGINT, unless SIGINT is not Python's default (e.g. ignored, as in a
+    non-interactive shell's background job, or the caller's own handler): that stays."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
 
-  def on_interrupt(signum, frame):
-    del signum, frame
-    global _received
-    if _received:
-      exit_now()
-    _received = True
-    raise KeyboardInterrupt
+    def on_interrupt(signum, frame):
+        del signum, frame
+        global _received
+        if _received:
+            exit_now()
+        _received = True
+        raise KeyboardInterrupt
 
-  signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGINT, on_interrupt)
 
 
 def raise_if_received() -> None:
-  """KeyboardInterrupt if an interrupt came since `install` (even one that was swallowed)."""
-  if _received:
-    raise KeyboardInterrupt
+    """KeyboardInterrupt if an interrupt came since `install` (even one that was swallowed)."""
+    if _received:
+        raise KeyboardInterrupt

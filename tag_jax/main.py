@@ -4,9 +4,10 @@ from tag_jax import cli
 
 
 def train_and_evaluate(config, workdir, restart=False):
-  from tag_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow, behind clu: slow)
-  return train.train_and_evaluate(config, workdir, restart=restart)
+    from tag_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow, behind clu: slow)
+
+    return train.train_and_evaluate(config, workdir, restart=restart)
 
 
 if __name__ == "__main__":
-  cli.run(train_and_evaluate)
+    cli.run(train_and_evaluate)

@@ -9,102 +9,115 @@ import numpy as np
 
 
 def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to a temporary file in the same folder, then renames it: never half-written.
-  The file gets the usual mode (0644 under umask 022), like the plots."""
-  folder = os.path.dirname(os.path.abspath(path))
-  with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".", suffix=".tmp", delete=False) as f:
-    json.dump(obj, f, indent=1, default=_to_builtin)
-  _replace_with_usual_mode(f.name, path)
+    """Writes JSON to a temporary file in the same folder, then renames it: never half-written.
+    The file gets the usual mode (0644 under umask 022), like the plots."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".", suffix=".tmp", delete=False) as f:
+        json.dump(obj, f, indent=1, default=_to_builtin)
+    _replace_with_usual_mode(f.name, path)
 
 
 def write_text_atomic(path: str, text: str) -> None:
-  """Writes text like write_json_atomic: a temporary file renamed over path."""
-  folder = os.path.dirname(os.path.abspath(path))
-  with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".", suffix=".tmp", delete=False) as f:
-    f.write(text)
-  _replace_with_usual_mode(f.name, path)
+    """Writes text like write_json_atomic: a temporary file renamed over path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".", suffix=".tmp", delete=False) as f:
+        f.write(text)
+    _replace_with_usual_mode(f.name, path)
 
 
 def _replace_with_usual_mode(temporary: str, path: str) -> None:
-  """Renames temporary to path with mode 0666 minus the umask (tempfile creates 0600)."""
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(temporary, 0o666 & ~umask)
-  os.replace(temporary, path)
+    """Renames temporary to path with mode 0666 minus the umask (tempfile creates 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)
 
 
 def _to_builtin(value):
-  if isinstance(value, (np.ndarray, jax.Array)):
-    return np.asarray(value).tolist()
-  if isinstance(value, np.generic):
-    return value.item()
-  raise TypeError(f"not JSON serialisable: {type(value)}")
+    if isinstance(value, (np.ndarray, jax.Array)):
+        return np.asarray(value).tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 def count_records(path: str):
-  """Lines (records) of a .jsonl file, 0 if it does not exist."""
-  if not os.path.exists(path):
-    return 0
-  with open(path, "rb") as f:
-    return sum(1 for line in f if line.strip())
+    """Lines (records) of a .jsonl file, 0 if it does not exist."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def truncate_jsonl(path: str, last_step: int, keep_records=None) -> None:
-  """Keeps the first `keep_records` records (those logged before the checkpoint a run resumes
-  from; None = all) and, of them, those with step <= `last_step`: whatever a resumed run redoes
-  is logged once."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  if keep_records is not None:
-    lines = lines[:keep_records]
-  kept = []
-  for line in lines:
-    try:
-      if json.loads(line)["step"] <= last_step:
-        kept.append(line if line.endswith("\n") else line + "\n")
-    except (ValueError, KeyError, TypeError):  # a line cut short by a kill
-      continue
-  with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), prefix=".", suffix=".tmp",
-                                   delete=False) as f:
-    f.writelines(kept)
-  _replace_with_usual_mode(f.name, path)
+    """Keeps the first `keep_records` records (those logged before the checkpoint a run resumes
+    from; None = all) and, of them, those with step <= `last_step`: whatever a resumed run redoes
+    is logged once."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    if keep_records is not None:
+        lines = lines[:keep_records]
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+            continue
+    with tempfile.NamedTemporaryFile(
+        "w", dir=os.path.dirname(path), prefix=".", suffix=".tmp", delete=False
+    ) as f:
+        f.writelines(kept)
+    _replace_with_usual_mode(f.name, path)
 
 
 def did_not_learn_line(results: dict) -> str:
-  """The warning for a run whose validation Total Error is not clearly below the baseline's."""
-  return (f"WARNING: the run did not learn: validation Total Error "
-          f"{results['validation']['total_error']:.2f} is not clearly below "
-          f"{results['majority_baseline']['validation']['total_error']:.2f}, what answering each "
-          "task's most frequent class scores; its groups and numbers are not findings. Try "
-          "another config.optimizer.learning_rate, more steps (config.min_train_steps) or the "
-          "configs/npz_mtl.py recipe (batch-norm momentum 0.9)")
+    """The warning for a run whose validation Total Error is not clearly below the baseline's."""
+    return (
+        f"WARNING: the run did not learn: validation Total Error "
+        f"{results['validation']['total_error']:.2f} is not clearly below "
+        f"{results['majority_baseline']['validation']['total_error']:.2f}, what answering each "
+        "task's most frequent class scores; its groups and numbers are not findings. Try "
+        "another config.optimizer.learning_rate, more steps (config.min_train_steps) or the "
+        "configs/npz_mtl.py recipe (batch-norm momentum 0.9)"
+    )
 
 
 def answer_lines(results: dict, workdir: str) -> list[str]:
-  """What a run found, for the console: test Total Error next to the majority baseline's, a
-  warning when the run did not learn, the groups that served the tasks, each selection (k,
-  groups, score, proof gap) the method made, and the files written."""
-  restored = (f", parameters of epoch {results['restored_epoch']}"
-              if results.get("restored_epoch") not in (None, results["epochs"]) else "")
-  lines = ["", f"{results['method']}: test Total Error {results['test']['total_error']:.2f} "
-           f"(sum over {len(results['tasks'])} tasks of error %; always answering the majority "
-           f"class: {results['majority_baseline']['test']['total_error']:.2f}), "
-           f"{results['epochs']} epochs{restored}"]
-  if not results["learned"]:
-    lines.append(did_not_learn_line(results))
-  if len(results["groups"]) > 1:
-    lines.append("served by: " + " ".join("{" + ", ".join(g) + "}" for g in results["groups"]))
-  selections = results.get("outputs", {}).get("selections", [])
-  if selections:
-    lines.append(f"{'k':>3}  {'score':>10}  {'gap':>6}  groups")
-    for s in selections:
-      score = "-" if s["score"] is None else f"{s['score']:.4g}"
-      gap = "-" if s["gap"] is None else f"{s['gap']:.3g}"
-      lines.append(f"{s['max_groups']:>3}  {score:>10}  {gap:>6}  "
-                   + " ".join("{" + ", ".join(g) + "}" for g in s["groups"]))
-  files = sorted(name for name in os.listdir(workdir) if name.endswith((".json", ".png")))
-  lines.append(f"results in {workdir}: {', '.join(files)} (and metrics.jsonl, TensorBoard "
-               "events, checkpoints/)")
-  return lines
+    """What a run found, for the console: test Total Error next to the majority baseline's, a
+    warning when the run did not learn, the groups that served the tasks, each selection (k,
+    groups, score, proof gap) the method made, and the files written."""
+    restored = (
+        f", parameters of epoch {results['restored_epoch']}"
+        if results.get("restored_epoch") not in (None, results["epochs"])
+        else ""
+    )
+    lines = [
+        "",
+        f"{results['method']}: test Total Error {results['test']['total_error']:.2f} "
+        f"(sum over {len(results['tasks'])} tasks of error %; always answering the majority "
+        f"class: {results['majority_baseline']['test']['total_error']:.2f}), "
+        f"{results['epochs']} epochs{restored}",
+    ]
+    if not results["learned"]:
+        lines.append(did_not_learn_line(results))
+    if len(results["groups"]) > 1:
+        lines.append("served by: " + " ".join("{" + ", ".join(g) + "}" for g in results["groups"]))
+    selections = results.get("outputs", {}).get("selections", [])
+    if selections:
+        lines.append(f"{'k':>3}  {'score':>10}  {'gap':>6}  groups")
+        for s in selections:
+            score = "-" if s["score"] is None else f"{s['score']:.4g}"
+            gap = "-" if s["gap"] is None else f"{s['gap']:.3g}"
+            lines.append(
+                f"{s['max_groups']:>3}  {score:>10}  {gap:>6}  "
+                + " ".join("{" + ", ".join(g) + "}" for g in s["groups"])
+            )
+    files = sorted(name for name in os.listdir(workdir) if name.endswith((".json", ".png")))
+    lines.append(
+        f"results in {workdir}: {', '.join(files)} (and metrics.jsonl, TensorBoard "
+        "events, checkpoints/)"
+    )
+    return lines

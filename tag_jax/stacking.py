@@ -27,52 +27,52 @@ UNROLL_MAX_ON_CPU_DIFFERENTIATED = 4  # slices an outer gradient goes through
 
 
 def resolve(strategy: str, size: int, *, differentiated: bool = False) -> str:
-  """The strategy for mapping over `size` slices ('auto' resolved as the module docstring says)."""
-  if strategy not in STRATEGIES:
-    raise ValueError(f"stacking strategy must be one of {STRATEGIES}, got {strategy!r}")
-  if strategy != "auto":
-    return strategy
-  if jax.default_backend() != "cpu":
-    return "vmap"
-  limit = UNROLL_MAX_ON_CPU_DIFFERENTIATED if differentiated else UNROLL_MAX_ON_CPU
-  if size <= limit:
-    return "unrolled"
-  return "vmap" if differentiated else "map"
+    """The strategy for mapping over `size` slices ('auto' resolved as the module docstring says)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"stacking strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy != "auto":
+        return strategy
+    if jax.default_backend() != "cpu":
+        return "vmap"
+    limit = UNROLL_MAX_ON_CPU_DIFFERENTIATED if differentiated else UNROLL_MAX_ON_CPU
+    if size <= limit:
+        return "unrolled"
+    return "vmap" if differentiated else "map"
 
 
 def timing_candidates(size: int, *, differentiated: bool = False) -> tuple:
-  """The strategies worth timing for `size` slices (tag_jax.autotune): 'unrolled' only up to
-  UNROLL_MAX_ON_CPU slices (beyond, it compiles for minutes); 'map' only beyond that, and only
-  for slices no outer gradient goes through (a gradient through `lax.map` of convolutions is
-  very slow). On CPU, where 'unrolled' is timed, 'map' never won and can cost minutes to time
-  (benchmarks/README.md: TAG, 9 tasks, CPU 11 s against 0.75 s a step at 32x32 and 104 s
-  against 4.1 s at 64x64); on an accelerator it stays, the memory-lean fallback."""
-  unrolled = size <= UNROLL_MAX_ON_CPU
-  mapped = not differentiated and (not unrolled or jax.default_backend() != "cpu")
-  return ("unrolled",) * unrolled + ("vmap",) + ("map",) * mapped
+    """The strategies worth timing for `size` slices (tag_jax.autotune): 'unrolled' only up to
+    UNROLL_MAX_ON_CPU slices (beyond, it compiles for minutes); 'map' only beyond that, and only
+    for slices no outer gradient goes through (a gradient through `lax.map` of convolutions is
+    very slow). On CPU, where 'unrolled' is timed, 'map' never won and can cost minutes to time
+    (benchmarks/README.md: TAG, 9 tasks, CPU 11 s against 0.75 s a step at 32x32 and 104 s
+    against 4.1 s at 64x64); on an accelerator it stays, the memory-lean fallback."""
+    unrolled = size <= UNROLL_MAX_ON_CPU
+    mapped = not differentiated and (not unrolled or jax.default_backend() != "cpu")
+    return ("unrolled",) * unrolled + ("vmap",) + ("map",) * mapped
 
 
 def tile(tree, copies: int):
-  """Every leaf repeated on a new leading axis: (...) -> (copies, ...), identical copies."""
-  return jax.tree.map(lambda a: jnp.repeat(a[None], copies, axis=0), tree)
+    """Every leaf repeated on a new leading axis: (...) -> (copies, ...), identical copies."""
+    return jax.tree.map(lambda a: jnp.repeat(a[None], copies, axis=0), tree)
 
 
 def take(tree, indices):
-  """The slices `indices` of a stacked tree: leaves (G, ...) -> (len(indices), ...)."""
-  return jax.tree.map(lambda a: a[jnp.asarray(indices)], tree)
+    """The slices `indices` of a stacked tree: leaves (G, ...) -> (len(indices), ...)."""
+    return jax.tree.map(lambda a: a[jnp.asarray(indices)], tree)
 
 
 def map_stacked(fn: Callable, *stacked, strategy: str, chunk_size: int | None = None):
-  """fn(*slices) for every slice of the stacked (G, ...) pytrees; outputs stacked on axis 0.
+    """fn(*slices) for every slice of the stacked (G, ...) pytrees; outputs stacked on axis 0.
 
-  strategy: 'unrolled' | 'vmap' | 'map' (resolved; see `resolve`); chunk_size: 'map' only.
-  """
-  if strategy == "vmap":
-    return jax.vmap(fn)(*stacked)
-  if strategy == "map":
-    return jax.lax.map(lambda xs: fn(*xs), stacked, batch_size=chunk_size)
-  if strategy != "unrolled":
-    raise ValueError(f"map_stacked needs a resolved strategy, got {strategy!r}")
-  size = jax.tree.leaves(stacked)[0].shape[0]
-  outputs = [fn(*jax.tree.map(lambda a, i=i: a[i], stacked)) for i in range(size)]
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
+    strategy: 'unrolled' | 'vmap' | 'map' (resolved; see `resolve`); chunk_size: 'map' only.
+    """
+    if strategy == "vmap":
+        return jax.vmap(fn)(*stacked)
+    if strategy == "map":
+        return jax.lax.map(lambda xs: fn(*xs), stacked, batch_size=chunk_size)
+    if strategy != "unrolled":
+        raise ValueError(f"map_stacked needs a resolved strategy, got {strategy!r}")
+    size = jax.tree.leaves(stacked)[0].shape[0]
+    outputs = [fn(*jax.tree.map(lambda a, i=i: a[i], stacked)) for i in range(size)]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)

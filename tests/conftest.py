@@ -11,8 +11,9 @@ import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 # 'auto' settings by their fixed rules, not timed (tag_jax.autotune; its own tests time), and
 # no test writes the user's cache.
 os.environ.setdefault("TAG_JAX_AUTOTUNE", "rule")
@@ -25,16 +26,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str):
-  """get_config() of configs/<name>.py."""
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+    """get_config() of configs/<name>.py."""
+    path = os.path.join(REPO, "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 @pytest.fixture
 def tiny_config():
-  config = load_config("tiny_test")
-  config.mesh.data = 1
-  return config
+    config = load_config("tiny_test")
+    config.mesh.data = 1
+    return config

@@ -31,21 +31,29 @@ print(json.dumps({"kept": tag_jax.host_memory.keep_freed_memory(), "temp_pages":
 
 
 def probe(keep: str) -> dict:
-  env = {**os.environ, "TAG_JAX_KEEP_HOST_MEMORY": keep, "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-2000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+    env = {**os.environ, "TAG_JAX_KEEP_HOST_MEMORY": keep, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                    reason="the allocator setting is glibc's")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="the allocator setting is glibc's",
+)
 def test_scratch_buffer_is_not_faulted_in_again_on_every_call():
-  kept, released = probe("1"), probe("off")
-  assert kept["kept"] and not released["kept"]
-  assert released["temp_pages"] > 32 * 2**20 / 4096  # above the mmap threshold
-  # Without the setting every call faults its scratch buffer (and the library's packing buffers:
-  # ~25 times the scratch pages here) in again; with it, the pages stay (0-9k faults per call
-  # remain, from the heap still growing a little).
-  assert released["faults_per_call"] > released["temp_pages"]
-  assert kept["faults_per_call"] < released["faults_per_call"] / 10
+    kept, released = probe("1"), probe("off")
+    assert kept["kept"] and not released["kept"]
+    assert released["temp_pages"] > 32 * 2**20 / 4096  # above the mmap threshold
+    # Without the setting every call faults its scratch buffer (and the library's packing buffers:
+    # ~25 times the scratch pages here) in again; with it, the pages stay (0-9k faults per call
+    # remain, from the heap still growing a little).
+    assert released["faults_per_call"] > released["temp_pages"]
+    assert kept["faults_per_call"] < released["faults_per_call"] / 10

@@ -33,17 +33,18 @@ print("not reached")
 
 
 def run(mode):
-  return subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=REPO, capture_output=True,
-                        text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_a_swallowed_interrupt_is_raised_again_and_a_second_one_exits_at_once():
-  proc = run("default")
-  assert proc.stdout.split() == ["swallowed", "raised", "again"], proc.stderr
-  assert "KeyboardInterrupt" in proc.stderr  # what Python printed for the swallowed one
-  assert proc.returncode == 42
+    proc = run("default")
+    assert proc.stdout.split() == ["swallowed", "raised", "again"], proc.stderr
+    assert "KeyboardInterrupt" in proc.stderr  # what Python printed for the swallowed one
+    assert proc.returncode == 42
 
 
 def test_an_ignored_sigint_stays_ignored():
-  proc = run("ignored")
-  assert proc.returncode == 0 and proc.stdout.strip() == "ignored stays ignored", proc.stderr
+    proc = run("ignored")
+    assert proc.returncode == 0 and proc.stdout.strip() == "ignored stays ignored", proc.stderr

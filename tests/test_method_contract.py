@@ -6,74 +6,78 @@ import os
 import re
 
 import numpy as np
+from conftest import REPO
 
 from tag_jax import methods, train
 from tag_jax.methods import base
 
-from conftest import REPO
-
 
 def method_sources():
-  folder = os.path.join(REPO, "tag_jax", "methods")
-  return {name: open(os.path.join(folder, name)).read()
-          for name in sorted(os.listdir(folder)) if name.endswith(".py")}
+    folder = os.path.join(REPO, "tag_jax", "methods")
+    return {
+        name: open(os.path.join(folder, name)).read()
+        for name in sorted(os.listdir(folder))
+        if name.endswith(".py")
+    }
 
 
 def test_methods_do_not_reach_into_the_loop_or_the_data():
-  imports = re.compile(r"^\s*(from tag_jax import .*\b(train|data)\b|(from|import) tag_jax\.(train|data))",
-                       re.M)
-  for name, source in method_sources().items():
-    assert "from tag_jax import train" not in source and "tag_jax.data" not in source, name
-    assert not imports.search(source), name
+    imports = re.compile(
+        r"^\s*(from tag_jax import .*\b(train|data)\b|(from|import) tag_jax\.(train|data))", re.M
+    )
+    for name, source in method_sources().items():
+        assert "from tag_jax import train" not in source and "tag_jax.data" not in source, name
+        assert not imports.search(source), name
 
 
 def test_no_method_name_comparison_outside_the_registry():
-  for folder in ("tag_jax", "tag_jax/methods"):
-    for name in os.listdir(os.path.join(REPO, folder)):
-      if name.endswith(".py") and (folder, name) != ("tag_jax/methods", "__init__.py"):
-        source = open(os.path.join(REPO, folder, name)).read()
-        assert not re.search(r"config\.method\s*(==|!=|in\b)", source), f"{folder}/{name}"
+    for folder in ("tag_jax", "tag_jax/methods"):
+        for name in os.listdir(os.path.join(REPO, folder)):
+            if name.endswith(".py") and (folder, name) != ("tag_jax/methods", "__init__.py"):
+                source = open(os.path.join(REPO, folder, name)).read()
+                assert not re.search(r"config\.method\s*(==|!=|in\b)", source), f"{folder}/{name}"
 
 
 def example_method_module(tmp_path):
-  """The example of docs/adding_a_method.md, imported from its code block."""
-  doc = open(os.path.join(REPO, "docs", "adding_a_method.md")).read()
-  code = re.search(r"```python\n(\"\"\"'weighted'.*?)```", doc, re.S).group(1)
-  assert len(code.splitlines()) <= 40
-  path = tmp_path / "weighted.py"
-  path.write_text(code)
-  spec = importlib.util.spec_from_file_location("weighted_example", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+    """The example of docs/adding_a_method.md, imported from its code block."""
+    doc = open(os.path.join(REPO, "docs", "adding_a_method.md")).read()
+    code = re.search(r"```python\n(\"\"\"'weighted'.*?)```", doc, re.S).group(1)
+    assert len(code.splitlines()) <= 40
+    path = tmp_path / "weighted.py"
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location("weighted_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_documented_example_method_builds_and_trains(tiny_config, tmp_path, monkeypatch):
-  weighted = example_method_module(tmp_path)
-  monkeypatch.setitem(methods.REGISTRY, "weighted", methods.Registered(weighted.build))
-  tiny_config.method = "weighted"
-  workdir = str(tmp_path / "run")
-  results = train.train_and_evaluate(tiny_config, workdir)
-  assert results["steps"] == 6 and results["compute"]["trunk_passes"] == 6
-  assert results["groups"] == [list(results["tasks"])]
-  weights = json.load(open(os.path.join(workdir, "weights.json")))
-  np.testing.assert_allclose(list(weights.values()), [1.0, 1.25, 1.5, 1.75])
-  assert results["outputs"] == {"weights": [1.0, 1.25, 1.5, 1.75]}
-  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  logged = [r for r in records if "train/loss" in r]
-  assert logged and all(r["train/loss"] > sum(r[f"train/loss/{t}"] for t in results["tasks"])
-                        for r in logged)  # weights >= 1, some > 1
+    weighted = example_method_module(tmp_path)
+    monkeypatch.setitem(methods.REGISTRY, "weighted", methods.Registered(weighted.build))
+    tiny_config.method = "weighted"
+    workdir = str(tmp_path / "run")
+    results = train.train_and_evaluate(tiny_config, workdir)
+    assert results["steps"] == 6 and results["compute"]["trunk_passes"] == 6
+    assert results["groups"] == [list(results["tasks"])]
+    weights = json.load(open(os.path.join(workdir, "weights.json")))
+    np.testing.assert_allclose(list(weights.values()), [1.0, 1.25, 1.5, 1.75])
+    assert results["outputs"] == {"weights": [1.0, 1.25, 1.5, 1.75]}
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    logged = [r for r in records if "train/loss" in r]
+    assert logged and all(
+        r["train/loss"] > sum(r[f"train/loss/{t}"] for t in results["tasks"]) for r in logged
+    )  # weights >= 1, some > 1
 
 
 def test_every_registered_method_declares_its_networks(tiny_config):
-  for name in methods.METHODS:
-    config = tiny_config.copy_and_resolve_references()
-    config.method = name
-    if name == "groups":
-      config.groups.groups = (("g0_t0", "g0_t1"), ("g1_t0", "g1_t1"))
-    method = methods.build(config, ("g0_t0", "g0_t1", "g1_t0", "g1_t1"), (8, 8, 3), 3)
-    assert isinstance(method, base.Method)
-    num_networks, num_tasks = method.members.shape
-    assert num_tasks == 4 and method.serving.shape == (4,)
-    assert all(method.members[g, t] for t, g in enumerate(method.serving)), name
-    assert method.stacked == (num_networks > 1), name
+    for name in methods.METHODS:
+        config = tiny_config.copy_and_resolve_references()
+        config.method = name
+        if name == "groups":
+            config.groups.groups = (("g0_t0", "g0_t1"), ("g1_t0", "g1_t1"))
+        method = methods.build(config, ("g0_t0", "g0_t1", "g1_t0", "g1_t1"), (8, 8, 3), 3)
+        assert isinstance(method, base.Method)
+        num_networks, num_tasks = method.members.shape
+        assert num_tasks == 4 and method.serving.shape == (4,)
+        assert all(method.members[g, t] for t, g in enumerate(method.serving)), name
+        assert method.stacked == (num_networks > 1), name

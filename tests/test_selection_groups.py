@@ -28,8 +28,11 @@ def brute_force(matrix, max_groups, maximize, diagonal):
         for group in itertools.combinations(range(n), size):
             row = [-math.inf] * n
             for t in group:
-                row[t] = sign * (matrix[t][t] if size == 1 else
-                                 sum(matrix[t][u] for u in group if u != t) / (size - 1))
+                row[t] = sign * (
+                    matrix[t][t]
+                    if size == 1
+                    else sum(matrix[t][u] for u in group if u != t) / (size - 1)
+                )
             rows.append(row)
     candidates = np.array(rows)
     best_value, best_count = -math.inf, None
@@ -85,16 +88,22 @@ def instances(draw, max_tasks=7):
     noise = draw(st.lists(st.integers(-20, 20), min_size=n * n, max_size=n * n))
     labels = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
     strength = draw(st.sampled_from([0.0, 1.0, 3.0]))
-    matrix = [[noise[i * n + j] / 10 + strength * (labels[i] == labels[j]) for j in range(n)] for i in range(n)]
+    matrix = [
+        [noise[i * n + j] / 10 + strength * (labels[i] == labels[j]) for j in range(n)]
+        for i in range(n)
+    ]
     max_groups = draw(st.integers(1, 3 if n > 6 else 4))
     return matrix, max_groups, draw(st.booleans()), draw(st.booleans())
 
 
 def assert_matches_brute_force(matrix, max_groups, maximize, diagonal):
     tasks = [f"task{i}" for i in range(len(matrix))]
-    result = select_groups((tasks, matrix), max_groups=max_groups,
-                           objective="maximize" if maximize else "minimize",
-                           singletons="diagonal" if diagonal else "forbid")
+    result = select_groups(
+        (tasks, matrix),
+        max_groups=max_groups,
+        objective="maximize" if maximize else "minimize",
+        singletons="diagonal" if diagonal else "forbid",
+    )
     value, count = brute_force(matrix, max_groups, maximize, diagonal)
     assert result.score == pytest.approx(value, abs=1e-9)
     assert len(result.groups) == count, "fewest groups among equal scores"
@@ -125,7 +134,10 @@ def test_relaxed_bound_is_above_the_optimum(instance, row_share):
     off_gain = gain - np.diag(np.diag(gain))
     value, _ = brute_force(matrix, max_groups, maximize, diagonal)
     best_total = (value if maximize else -value) * len(matrix)
-    assert solver.relaxed_upper_bound(off_gain, alone, max_groups, row_share=row_share) >= best_total - 1e-9
+    assert (
+        solver.relaxed_upper_bound(off_gain, alone, max_groups, row_share=row_share)
+        >= best_total - 1e-9
+    )
 
 
 @pytest.mark.parametrize("row_share", [1.0, 0.6, 0.5, 0.0])
@@ -140,8 +152,12 @@ def test_member_shares_bound_every_group_and_served_set(row_share):
         for group in itertools.combinations(range(n), size):
             for count in range(1, size + 1):
                 for members in itertools.combinations(group, count):
-                    total = sum(off_gain[t, u] for t in members for u in group if u != t) / (size - 1)
-                    bound = sum(served[u, size - 2] if u in members else helper[u, size - 2] for u in group)
+                    total = sum(off_gain[t, u] for t in members for u in group if u != t) / (
+                        size - 1
+                    )
+                    bound = sum(
+                        served[u, size - 2] if u in members else helper[u, size - 2] for u in group
+                    )
                     assert total <= bound + 1e-9
 
 
@@ -173,7 +189,12 @@ def test_overlapping_groups_when_a_helper_pays():
     result = select_groups((list("abcd"), matrix), max_groups=2)
     assert brute_force(matrix, 2, True, False) == (pytest.approx(-0.75), 2)
     assert result.groups == (("a", "d"), ("b", "c", "d"))
-    assert result.assignment == {"a": ("a", "d"), "b": ("b", "c", "d"), "c": ("b", "c", "d"), "d": ("a", "d")}
+    assert result.assignment == {
+        "a": ("a", "d"),
+        "b": ("b", "c", "d"),
+        "c": ("b", "c", "d"),
+        "d": ("a", "d"),
+    }
     assert result.score == -0.75
 
 
@@ -189,7 +210,9 @@ def test_fewest_groups_when_more_groups_cannot_help():
 def test_minimize_with_diagonal_singletons():
     # HOA-style errors: b is best alone, a and c best together.
     matrix = [[0.5, 0.9, 0.2], [0.8, 0.1, 0.7], [0.3, 0.9, 0.6]]
-    result = select_groups((list("abc"), matrix), max_groups=2, objective="minimize", singletons="diagonal")
+    result = select_groups(
+        (list("abc"), matrix), max_groups=2, objective="minimize", singletons="diagonal"
+    )
     assert result.groups == (("a", "c"), ("b",))
     assert result.score == pytest.approx((0.2 + 0.1 + 0.3) / 3)
 
@@ -198,7 +221,10 @@ def test_dict_of_dicts_equals_matrix_form():
     rng = np.random.default_rng(4)
     tasks = ["x", "y", "z", "w", "v"]
     matrix = rng.normal(size=(5, 5))
-    scores = {t: {u: float(matrix[i, j]) for j, u in enumerate(tasks) if i != j} for i, t in enumerate(tasks)}
+    scores = {
+        t: {u: float(matrix[i, j]) for j, u in enumerate(tasks) if i != j}
+        for i, t in enumerate(tasks)
+    }
     assert select_groups(scores, max_groups=2) == select_groups((tasks, matrix), max_groups=2)
 
 
@@ -214,39 +240,58 @@ def test_load_scores_reads_both_json_forms(tmp_path):
     tasks = ["a", "b", "c"]
     source_target = [[1.0, 0.2, -0.3], [0.4, 1.0, 0.5], [-0.6, 0.7, 1.0]]
     affinity = tmp_path / "affinity.json"
-    affinity.write_text(json.dumps({"method": "tag", "tasks": tasks, "orientation": "matrix[source][target]",
-                                    "matrix": source_target, "per_epoch": [], "steps_recorded": 3}))
+    affinity.write_text(
+        json.dumps(
+            {
+                "method": "tag",
+                "tasks": tasks,
+                "orientation": "matrix[source][target]",
+                "matrix": source_target,
+                "per_epoch": [],
+                "steps_recorded": 3,
+            }
+        )
+    )
     _, matrix = load_scores(affinity)
     assert matrix.tolist() == np.array(source_target).T.tolist()
     dict_form = tmp_path / "scores.json"
-    dict_form.write_text(json.dumps({t: {u: source_target[j][i] for j, u in enumerate(tasks)}
-                                     for i, t in enumerate(tasks)}))
+    dict_form.write_text(
+        json.dumps(
+            {t: {u: source_target[j][i] for j, u in enumerate(tasks)} for i, t in enumerate(tasks)}
+        )
+    )
     assert load_scores(dict_form)[1].tolist() == matrix.tolist()
     assert load_scores(dict_form, transpose=True)[1].tolist() == source_target
 
 
-@pytest.mark.parametrize("scores, message", [
-    ({"a": {"b": 1.0}, "b": {}}, "missing score onto 'b' from 'a'"),
-    ({"a": {"b": float("nan")}, "b": {"a": 1.0}}, "not a finite number"),
-    ({"a": {"b": 1.0, "q": 2.0}, "b": {"a": 1.0}}, "unknown task 'q'"),
-    ({"a": {"b": "high"}, "b": {"a": 1.0}}, "not a number"),
-    ((["a", "b"], [[0.0, 1.0, 2.0], [1.0, 0.0, 2.0]]), "shape"),
-    ((["a", "b"], [[0.0, 1.0], [1.0]]), "not numeric"),
-    ((["a", "a"], [[0.0, 1.0], [1.0, 0.0]]), "distinct"),
-    ("nonsense", "mapping"),
-])
+@pytest.mark.parametrize(
+    "scores, message",
+    [
+        ({"a": {"b": 1.0}, "b": {}}, "missing score onto 'b' from 'a'"),
+        ({"a": {"b": float("nan")}, "b": {"a": 1.0}}, "not a finite number"),
+        ({"a": {"b": 1.0, "q": 2.0}, "b": {"a": 1.0}}, "unknown task 'q'"),
+        ({"a": {"b": "high"}, "b": {"a": 1.0}}, "not a number"),
+        ((["a", "b"], [[0.0, 1.0, 2.0], [1.0, 0.0, 2.0]]), "shape"),
+        ((["a", "b"], [[0.0, 1.0], [1.0]]), "not numeric"),
+        ((["a", "a"], [[0.0, 1.0], [1.0, 0.0]]), "distinct"),
+        ("nonsense", "mapping"),
+    ],
+)
 def test_bad_scores_raise_value_error(scores, message):
     with pytest.raises(ValueError, match=message):
         select_groups(scores, max_groups=2)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"max_groups": 0}, "max_groups"),
-    ({"max_groups": 2, "objective": "max"}, "objective"),
-    ({"max_groups": 2, "singletons": "allow"}, "singletons"),
-    ({"max_groups": 2, "singletons": "diagonal"}, "finite score"),
-    ({"max_groups": 2, "time_limit": 0}, "time_limit"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"max_groups": 0}, "max_groups"),
+        ({"max_groups": 2, "objective": "max"}, "objective"),
+        ({"max_groups": 2, "singletons": "allow"}, "singletons"),
+        ({"max_groups": 2, "singletons": "diagonal"}, "finite score"),
+        ({"max_groups": 2, "time_limit": 0}, "time_limit"),
+    ],
+)
 def test_bad_options_raise_value_error(options, message):
     scores = (["a", "b"], [[math.nan, 1.0], [2.0, math.nan]])
     with pytest.raises(ValueError, match=message):
@@ -256,8 +301,11 @@ def test_bad_options_raise_value_error(options, message):
 def test_to_dict_is_json_ready():
     result = select_groups((list("abc"), [[0, 1, 2], [1, 0, 3], [2, 3, 0]]), max_groups=2)
     assert json.loads(json.dumps(result.to_dict())) == {
-        "groups": [list(g) for g in result.groups], "score": result.score,
-        "assignment": {t: list(g) for t, g in result.assignment.items()}, "gap": 0.0}
+        "groups": [list(g) for g in result.groups],
+        "score": result.score,
+        "assignment": {t: list(g) for t, g in result.assignment.items()},
+        "gap": 0.0,
+    }
     assert isinstance(result, Selection)
 
 
@@ -282,7 +330,9 @@ def test_nine_tasks_four_groups_under_a_second():
     tasks, matrix, _ = planted(9, 3, 0.5, 0)
     for maximize in (True, False):
         start = time.monotonic()
-        result = select_groups((tasks, matrix), max_groups=4, objective="maximize" if maximize else "minimize")
+        result = select_groups(
+            (tasks, matrix), max_groups=4, objective="maximize" if maximize else "minimize"
+        )
         assert time.monotonic() - start < 1.0
         assert result.gap == 0.0
 
@@ -348,14 +398,18 @@ def groups_score(matrix, tasks, groups):
     """Mean over tasks of the best score among the groups holding it (maximised)."""
     index = {t: i for i, t in enumerate(tasks)}
     members = [[index[t] for t in g] for g in groups]
-    return np.mean([max(task_score(matrix, g, t) for g in members if t in g) for t in range(len(tasks))])
+    return np.mean(
+        [max(task_score(matrix, g, t) for g in members if t in g) for t in range(len(tasks))]
+    )
 
 
 @pytest.mark.parametrize("n, max_groups", [(9, 3), (40, 5)])
 def test_progress_reports_improve_and_end_with_the_answer(n, max_groups):
     tasks, matrix, _ = planted(n, max(3, n // 5), 0.3, n)
     reports = []
-    result = select_groups((tasks, matrix), max_groups=max_groups, time_limit=3.0, progress=reports.append)
+    result = select_groups(
+        (tasks, matrix), max_groups=max_groups, time_limit=3.0, progress=reports.append
+    )
     assert reports and [r.final for r in reports] == [False] * (len(reports) - 1) + [True]
     last = reports[-1]
     assert (last.score, last.gap, last.groups) == (result.score, result.gap, result.groups)
@@ -415,6 +469,9 @@ def test_forty_tasks_five_groups_within_a_minute():
 def test_package_imports_no_deep_learning_framework():
     import subprocess
     import sys
+
     code = "import sys, selection; print(sorted(m for m in ('jax', 'torch', 'tensorflow') if m in sys.modules))"
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert output.stdout.strip() == "[]"

@@ -32,14 +32,24 @@ BUDGETS_PER_FILE = 9  # 1.0 to 5.0 in steps of 0.5
 
 def networks_by_id(models):
     """{id: Network} from a data file's model list (tasks named '0'..'4')."""
-    return {m["id"]: Network(tuple(str(t) for t in m["tasks"]),
-                             {str(t): m["losses"][t] for t in m["tasks"]}, m["cost"])
-            for m in models}
+    return {
+        m["id"]: Network(
+            tuple(str(t) for t in m["tasks"]),
+            {str(t): m["losses"][t] for t in m["tasks"]},
+            m["cost"],
+        )
+        for m in models
+    }
 
 
 def cases():
     """(file, budget index) for the 12 deterministic tables: 108 cases."""
-    return [(f"setting{s}_{m}.json", i) for s in SETTINGS for m in METHODS for i in range(BUDGETS_PER_FILE)]
+    return [
+        (f"setting{s}_{m}.json", i)
+        for s in SETTINGS
+        for m in METHODS
+        for i in range(BUDGETS_PER_FILE)
+    ]
 
 
 def test_every_table_is_vendored():
@@ -47,7 +57,9 @@ def test_every_table_is_vendored():
     tables = {f for f, _ in cases()}
     assert len(tables) == 12 and tables <= set(listed)
     assert all((DATA / f).is_file() for f in tables)
-    assert all(len(json.loads((DATA / f).read_text())["expected"]) == BUDGETS_PER_FILE for f in tables)
+    assert all(
+        len(json.loads((DATA / f).read_text())["expected"]) == BUDGETS_PER_FILE for f in tables
+    )
 
 
 @pytest.mark.parametrize("file, case", cases())
@@ -65,15 +77,21 @@ def test_standley_selection_and_test_totals(file, case):
 
     ids = {id(n): key for key, n in candidates.items()}
     chosen_ids = sorted(ids[id(n)] for n in chosen)
-    alternatives = {tuple(sorted(a["selected_ids"])): a["test_total"]
-                    for a in expected.get("val_tied_alternatives", [])}
+    alternatives = {
+        tuple(sorted(a["selected_ids"])): a["test_total"]
+        for a in expected.get("val_tied_alternatives", [])
+    }
     alternatives.setdefault(tuple(sorted(expected["selected_ids"])), expected["test_total"])
     assert tuple(chosen_ids) in alternatives
     assert total_loss(chosen, TASKS) == pytest.approx(expected["val_total_of_selection"], abs=1e-12)
-    assert rescore(chosen, evaluation, TASKS) == pytest.approx(alternatives[tuple(chosen_ids)], abs=1e-12)
+    assert rescore(chosen, evaluation, TASKS) == pytest.approx(
+        alternatives[tuple(chosen_ids)], abs=1e-12
+    )
     assert sum(n.cost for n in chosen) <= expected["budget"]
     if tuple(chosen_ids) == tuple(sorted(expected["selected_ids"])):
-        assert rescore(chosen, evaluation, TASKS) == pytest.approx(expected["test_total"], abs=1e-12)
+        assert rescore(chosen, evaluation, TASKS) == pytest.approx(
+            expected["test_total"], abs=1e-12
+        )
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -91,8 +109,11 @@ def test_hoa_approximation_matches_published_models(setting):
 
 
 def test_hoa_approximation_is_the_pair_mean():
-    pairs = [Network(("a", "b"), {"a": 1.0, "b": 2.0}), Network(("a", "c"), {"a": 3.0, "c": 4.0}),
-             Network(("b", "c"), {"b": 5.0, "c": 6.0})]
+    pairs = [
+        Network(("a", "b"), {"a": 1.0, "b": 2.0}),
+        Network(("a", "c"), {"a": 3.0, "c": 4.0}),
+        Network(("b", "c"), {"b": 5.0, "c": 6.0}),
+    ]
     triple = Network(("a", "b", "c"), {"a": 0.0, "b": 0.0, "c": 0.0})
     approximated = hoa_approximation(pairs + [triple])[-1]
     assert dict(approximated.losses) == {"a": 2.0, "b": 3.5, "c": 5.0}
@@ -106,8 +127,10 @@ def brute_force(networks, budget, tasks):
     for count in range(1, len(networks) + 1):
         for subset in itertools.combinations(networks, count):
             if sum(n.cost for n in subset) <= budget + 1e-9:
-                total = sum(min([n.losses[t] for n in subset if t in n.tasks] + [UNCOVERED_LOSS])
-                            for t in tasks)
+                total = sum(
+                    min([n.losses[t] for n in subset if t in n.tasks] + [UNCOVERED_LOSS])
+                    for t in tasks
+                )
                 best = min(best, (total, count))
     return best
 
@@ -117,7 +140,9 @@ def network_sets(draw):
     tasks = ("a", "b", "c", "d")[: draw(st.integers(2, 4))]
     networks = []
     for _ in range(draw(st.integers(1, 9))):
-        members = draw(st.lists(st.sampled_from(tasks), min_size=1, max_size=len(tasks), unique=True))
+        members = draw(
+            st.lists(st.sampled_from(tasks), min_size=1, max_size=len(tasks), unique=True)
+        )
         losses = {t: draw(st.integers(1, 9)) / 10 for t in members}
         networks.append(Network(tuple(members), losses, draw(st.sampled_from([0.5, 1.0, 1.5]))))
     return networks, draw(st.sampled_from([0.5, 1.0, 2.0, 2.5, 4.0])), tasks
@@ -128,7 +153,9 @@ def network_sets(draw):
 def test_select_networks_matches_brute_force(instance):
     networks, budget, tasks = instance
     chosen = select_networks(networks, budget=budget, tasks=tasks)
-    assert (total_loss(chosen, tasks), len(chosen)) == pytest.approx(brute_force(networks, budget, tasks), abs=1e-12)
+    assert (total_loss(chosen, tasks), len(chosen)) == pytest.approx(
+        brute_force(networks, budget, tasks), abs=1e-12
+    )
     assert sum(n.cost for n in chosen) <= budget + 1e-9
     for n in chosen:  # no redundant network
         assert total_loss([m for m in chosen if m is not n], tasks) > total_loss(chosen, tasks)
@@ -144,11 +171,18 @@ def random_networks(num_tasks, count, seed):
     networks = [Network((t,), {t: rng.uniform(0.5, 1.0)}, 0.5) for t in tasks]
     seen = set()
     while len(networks) < count:
-        members = tuple(sorted(rng.choice(num_tasks, int(rng.integers(1, num_tasks + 1)), replace=False)))
+        members = tuple(
+            sorted(rng.choice(num_tasks, int(rng.integers(1, num_tasks + 1)), replace=False))
+        )
         if members not in seen:
             seen.add(members)
-            networks.append(Network(tuple(tasks[i] for i in members),
-                                    {tasks[i]: rng.uniform(0.2, 1.0) for i in members}, 1.0))
+            networks.append(
+                Network(
+                    tuple(tasks[i] for i in members),
+                    {tasks[i]: rng.uniform(0.2, 1.0) for i in members},
+                    1.0,
+                )
+            )
     return networks, tasks
 
 
@@ -198,21 +232,28 @@ def test_matching_networks_needs_one_match():
 
 def test_load_networks_reads_the_csv_format(tmp_path):
     path = tmp_path / "networks.csv"
-    path.write_text("tasks,cost,depth,normal\ndepth,0.5,0.17,\ndepth+normal,1,0.16,0.09\nnormal|depth,2,0.1,0.08\n")
+    path.write_text(
+        "tasks,cost,depth,normal\ndepth,0.5,0.17,\ndepth+normal,1,0.16,0.09\nnormal|depth,2,0.1,0.08\n"
+    )
     networks = load_networks(path)
-    assert networks == [Network(("depth",), {"depth": 0.17}, 0.5),
-                        Network(("depth", "normal"), {"depth": 0.16, "normal": 0.09}, 1.0),
-                        Network(("normal", "depth"), {"depth": 0.1, "normal": 0.08}, 2.0)]
+    assert networks == [
+        Network(("depth",), {"depth": 0.17}, 0.5),
+        Network(("depth", "normal"), {"depth": 0.16, "normal": 0.09}, 1.0),
+        Network(("normal", "depth"), {"depth": 0.1, "normal": 0.08}, 2.0),
+    ]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("tasks,depth\ndepth,0.1\n", "'tasks' and 'cost'"),
-    ("tasks,cost,depth\nsky,1,0.1\n", "unknown or missing task names"),
-    ("tasks,cost,depth,normal\ndepth,1,0.1,0.2\n", "losses given for"),
-    ("tasks,cost,depth\ndepth,1,nan\n", "not a finite number"),
-    ("tasks,cost,depth\ndepth,cheap,0.1\n", "line 2"),
-    ("tasks,cost,depth\n", "no networks"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("tasks,depth\ndepth,0.1\n", "'tasks' and 'cost'"),
+        ("tasks,cost,depth\nsky,1,0.1\n", "unknown or missing task names"),
+        ("tasks,cost,depth,normal\ndepth,1,0.1,0.2\n", "losses given for"),
+        ("tasks,cost,depth\ndepth,1,nan\n", "not a finite number"),
+        ("tasks,cost,depth\ndepth,cheap,0.1\n", "line 2"),
+        ("tasks,cost,depth\n", "no networks"),
+    ],
+)
 def test_load_networks_rejects_bad_files(tmp_path, text, message):
     path = tmp_path / "bad.csv"
     path.write_text(text)

@@ -6,299 +6,407 @@ import subprocess
 import sys
 
 import numpy as np
-import scipy.stats
 import pytest
+import scipy.stats
+from conftest import REPO, load_config
 
 from tag_jax import study, train
 from tag_jax.errors import UserError
-
-from conftest import REPO, load_config
 
 TASKS = ("g0_t0", "g0_t1", "g1_t0", "g1_t1")
 
 
 def test_plan_stages_entries_and_notes(tmp_path):
-  config = load_config("tiny_study")
-  config.study.methods = ("mtl", "single", "tag", "hoa", "random", "uw", "dmtg")
-  config.study.max_groups = (2, 3)
-  plan = study.plan(config, TASKS, str(tmp_path))
-  stages, entries, notes = plan.stages, plan.entries, plan.notes
-  assert [s.name for s in stages] == [
-      "mtl", "tag", "tag_k2", "tag_k3", "hoa", "hoa_k2", "hoa_k3", "random_k2", "random_k3",
-      "uw", "dmtg_k2", "dmtg_k2_groups", "dmtg_k3", "dmtg_k3_groups"]
-  assert len(notes) == 1 and notes[0].startswith("single: read from the 'hoa' run")
-  assert study.Entry("uw", 1, ("uw",)) in entries
-  assert study.Entry("single", 4, ("hoa",), share=2 / 5) in entries
-  by_name = {s.name: s for s in stages}
-  assert by_name["hoa"].settings == {"method": "pairs", "selection.max_groups": (2, 3)}
-  assert by_name["hoa"].search and not by_name["hoa_k3"].search
-  assert by_name["hoa_k3"].settings["groups.groups_file"] == str(tmp_path / "hoa" / "groups.json")
-  assert [(e.label, e.k, e.stages) for e in entries if e.label == "tag"] == [
-      ("tag", 2, ("tag", "tag_k2")), ("tag", 3, ("tag", "tag_k3"))]
-  assert [(e.label, e.k, e.stages) for e in entries if e.label.startswith("dmtg")] == [
-      ("dmtg one-shot", 2, ("dmtg_k2",)), ("dmtg", 2, ("dmtg_k2", "dmtg_k2_groups")),
-      ("dmtg one-shot", 3, ("dmtg_k3",)), ("dmtg", 3, ("dmtg_k3", "dmtg_k3_groups"))]
-  assert by_name["dmtg_k3"].settings == {"method": "dmtg", "dmtg.num_groups": 3}
-  assert by_name["dmtg_k3_groups"].settings["groups.max_groups"] == 0
-  config.study.epochs_search, config.study.epochs_train = 5, 7
-  assert study.stage_config(config, by_name["hoa"]).num_epochs == 5
-  assert study.stage_config(config, by_name["hoa_k3"]).groups.max_groups == 3
-  assert study.stage_config(config, by_name["hoa_k3"]).num_epochs == 7
-  single = study.plan(config, TASKS, str(tmp_path)).stages[1]  # HOA trains fewer epochs: own stage
-  assert single.name == "single"
-  assert single.settings["groups.groups"] == tuple((t,) for t in TASKS)
-  config.study.epochs_search = config.study.epochs_train
-  config.study.overrides = {"hoa": {"seed": 1}}  # HOA's networks differ: own stage too
-  assert study.plan(config, TASKS, str(tmp_path)).stages[1].name == "single"
+    config = load_config("tiny_study")
+    config.study.methods = ("mtl", "single", "tag", "hoa", "random", "uw", "dmtg")
+    config.study.max_groups = (2, 3)
+    plan = study.plan(config, TASKS, str(tmp_path))
+    stages, entries, notes = plan.stages, plan.entries, plan.notes
+    assert [s.name for s in stages] == [
+        "mtl",
+        "tag",
+        "tag_k2",
+        "tag_k3",
+        "hoa",
+        "hoa_k2",
+        "hoa_k3",
+        "random_k2",
+        "random_k3",
+        "uw",
+        "dmtg_k2",
+        "dmtg_k2_groups",
+        "dmtg_k3",
+        "dmtg_k3_groups",
+    ]
+    assert len(notes) == 1 and notes[0].startswith("single: read from the 'hoa' run")
+    assert study.Entry("uw", 1, ("uw",)) in entries
+    assert study.Entry("single", 4, ("hoa",), share=2 / 5) in entries
+    by_name = {s.name: s for s in stages}
+    assert by_name["hoa"].settings == {"method": "pairs", "selection.max_groups": (2, 3)}
+    assert by_name["hoa"].search and not by_name["hoa_k3"].search
+    assert by_name["hoa_k3"].settings["groups.groups_file"] == str(tmp_path / "hoa" / "groups.json")
+    assert [(e.label, e.k, e.stages) for e in entries if e.label == "tag"] == [
+        ("tag", 2, ("tag", "tag_k2")),
+        ("tag", 3, ("tag", "tag_k3")),
+    ]
+    assert [(e.label, e.k, e.stages) for e in entries if e.label.startswith("dmtg")] == [
+        ("dmtg one-shot", 2, ("dmtg_k2",)),
+        ("dmtg", 2, ("dmtg_k2", "dmtg_k2_groups")),
+        ("dmtg one-shot", 3, ("dmtg_k3",)),
+        ("dmtg", 3, ("dmtg_k3", "dmtg_k3_groups")),
+    ]
+    assert by_name["dmtg_k3"].settings == {"method": "dmtg", "dmtg.num_groups": 3}
+    assert by_name["dmtg_k3_groups"].settings["groups.max_groups"] == 0
+    config.study.epochs_search, config.study.epochs_train = 5, 7
+    assert study.stage_config(config, by_name["hoa"]).num_epochs == 5
+    assert study.stage_config(config, by_name["hoa_k3"]).groups.max_groups == 3
+    assert study.stage_config(config, by_name["hoa_k3"]).num_epochs == 7
+    single = study.plan(config, TASKS, str(tmp_path)).stages[
+        1
+    ]  # HOA trains fewer epochs: own stage
+    assert single.name == "single"
+    assert single.settings["groups.groups"] == tuple((t,) for t in TASKS)
+    config.study.epochs_search = config.study.epochs_train
+    config.study.overrides = {"hoa": {"seed": 1}}  # HOA's networks differ: own stage too
+    assert study.plan(config, TASKS, str(tmp_path)).stages[1].name == "single"
 
 
 def test_bad_study_config_is_a_user_error(tmp_path):
-  config = load_config("tiny_study")
-  config.study.methods = ("mtl", "nope")
-  with pytest.raises(UserError, match="config.study.methods"):
-    study.run_study(config, str(tmp_path))
+    config = load_config("tiny_study")
+    config.study.methods = ("mtl", "nope")
+    with pytest.raises(UserError, match="config.study.methods"):
+        study.run_study(config, str(tmp_path))
 
 
 def test_overrides_change_the_method_runs_only():
-  config = load_config("celeba_study")  # DMTG searches with its published Adam, no early stop
-  plan = study.plan(config, TASKS, "w")
-  stages = {s.name: s for s in plan.stages}
-  assert ("dmtg: its own runs trained with config.study.overrides.dmtg = {'early_stopping': "
-          "{'patience': 0, 'restore_best': False}, 'optimizer': {'learning_rate': 0.0008, "
-          "'name': 'adam'}}") in plan.notes  # the report says which recipe DMTG's rows used
-  dmtg_search = study.stage_config(config, stages["dmtg_k3"])
-  assert (dmtg_search.optimizer.name, dmtg_search.optimizer.learning_rate) == ("adam", 8e-4)
-  assert dmtg_search.early_stopping.patience == 0 and dmtg_search.dmtg.num_groups == 3
-  for name in ("dmtg_k3_groups", "tag", "tag_k3", "mtl"):
-    other = study.stage_config(config, stages[name])
-    assert (other.optimizer.name, other.optimizer.learning_rate) == ("sgd", 5e-4), name
-    assert other.early_stopping.patience == 10
+    config = load_config("celeba_study")  # DMTG searches with its published Adam, no early stop
+    plan = study.plan(config, TASKS, "w")
+    stages = {s.name: s for s in plan.stages}
+    assert (
+        "dmtg: its own runs trained with config.study.overrides.dmtg = {'early_stopping': "
+        "{'patience': 0, 'restore_best': False}, 'optimizer': {'learning_rate': 0.0008, "
+        "'name': 'adam'}}"
+    ) in plan.notes  # the report says which recipe DMTG's rows used
+    dmtg_search = study.stage_config(config, stages["dmtg_k3"])
+    assert (dmtg_search.optimizer.name, dmtg_search.optimizer.learning_rate) == ("adam", 8e-4)
+    assert dmtg_search.early_stopping.patience == 0 and dmtg_search.dmtg.num_groups == 3
+    for name in ("dmtg_k3_groups", "tag", "tag_k3", "mtl"):
+        other = study.stage_config(config, stages[name])
+        assert (other.optimizer.name, other.optimizer.learning_rate) == ("sgd", 5e-4), name
+        assert other.early_stopping.patience == 10
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"dmtg": {"optimizer": {"nmae": "adam"}}}, "overrides.dmtg does not fit the config: Key"),
-    ({"dmtg": {"optimizer": {"learning_rate": "fast"}}}, "overrides.dmtg does not fit the config"),
-    ({"dmgt": {"seed": 1}}, r"overrides has \['dmgt'\]"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"dmtg": {"optimizer": {"nmae": "adam"}}}, "overrides.dmtg does not fit the config: Key"),
+        (
+            {"dmtg": {"optimizer": {"learning_rate": "fast"}}},
+            "overrides.dmtg does not fit the config",
+        ),
+        ({"dmgt": {"seed": 1}}, r"overrides has \['dmgt'\]"),
+    ],
+)
 def test_bad_override_is_a_user_error_before_any_stage_runs(tmp_path, override, message):
-  config = load_config("tiny_study")
-  config.study.methods = ("mtl", "dmtg")
-  config.study.overrides = override
-  with pytest.raises(UserError, match=message):
-    study.run_study(config, str(tmp_path))
-  assert not os.path.exists(tmp_path / "mtl")
+    config = load_config("tiny_study")
+    config.study.methods = ("mtl", "dmtg")
+    config.study.overrides = override
+    with pytest.raises(UserError, match=message):
+        study.run_study(config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "mtl")
 
 
 def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch):
-  config = load_config("tiny_study")
-  config.study.methods = ("single", "hoa", "random")
-  workdir = str(tmp_path / "study")
-  config.max_steps = 2  # pauses inside the first stage, 'hoa' (3 steps)
-  assert study.run_study(config, workdir) is None
-  config.max_steps = -1
-  report = study.run_study(config, workdir)
+    config = load_config("tiny_study")
+    config.study.methods = ("single", "hoa", "random")
+    workdir = str(tmp_path / "study")
+    config.max_steps = 2  # pauses inside the first stage, 'hoa' (3 steps)
+    assert study.run_study(config, workdir) is None
+    config.max_steps = -1
+    report = study.run_study(config, workdir)
 
-  rows = {(r["label"], r["k"]): r for r in report["rows"]}
-  assert sorted(rows) == [("hoa", 2), ("random", 2), ("single", 4)]
-  results = {name: json.load(open(os.path.join(workdir, name, "results.json")))
-             for name in ("hoa", "hoa_k2", "random_k2")}
-  hoa = rows[("hoa", 2)]
-  hoa_groups = json.load(open(os.path.join(workdir, "hoa_k2", "groups_trained.json")))["groups"]
-  assert hoa["groups"] == hoa_groups
-  assert hoa["recovers_planted"] == (sorted(hoa_groups) == [list(TASKS[:2]), list(TASKS[2:])])
-  assert hoa["test_total_error"] == results["hoa_k2"]["test"]["total_error"]
-  # 10 networks (4 singles + 6 pairs) per HOA step, then the k = 2 groups' networks
-  assert hoa["trunk_passes"] == (results["hoa"]["steps"] * 10
-                                 + results["hoa_k2"]["steps"] * len(hoa_groups))
-  assert rows[("random", 2)]["trunk_passes"] == 2 * results["random_k2"]["steps"]
-  single = rows[("single", 4)]  # the HOA run's single-task networks
-  assert single["groups"] == [[t] for t in TASKS]
-  assert single["test_total_error"] == results["hoa"]["test"]["total_error"]
-  assert single["trunk_passes"] == 4 * results["hoa"]["steps"]
-  pairs = json.load(open(os.path.join(workdir, "hoa", "pairs.json")))
-  for split in ("validation", "test"):  # 'pairs' serves every task from its single-task network
-    np.testing.assert_allclose([pairs[f"{split}_loss"][t][t] for t in TASKS],
-                               results["hoa"][split]["task_loss"], rtol=1e-5)
-  assert hoa["seconds"] == pytest.approx(results["hoa"]["compute"]["train_seconds"]
-                                         + results["hoa_k2"]["compute"]["train_seconds"])
-  assert report["stages"]["hoa"]["trunk_passes_per_step"] == [10, 10]
-  for name in ("report.md", "report.json", "total_error_vs_compute.png"):
-    assert os.path.getsize(os.path.join(workdir, name)) > 0
-  assert "| hoa | 2 |" in open(os.path.join(workdir, "report.md")).read()
+    rows = {(r["label"], r["k"]): r for r in report["rows"]}
+    assert sorted(rows) == [("hoa", 2), ("random", 2), ("single", 4)]
+    results = {
+        name: json.load(open(os.path.join(workdir, name, "results.json")))
+        for name in ("hoa", "hoa_k2", "random_k2")
+    }
+    hoa = rows[("hoa", 2)]
+    hoa_groups = json.load(open(os.path.join(workdir, "hoa_k2", "groups_trained.json")))["groups"]
+    assert hoa["groups"] == hoa_groups
+    assert hoa["recovers_planted"] == (sorted(hoa_groups) == [list(TASKS[:2]), list(TASKS[2:])])
+    assert hoa["test_total_error"] == results["hoa_k2"]["test"]["total_error"]
+    # 10 networks (4 singles + 6 pairs) per HOA step, then the k = 2 groups' networks
+    assert hoa["trunk_passes"] == (
+        results["hoa"]["steps"] * 10 + results["hoa_k2"]["steps"] * len(hoa_groups)
+    )
+    assert rows[("random", 2)]["trunk_passes"] == 2 * results["random_k2"]["steps"]
+    single = rows[("single", 4)]  # the HOA run's single-task networks
+    assert single["groups"] == [[t] for t in TASKS]
+    assert single["test_total_error"] == results["hoa"]["test"]["total_error"]
+    assert single["trunk_passes"] == 4 * results["hoa"]["steps"]
+    pairs = json.load(open(os.path.join(workdir, "hoa", "pairs.json")))
+    for split in ("validation", "test"):  # 'pairs' serves every task from its single-task network
+        np.testing.assert_allclose(
+            [pairs[f"{split}_loss"][t][t] for t in TASKS],
+            results["hoa"][split]["task_loss"],
+            rtol=1e-5,
+        )
+    assert hoa["seconds"] == pytest.approx(
+        results["hoa"]["compute"]["train_seconds"] + results["hoa_k2"]["compute"]["train_seconds"]
+    )
+    assert report["stages"]["hoa"]["trunk_passes_per_step"] == [10, 10]
+    for name in ("report.md", "report.json", "total_error_vs_compute.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0
+    assert "| hoa | 2 |" in open(os.path.join(workdir, "report.md")).read()
 
-  def no_training(*args):
-    raise AssertionError(f"a finished stage was trained again: {args[1]}")
-  monkeypatch.setattr(train, "train_and_evaluate", no_training)
-  assert study.run_study(config, workdir) == json.load(open(os.path.join(workdir, "report.json")))
+    def no_training(*args):
+        raise AssertionError(f"a finished stage was trained again: {args[1]}")
+
+    monkeypatch.setattr(train, "train_and_evaluate", no_training)
+    assert study.run_study(config, workdir) == json.load(open(os.path.join(workdir, "report.json")))
 
 
 @pytest.mark.slow
 def test_tiny_study_with_every_method(tmp_path):
-  config = load_config("tiny_study")
-  report = study.run_study(config, str(tmp_path))
-  labels = {r["label"] for r in report["rows"]}
-  assert labels == {"mtl", "single", "tag", "cs", "hoa", "random", "uw", "gradnorm", "pcgrad",
-                    "dmtg", "dmtg one-shot"}
-  assert [n.split(":")[0] for n in report["notes"]] == ["single"]  # read from the HOA run
-  for row in report["rows"]:
-    (run,) = row["runs"]  # one seed
-    stage = json.load(open(tmp_path / run["stages"][-1] / "results.json"))
-    assert row["groups"] == run["groups"] == stage["groups"] and row["trunk_passes"] > 0
+    config = load_config("tiny_study")
+    report = study.run_study(config, str(tmp_path))
+    labels = {r["label"] for r in report["rows"]}
+    assert labels == {
+        "mtl",
+        "single",
+        "tag",
+        "cs",
+        "hoa",
+        "random",
+        "uw",
+        "gradnorm",
+        "pcgrad",
+        "dmtg",
+        "dmtg one-shot",
+    }
+    assert [n.split(":")[0] for n in report["notes"]] == ["single"]  # read from the HOA run
+    for row in report["rows"]:
+        (run,) = row["runs"]  # one seed
+        stage = json.load(open(tmp_path / run["stages"][-1] / "results.json"))
+        assert row["groups"] == run["groups"] == stage["groups"] and row["trunk_passes"] > 0
 
 
 def test_cli_bad_study_method_exits_2_with_one_line(tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "tag_jax.study", "--config", os.path.join(REPO, "configs/tiny_study.py"),
-       f"--workdir={tmp_path}", "--config.study.methods=('mtl', 'nope')"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith("error: config.study.methods")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tag_jax.study",
+            "--config",
+            os.path.join(REPO, "configs/tiny_study.py"),
+            f"--workdir={tmp_path}",
+            "--config.study.methods=('mtl', 'nope')",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: config.study.methods")
 
 
 def test_a_busy_study_folder_is_refused_and_restart_deletes_only_run_outputs(tmp_path):
-  from tag_jax import workdir as workdirs  # pylint: disable=g-import-not-at-top
-  config = load_config("tiny_study")
-  config.study.methods = ("mtl", "tag")
-  workdir = tmp_path / "study"
-  lock = workdirs.acquire(str(workdir))
-  try:
-    with pytest.raises(UserError, match=rf"--workdir {workdir} is in use by process {os.getpid()}"):
-      study.run_study(config, str(workdir))
-  finally:
-    lock.release()
-  for name in ("mtl", "tag", "tag_k2"):
-    (workdir / name / "checkpoints" / "3").mkdir(parents=True)
-    for output in ("results.json", "metrics.jsonl", "groups.png", "events.out.tfevents.1.x"):
-      (workdir / name / output).write_text("{}")
-  for name in ("report.json", "report.md", "total_error_vs_compute.png", "notes.txt"):
-    (workdir / name).write_text("x")
-  study.start_over(str(workdir), study.plan(config, TASKS, str(workdir)))
-  assert sorted(os.listdir(workdir)) == [".lock", "mtl", "notes.txt", "tag", "tag_k2"]
-  assert all(os.listdir(workdir / name) == [] for name in ("mtl", "tag", "tag_k2"))
+    from tag_jax import workdir as workdirs  # pylint: disable=g-import-not-at-top
+
+    config = load_config("tiny_study")
+    config.study.methods = ("mtl", "tag")
+    workdir = tmp_path / "study"
+    lock = workdirs.acquire(str(workdir))
+    try:
+        with pytest.raises(
+            UserError, match=rf"--workdir {workdir} is in use by process {os.getpid()}"
+        ):
+            study.run_study(config, str(workdir))
+    finally:
+        lock.release()
+    for name in ("mtl", "tag", "tag_k2"):
+        (workdir / name / "checkpoints" / "3").mkdir(parents=True)
+        for output in ("results.json", "metrics.jsonl", "groups.png", "events.out.tfevents.1.x"):
+            (workdir / name / output).write_text("{}")
+    for name in ("report.json", "report.md", "total_error_vs_compute.png", "notes.txt"):
+        (workdir / name).write_text("x")
+    study.start_over(str(workdir), study.plan(config, TASKS, str(workdir)))
+    assert sorted(os.listdir(workdir)) == [".lock", "mtl", "notes.txt", "tag", "tag_k2"]
+    assert all(os.listdir(workdir / name) == [] for name in ("mtl", "tag", "tag_k2"))
 
 
 # --- seeds: statistics, stability, "did not learn", a multi-seed study ---
 
+
 def test_seed_statistics_against_numpy_and_scipy():
-  values = [12.5, 10.0, 14.0, 11.5]
-  stats = study.seed_statistics(values)
-  assert stats["mean"] == pytest.approx(np.mean(values))
-  assert stats["std"] == pytest.approx(np.std(values, ddof=1))
-  low, high = scipy.stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
-                                     scale=scipy.stats.sem(values))
-  assert stats["ci95"] == pytest.approx((high - low) / 2)
-  assert study.seed_statistics([3.0]) == {"mean": 3.0, "std": None, "ci95": None, "values": [3.0]}
+    values = [12.5, 10.0, 14.0, 11.5]
+    stats = study.seed_statistics(values)
+    assert stats["mean"] == pytest.approx(np.mean(values))
+    assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+    low, high = scipy.stats.t.interval(
+        0.95, len(values) - 1, loc=np.mean(values), scale=scipy.stats.sem(values)
+    )
+    assert stats["ci95"] == pytest.approx((high - low) / 2)
+    assert study.seed_statistics([3.0]) == {"mean": 3.0, "std": None, "ci95": None, "values": [3.0]}
 
 
-@pytest.mark.parametrize("values, reference", [
-    ([10.0, 11.0, 10.5], [20.0, 21.0, 19.5]),  # clearly lower
-    ([10.0, 14.0, 12.0], [11.0, 13.0, 12.5]),  # within noise
-    ([30.0, 31.0, 29.0, 30.5], [20.0, 26.0, 23.0]),  # higher, unequal seeds and spread
-])
+@pytest.mark.parametrize(
+    "values, reference",
+    [
+        ([10.0, 11.0, 10.5], [20.0, 21.0, 19.5]),  # clearly lower
+        ([10.0, 14.0, 12.0], [11.0, 13.0, 12.5]),  # within noise
+        ([30.0, 31.0, 29.0, 30.5], [20.0, 26.0, 23.0]),  # higher, unequal seeds and spread
+    ],
+)
 def test_comparison_with_mtl_agrees_with_welchs_test(values, reference):
-  compared = study.compare_to_reference(values, reference)
-  assert compared["difference"] == pytest.approx(np.mean(values) - np.mean(reference))
-  p_value = scipy.stats.ttest_ind(values, reference, equal_var=False).pvalue
-  differs = compared["verdict"] != "within seed noise"
-  assert differs == (p_value < 0.05)
-  if differs:
-    assert compared["verdict"] == ("lower" if np.mean(values) < np.mean(reference) else "higher")
-  assert study.compare_to_reference([1.0], [2.0, 3.0])["verdict"] is None
+    compared = study.compare_to_reference(values, reference)
+    assert compared["difference"] == pytest.approx(np.mean(values) - np.mean(reference))
+    p_value = scipy.stats.ttest_ind(values, reference, equal_var=False).pvalue
+    differs = compared["verdict"] != "within seed noise"
+    assert differs == (p_value < 0.05)
+    if differs:
+        assert compared["verdict"] == (
+            "lower" if np.mean(values) < np.mean(reference) else "higher"
+        )
+    assert study.compare_to_reference([1.0], [2.0, 3.0])["verdict"] is None
 
 
 def test_grouping_counts_compare_groups_as_sets():
-  counts = study.grouping_counts([[["a", "b"], ["c"]], [["c"], ["b", "a"]], [["a"], ["b", "c"]]])
-  assert counts == [{"groups": [["a", "b"], ["c"]], "seeds": 2},
-                    {"groups": [["a"], ["b", "c"]], "seeds": 1}]
+    counts = study.grouping_counts([[["a", "b"], ["c"]], [["c"], ["b", "a"]], [["a"], ["b", "c"]]])
+    assert counts == [
+        {"groups": [["a", "b"], ["c"]], "seeds": 2},
+        {"groups": [["a"], ["b", "c"]], "seeds": 1},
+    ]
 
 
 def test_plan_with_seeds_runs_every_stage_per_seed_in_its_own_folder(tmp_path):
-  config = load_config("tiny_study")
-  config.study.methods = ("mtl", "tag")
-  config.study.seeds, config.seed = 2, 7
-  plan = study.plan(config, TASKS, str(tmp_path))
-  assert [s.name for s in plan.stages] == ["seed_0/mtl", "seed_0/tag", "seed_0/tag_k2",
-                                           "seed_1/mtl", "seed_1/tag", "seed_1/tag_k2"]
-  by_name = {s.name: s for s in plan.stages}
-  assert by_name["seed_1/tag"].settings["seed"] == 8 and by_name["seed_0/mtl"].settings["seed"] == 7
-  assert by_name["seed_1/tag_k2"].settings["groups.groups_file"] == str(
-      tmp_path / "seed_1" / "tag" / "groups.json")
-  assert study.stage_config(config, by_name["seed_1/tag_k2"]).seed == 8
-  assert [(e.label, e.seed, e.stages) for e in plan.entries] == [
-      ("mtl", 0, ("seed_0/mtl",)), ("tag", 0, ("seed_0/tag", "seed_0/tag_k2")),
-      ("mtl", 1, ("seed_1/mtl",)), ("tag", 1, ("seed_1/tag", "seed_1/tag_k2"))]
-  config.study.seeds = 0
-  with pytest.raises(UserError, match="config.study.seeds must be an integer >= 1"):
-    study.run_study(config, str(tmp_path / "zero"))
+    config = load_config("tiny_study")
+    config.study.methods = ("mtl", "tag")
+    config.study.seeds, config.seed = 2, 7
+    plan = study.plan(config, TASKS, str(tmp_path))
+    assert [s.name for s in plan.stages] == [
+        "seed_0/mtl",
+        "seed_0/tag",
+        "seed_0/tag_k2",
+        "seed_1/mtl",
+        "seed_1/tag",
+        "seed_1/tag_k2",
+    ]
+    by_name = {s.name: s for s in plan.stages}
+    assert (
+        by_name["seed_1/tag"].settings["seed"] == 8 and by_name["seed_0/mtl"].settings["seed"] == 7
+    )
+    assert by_name["seed_1/tag_k2"].settings["groups.groups_file"] == str(
+        tmp_path / "seed_1" / "tag" / "groups.json"
+    )
+    assert study.stage_config(config, by_name["seed_1/tag_k2"]).seed == 8
+    assert [(e.label, e.seed, e.stages) for e in plan.entries] == [
+        ("mtl", 0, ("seed_0/mtl",)),
+        ("tag", 0, ("seed_0/tag", "seed_0/tag_k2")),
+        ("mtl", 1, ("seed_1/mtl",)),
+        ("tag", 1, ("seed_1/tag", "seed_1/tag_k2")),
+    ]
+    config.study.seeds = 0
+    with pytest.raises(UserError, match="config.study.seeds must be an integer >= 1"):
+        study.run_study(config, str(tmp_path / "zero"))
 
 
 def summary(total_error):
-  accuracy = [1 - total_error / 100 / len(TASKS)] * len(TASKS)
-  return {"task_accuracy": accuracy, "total_error": total_error}
+    accuracy = [1 - total_error / 100 / len(TASKS)] * len(TASKS)
+    return {"task_accuracy": accuracy, "total_error": total_error}
 
 
 def fake_results(workdir, stage, total_error, groups, learned=True, seed_results=None):
-  os.makedirs(os.path.join(workdir, stage), exist_ok=True)
-  record = {"method": "x", "tasks": list(TASKS), "groups": groups, "steps": 10,
-            "learned": learned, "test": summary(total_error), "validation": summary(total_error),
-            "majority_baseline": {"test": {"total_error": 100.0}},
-            "compute": {"trunk_passes": 30, "trunk_passes_per_step": [3, 3],
-                        "measured_steps": 0, "train_seconds": 3.0}}
-  if seed_results:
-    record["seed_results"] = [{"groups": g, "learned": ok, "test": summary(te),
-                               "validation": summary(te)} for te, g, ok in seed_results]
-  with open(os.path.join(workdir, stage, "results.json"), "w") as f:
-    json.dump(record, f)
+    os.makedirs(os.path.join(workdir, stage), exist_ok=True)
+    record = {
+        "method": "x",
+        "tasks": list(TASKS),
+        "groups": groups,
+        "steps": 10,
+        "learned": learned,
+        "test": summary(total_error),
+        "validation": summary(total_error),
+        "majority_baseline": {"test": {"total_error": 100.0}},
+        "compute": {
+            "trunk_passes": 30,
+            "trunk_passes_per_step": [3, 3],
+            "measured_steps": 0,
+            "train_seconds": 3.0,
+        },
+    }
+    if seed_results:
+        record["seed_results"] = [
+            {"groups": g, "learned": ok, "test": summary(te), "validation": summary(te)}
+            for te, g, ok in seed_results
+        ]
+    with open(os.path.join(workdir, stage, "results.json"), "w") as f:
+        json.dump(record, f)
 
 
 def test_report_over_seeds_marks_runs_that_did_not_learn(tmp_path):
-  config = load_config("tiny_study")
-  config.study.methods, config.study.seeds = ("mtl", "random"), 3
-  workdir = str(tmp_path)
-  plan = study.plan(config, TASKS, workdir)
-  assert [s.name for s in plan.stages] == ["seed_0/mtl", "random_k2", "seed_1/mtl", "seed_2/mtl"]
-  assert plan.stages[1].settings["groups.seeds"] == 3  # the seeds side by side in one run
-  split = [list(TASKS[:2]), list(TASKS[2:])]
-  other = [[TASKS[0]], list(TASKS[1:])]
-  for i, mtl in enumerate([20, 22, 21]):
-    fake_results(workdir, f"seed_{i}/mtl", mtl, [list(TASKS)])
-  fake_results(workdir, "random_k2", 10, split,
-               seed_results=[(10, split, True), (11, split, True), (12, other, False)])
-  report = study.build_report(config, TASKS, plan, workdir)
-  mtl, random = report["rows"]
-  assert mtl["test_total_error_stats"]["values"] == [20, 22, 21] and mtl["seeds"] == 3
-  assert random["test_total_error_stats"]["values"] == [10, 11, 12]
-  assert random["trunk_passes"] == 10 and random["seconds"] == pytest.approx(1.0)  # a third each
-  assert random["groupings"] == [{"groups": split, "seeds": 2}, {"groups": other, "seeds": 1}]
-  assert random["learned_seeds"] == 2 and random["vs_mtl"] is None  # not presented as a finding
-  assert random["recovers_planted"] == pytest.approx(2 / 3)
-  table = "\n".join(study.main_table(report["rows"]))
-  assert "| random | 2 | did not learn (1/3 seeds) |" in table
-  assert "| mtl | 1 | {g0_t0, g0_t1, g1_t0, g1_t1} (3/3) | 21.00 ± 1.00 (95% CI ± 2.48) |" in table
-  fake_results(workdir, "random_k2", 10, split,  # now every seed learned
-               seed_results=[(10, split, True), (11, split, True), (12, other, True)])
-  random = study.build_report(config, TASKS, plan, workdir)["rows"][1]
-  assert random["vs_mtl"]["verdict"] == "lower"
-  assert "| -10.00 ± " in "\n".join(study.main_table([random]))
+    config = load_config("tiny_study")
+    config.study.methods, config.study.seeds = ("mtl", "random"), 3
+    workdir = str(tmp_path)
+    plan = study.plan(config, TASKS, workdir)
+    assert [s.name for s in plan.stages] == ["seed_0/mtl", "random_k2", "seed_1/mtl", "seed_2/mtl"]
+    assert plan.stages[1].settings["groups.seeds"] == 3  # the seeds side by side in one run
+    split = [list(TASKS[:2]), list(TASKS[2:])]
+    other = [[TASKS[0]], list(TASKS[1:])]
+    for i, mtl in enumerate([20, 22, 21]):
+        fake_results(workdir, f"seed_{i}/mtl", mtl, [list(TASKS)])
+    fake_results(
+        workdir,
+        "random_k2",
+        10,
+        split,
+        seed_results=[(10, split, True), (11, split, True), (12, other, False)],
+    )
+    report = study.build_report(config, TASKS, plan, workdir)
+    mtl, random = report["rows"]
+    assert mtl["test_total_error_stats"]["values"] == [20, 22, 21] and mtl["seeds"] == 3
+    assert random["test_total_error_stats"]["values"] == [10, 11, 12]
+    assert random["trunk_passes"] == 10 and random["seconds"] == pytest.approx(1.0)  # a third each
+    assert random["groupings"] == [{"groups": split, "seeds": 2}, {"groups": other, "seeds": 1}]
+    assert random["learned_seeds"] == 2 and random["vs_mtl"] is None  # not presented as a finding
+    assert random["recovers_planted"] == pytest.approx(2 / 3)
+    table = "\n".join(study.main_table(report["rows"]))
+    assert "| random | 2 | did not learn (1/3 seeds) |" in table
+    assert (
+        "| mtl | 1 | {g0_t0, g0_t1, g1_t0, g1_t1} (3/3) | 21.00 ± 1.00 (95% CI ± 2.48) |" in table
+    )
+    fake_results(
+        workdir,
+        "random_k2",
+        10,
+        split,  # now every seed learned
+        seed_results=[(10, split, True), (11, split, True), (12, other, True)],
+    )
+    random = study.build_report(config, TASKS, plan, workdir)["rows"][1]
+    assert random["vs_mtl"]["verdict"] == "lower"
+    assert "| -10.00 ± " in "\n".join(study.main_table([random]))
 
 
 def test_multi_seed_study_paused_resumed_equals_uninterrupted(tmp_path):
-  config = load_config("tiny_study")
-  config.study.methods, config.study.seeds = ("mtl", "random"), 2
-  paused = str(tmp_path / "paused")
-  config.max_steps = 2  # inside seed_0/mtl (3 steps)
-  assert study.run_study(config, paused) is None
-  config.max_steps = -1
-  resumed = study.run_study(config, paused)
-  straight = study.run_study(config, str(tmp_path / "straight"))
-  for a, b in zip(resumed["rows"], straight["rows"]):
-    assert a["test_total_error_stats"]["values"] == b["test_total_error_stats"]["values"]
-  mtl = resumed["rows"][0]
-  per_seed = [json.load(open(os.path.join(paused, f"seed_{i}", "mtl", "results.json")))
-              for i in range(2)]
-  assert mtl["test_total_error_stats"]["values"] == [r["test"]["total_error"] for r in per_seed]
-  assert per_seed[0]["test"] != per_seed[1]["test"]  # the seeds are different runs
-  random = json.load(open(os.path.join(paused, "random_k2", "results.json")))  # side by side
-  assert resumed["rows"][1]["test_total_error_stats"]["values"] == [
-      r["test"]["total_error"] for r in random["seed_results"]]
-  assert "Groupings across seeds" in open(os.path.join(paused, "report.md")).read()
+    config = load_config("tiny_study")
+    config.study.methods, config.study.seeds = ("mtl", "random"), 2
+    paused = str(tmp_path / "paused")
+    config.max_steps = 2  # inside seed_0/mtl (3 steps)
+    assert study.run_study(config, paused) is None
+    config.max_steps = -1
+    resumed = study.run_study(config, paused)
+    straight = study.run_study(config, str(tmp_path / "straight"))
+    for a, b in zip(resumed["rows"], straight["rows"]):
+        assert a["test_total_error_stats"]["values"] == b["test_total_error_stats"]["values"]
+    mtl = resumed["rows"][0]
+    per_seed = [
+        json.load(open(os.path.join(paused, f"seed_{i}", "mtl", "results.json"))) for i in range(2)
+    ]
+    assert mtl["test_total_error_stats"]["values"] == [r["test"]["total_error"] for r in per_seed]
+    assert per_seed[0]["test"] != per_seed[1]["test"]  # the seeds are different runs
+    random = json.load(open(os.path.join(paused, "random_k2", "results.json")))  # side by side
+    assert resumed["rows"][1]["test_total_error_stats"]["values"] == [
+        r["test"]["total_error"] for r in random["seed_results"]
+    ]
+    assert "Groupings across seeds" in open(os.path.join(paused, "report.md")).read()

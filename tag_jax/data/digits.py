@@ -20,18 +20,23 @@ TASK_NAMES = tuple(f"digit_{d}" for d in range(10))
 
 
 def arrays(image_size: int):
-  """(images (N, S, S, 1) float32 in [0, 1], labels (N, 10) int32 one-vs-rest)."""
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+    """(images (N, S, S, 1) float32 in [0, 1], labels (N, 10) int32 one-vs-rest)."""
+    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
 
-  digits = load_digits()
-  grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # 0..16 -> 0..255
-  images = np.stack([resize_image(image, image_size) for image in grey])
-  labels = (digits.target[:, None] == np.arange(10)[None, :]).astype(np.int32)
-  return images, labels
+    digits = load_digits()
+    grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # 0..16 -> 0..255
+    images = np.stack([resize_image(image, image_size) for image in grey])
+    labels = (digits.target[:, None] == np.arange(10)[None, :]).astype(np.int32)
+    return images, labels
 
 
 def load(config) -> ArrayDataset:
-  images, labels = arrays(config.image_size)
-  split = npz.default_split(len(labels))
-  return ArrayDataset(TASK_NAMES, {name: (images[split == i], labels[split == i])
-                                   for i, name in enumerate(("train", "validation", "test"))})
+    images, labels = arrays(config.image_size)
+    split = npz.default_split(len(labels))
+    return ArrayDataset(
+        TASK_NAMES,
+        {
+            name: (images[split == i], labels[split == i])
+            for i, name in enumerate(("train", "validation", "test"))
+        },
+    )

@@ -27,50 +27,66 @@ _PERIOD = 4.0  # pixels per grating cycle
 
 
 def task_names(group_sizes) -> tuple[str, ...]:
-  return tuple(f"g{g}_t{i}" for g, size in enumerate(group_sizes) for i in range(size))
+    return tuple(f"g{g}_t{i}" for g, size in enumerate(group_sizes) for i in range(size))
 
 
 def planted_groups(group_sizes) -> tuple[tuple[str, ...], ...]:
-  names = iter(task_names(group_sizes))
-  return tuple(tuple(next(names) for _ in range(size)) for size in group_sizes)
+    names = iter(task_names(group_sizes))
+    return tuple(tuple(next(names) for _ in range(size)) for size in group_sizes)
 
 
 def _textures(num_groups: int, seed: int):
-  """Fixed grating wave vectors (G, 2) and unit colour vectors (G, 3): the ground truth."""
-  rng = np.random.default_rng([seed, 0])
-  angles = np.pi * np.arange(num_groups) / num_groups
-  wave_vectors = 2 * np.pi / _PERIOD * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-  colours = rng.normal(size=(num_groups, 3))
-  return wave_vectors, colours / np.linalg.norm(colours, axis=1, keepdims=True)
+    """Fixed grating wave vectors (G, 2) and unit colour vectors (G, 3): the ground truth."""
+    rng = np.random.default_rng([seed, 0])
+    angles = np.pi * np.arange(num_groups) / num_groups
+    wave_vectors = 2 * np.pi / _PERIOD * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    colours = rng.normal(size=(num_groups, 3))
+    return wave_vectors, colours / np.linalg.norm(colours, axis=1, keepdims=True)
 
 
-def generate(num_examples: int, *, image_size: int, group_sizes, noise: float, task_noise: float,
-             label_noise: float, seed: int, split: str):
-  """Images (N, S, S, 3) float32 and labels (N, T) int32 of one split."""
-  wave_vectors, colours = _textures(len(group_sizes), seed)
-  rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
-  amplitudes = rng.uniform(size=(num_examples, len(group_sizes)))
-  phases = rng.uniform(0, 2 * np.pi, size=(num_examples, len(group_sizes)))
-  coords = np.stack(np.meshgrid(np.arange(image_size), np.arange(image_size), indexing="ij"), -1)
-  angle = np.einsum("hwd,gd->hwg", coords, wave_vectors)[None] + phases[:, None, None, :]
-  waves = amplitudes[:, None, None, :] * np.cos(angle)  # (N, S, S, G)
-  images = np.einsum("nhwg,gc->nhwc", waves, colours)
-  images += noise * rng.normal(size=images.shape)
-  group_of_task = np.repeat(np.arange(len(group_sizes)), group_sizes)
-  own_noise = task_noise * rng.normal(size=(num_examples, len(group_of_task)))
-  labels = (amplitudes[:, group_of_task] + own_noise > 0.5).astype(np.int32)
-  flips = rng.random(labels.shape) < label_noise
-  labels = np.where(flips, 1 - labels, labels)
-  return images.astype(np.float32), labels
+def generate(
+    num_examples: int,
+    *,
+    image_size: int,
+    group_sizes,
+    noise: float,
+    task_noise: float,
+    label_noise: float,
+    seed: int,
+    split: str,
+):
+    """Images (N, S, S, 3) float32 and labels (N, T) int32 of one split."""
+    wave_vectors, colours = _textures(len(group_sizes), seed)
+    rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
+    amplitudes = rng.uniform(size=(num_examples, len(group_sizes)))
+    phases = rng.uniform(0, 2 * np.pi, size=(num_examples, len(group_sizes)))
+    coords = np.stack(np.meshgrid(np.arange(image_size), np.arange(image_size), indexing="ij"), -1)
+    angle = np.einsum("hwd,gd->hwg", coords, wave_vectors)[None] + phases[:, None, None, :]
+    waves = amplitudes[:, None, None, :] * np.cos(angle)  # (N, S, S, G)
+    images = np.einsum("nhwg,gc->nhwc", waves, colours)
+    images += noise * rng.normal(size=images.shape)
+    group_of_task = np.repeat(np.arange(len(group_sizes)), group_sizes)
+    own_noise = task_noise * rng.normal(size=(num_examples, len(group_of_task)))
+    labels = (amplitudes[:, group_of_task] + own_noise > 0.5).astype(np.int32)
+    flips = rng.random(labels.shape) < label_noise
+    labels = np.where(flips, 1 - labels, labels)
+    return images.astype(np.float32), labels
 
 
 def load(config) -> ArrayDataset:
-  ds = config.dataset
-  sizes = {"train": ds.num_train, "validation": ds.num_validation, "test": ds.num_test}
-  splits = {
-      split: generate(n, image_size=config.image_size, group_sizes=tuple(ds.group_sizes),
-                      noise=ds.noise, task_noise=ds.task_noise, label_noise=ds.label_noise,
-                      seed=ds.data_seed, split=split)
-      for split, n in sizes.items()
-  }
-  return ArrayDataset(task_names(ds.group_sizes), splits)
+    ds = config.dataset
+    sizes = {"train": ds.num_train, "validation": ds.num_validation, "test": ds.num_test}
+    splits = {
+        split: generate(
+            n,
+            image_size=config.image_size,
+            group_sizes=tuple(ds.group_sizes),
+            noise=ds.noise,
+            task_noise=ds.task_noise,
+            label_noise=ds.label_noise,
+            seed=ds.data_seed,
+            split=split,
+        )
+        for split, n in sizes.items()
+    }
+    return ArrayDataset(task_names(ds.group_sizes), splits)

@@ -20,22 +20,24 @@ from tag_jax.methods.base import Method
 
 
 def _no_settings(config) -> None:
-  del config
+    del config
 
 
 @dataclasses.dataclass(frozen=True)
 class Registered:
-  build: Callable
-  validate: Callable = _no_settings
-  tuned: tuple = ()  # autotune.Tunable settings of this method, after model.conv
+    build: Callable
+    validate: Callable = _no_settings
+    tuned: tuple = ()  # autotune.Tunable settings of this method, after model.conv
 
 
 REGISTRY = {
     "mtl": Registered(mtl.build),
-    "tag": Registered(affinity_methods.build_tag, affinity_methods.validate_tag,
-                      (affinity_methods.TAG_STRATEGY,)),
-    "cs": Registered(affinity_methods.build_cs, affinity_methods.validate_cs,
-                     (affinity_methods.CS_STRATEGY,)),
+    "tag": Registered(
+        affinity_methods.build_tag, affinity_methods.validate_tag, (affinity_methods.TAG_STRATEGY,)
+    ),
+    "cs": Registered(
+        affinity_methods.build_cs, affinity_methods.validate_cs, (affinity_methods.CS_STRATEGY,)
+    ),
     "uw": Registered(baselines.build_uw, baselines.validate),
     "gradnorm": Registered(baselines.build_gradnorm, baselines.validate),
     "pcgrad": Registered(baselines.build_pcgrad, baselines.validate),
@@ -57,25 +59,27 @@ CONFIG_BLOCKS = {
 
 
 def _registered(name: str) -> Registered:
-  if name not in REGISTRY:
-    raise UserError(f"unknown config.method {name!r}; choose one of {METHODS}")
-  return REGISTRY[name]
+    if name not in REGISTRY:
+        raise UserError(f"unknown config.method {name!r}; choose one of {METHODS}")
+    return REGISTRY[name]
 
 
 def validate(config) -> None:
-  _registered(config.method).validate(config)
+    _registered(config.method).validate(config)
 
 
 def build(config, task_names, image_shape, steps_per_epoch: int) -> Method:
-  """The method of config.method, its 'auto' settings decided (tag_jax.autotune) and recorded
-  in Method.autotune."""
-  registered = _registered(config.method)
+    """The method of config.method, its 'auto' settings decided (tag_jax.autotune) and recorded
+    in Method.autotune."""
+    registered = _registered(config.method)
 
-  def build_with(tuned_config):
-    method = registered.build(tuned_config, task_names, image_shape, steps_per_epoch)
-    return dataclasses.replace(method,
-                               compiler_options=models.compiler_options(tuned_config.model.conv))
+    def build_with(tuned_config):
+        method = registered.build(tuned_config, task_names, image_shape, steps_per_epoch)
+        return dataclasses.replace(
+            method, compiler_options=models.compiler_options(tuned_config.model.conv)
+        )
 
-  config, decisions = autotune.resolve(config, build_with, len(task_names), image_shape,
-                                       (autotune.CONV,) + registered.tuned)
-  return dataclasses.replace(build_with(config), autotune=decisions)
+    config, decisions = autotune.resolve(
+        config, build_with, len(task_names), image_shape, (autotune.CONV,) + registered.tuned
+    )
+    return dataclasses.replace(build_with(config), autotune=decisions)

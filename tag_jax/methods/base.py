@@ -27,93 +27,93 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class LoopContext:
-  """What a method's hooks may use of the loop.
+    """What a method's hooks may use of the loop.
 
-  evaluate(params, batch_stats, split) -> {'task_loss', 'task_accuracy'}: (G, T)
-  numpy arrays, the method's eval_step run over a whole split.
-  writer: the run's clu MetricWriter (TensorBoard and metrics.jsonl; process 0 writes files).
-  """
+    evaluate(params, batch_stats, split) -> {'task_loss', 'task_accuracy'}: (G, T)
+    numpy arrays, the method's eval_step run over a whole split.
+    writer: the run's clu MetricWriter (TensorBoard and metrics.jsonl; process 0 writes files).
+    """
 
-  config: Any
-  workdir: str
-  dataset: Any
-  mesh: Any
-  task_names: tuple
-  steps_per_epoch: int
-  step: int
-  evaluate: Callable
-  writer: Any
+    config: Any
+    workdir: str
+    dataset: Any
+    mesh: Any
+    task_names: tuple
+    steps_per_epoch: int
+    step: int
+    evaluate: Callable
+    writer: Any
 
 
 @dataclasses.dataclass(frozen=True)
 class FinalEvaluation:
-  """The parameters the run reports (best or final, config.early_stopping.restore_best) and
-  every network's evaluation of them: validation/test = {'task_loss', 'task_accuracy'} (G, T);
-  best_epoch (G,): each network's epoch with the best validation objective."""
+    """The parameters the run reports (best or final, config.early_stopping.restore_best) and
+    every network's evaluation of them: validation/test = {'task_loss', 'task_accuracy'} (G, T);
+    best_epoch (G,): each network's epoch with the best validation objective."""
 
-  params: Any
-  batch_stats: Any
-  validation: dict
-  test: dict
-  best_epoch: list
+    params: Any
+    batch_stats: Any
+    validation: dict
+    test: dict
+    best_epoch: list
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """What the loop runs.
+    """What the loop runs.
 
-  init_state(rng) -> steps.TrainState.
-  train_step(state, batch) -> (state, metrics): 'loss' (), 'task_losses' (T,) and any other
-    leaves, all logged (vectors of length T per task).
-  eval_step(params, batch_stats, batch) -> {'loss_sum': (G, T), 'correct': (G, T), 'count': ()}.
-  members (G, T), serving (T,), stacked: see the module docstring.
-  measured_step: like train_step, run instead of it when step % measure_every == 0.
-  trunk_passes: (per train_step, per measured_step) trunk forward+backward passes (a
-    lookahead forward or an extra per-task backward pull counts one, a forward on part of
-    the batch its share); the loop multiplies
-    them by the steps it ran and reports the total in results.json.
-  served_groups(params) -> the task-name groups whose networks serve the tasks; None = from
-    members and serving.
-  on_epoch_end(ctx, state, record) -> (state, record): record is the method's own JSON dict,
-    saved with every checkpoint.
-  finish(ctx, state, record, final: FinalEvaluation) -> dict: writes the method's outputs
-    (process 0 only) and returns a JSON summary for results.json.
-  state_sharding(mesh): sharding (pytree prefix) of the state; None = replicated.
-  seeds: copies of the networks trained as separate seeds (module docstring); 1 = none.
-  compiler_options: what every jit of the method's steps passes as jax.jit's compiler_options
-  (tag_jax.models.compiler_options of model.conv; set by methods.build).
-  autotune: {setting: decision} of the settings whose 'auto' tag_jax.autotune decided (set by
-    tag_jax.methods.build; JSON-able, for results.json).
-  """
+    init_state(rng) -> steps.TrainState.
+    train_step(state, batch) -> (state, metrics): 'loss' (), 'task_losses' (T,) and any other
+      leaves, all logged (vectors of length T per task).
+    eval_step(params, batch_stats, batch) -> {'loss_sum': (G, T), 'correct': (G, T), 'count': ()}.
+    members (G, T), serving (T,), stacked: see the module docstring.
+    measured_step: like train_step, run instead of it when step % measure_every == 0.
+    trunk_passes: (per train_step, per measured_step) trunk forward+backward passes (a
+      lookahead forward or an extra per-task backward pull counts one, a forward on part of
+      the batch its share); the loop multiplies
+      them by the steps it ran and reports the total in results.json.
+    served_groups(params) -> the task-name groups whose networks serve the tasks; None = from
+      members and serving.
+    on_epoch_end(ctx, state, record) -> (state, record): record is the method's own JSON dict,
+      saved with every checkpoint.
+    finish(ctx, state, record, final: FinalEvaluation) -> dict: writes the method's outputs
+      (process 0 only) and returns a JSON summary for results.json.
+    state_sharding(mesh): sharding (pytree prefix) of the state; None = replicated.
+    seeds: copies of the networks trained as separate seeds (module docstring); 1 = none.
+    compiler_options: what every jit of the method's steps passes as jax.jit's compiler_options
+    (tag_jax.models.compiler_options of model.conv; set by methods.build).
+    autotune: {setting: decision} of the settings whose 'auto' tag_jax.autotune decided (set by
+      tag_jax.methods.build; JSON-able, for results.json).
+    """
 
-  init_state: Callable
-  train_step: Callable
-  eval_step: Callable
-  members: np.ndarray
-  serving: np.ndarray
-  stacked: bool = False
-  measured_step: Optional[Callable] = None
-  measure_every: int = 1
-  trunk_passes: tuple = (1, 1)
-  served_groups: Optional[Callable] = None
-  on_epoch_end: Optional[Callable] = None
-  finish: Optional[Callable] = None
-  state_sharding: Optional[Callable] = None
-  seeds: int = 1
-  autotune: dict = dataclasses.field(default_factory=dict)
-  compiler_options: Optional[dict] = None
+    init_state: Callable
+    train_step: Callable
+    eval_step: Callable
+    members: np.ndarray
+    serving: np.ndarray
+    stacked: bool = False
+    measured_step: Optional[Callable] = None
+    measure_every: int = 1
+    trunk_passes: tuple = (1, 1)
+    served_groups: Optional[Callable] = None
+    on_epoch_end: Optional[Callable] = None
+    finish: Optional[Callable] = None
+    state_sharding: Optional[Callable] = None
+    seeds: int = 1
+    autotune: dict = dataclasses.field(default_factory=dict)
+    compiler_options: Optional[dict] = None
 
 
 def one_network(num_tasks: int) -> dict:
-  """members and serving of a single network that trains on and serves every task."""
-  return {"members": np.ones((1, num_tasks), np.float32), "serving": np.zeros(num_tasks, int)}
+    """members and serving of a single network that trains on and serves every task."""
+    return {"members": np.ones((1, num_tasks), np.float32), "serving": np.zeros(num_tasks, int)}
 
 
 def seed_serving(method: "Method", seed: int) -> np.ndarray:
-  """(T,) the networks serving each task in copy `seed` of a method's networks."""
-  return method.serving + seed * (len(method.members) // method.seeds)
+    """(T,) the networks serving each task in copy `seed` of a method's networks."""
+    return method.serving + seed * (len(method.members) // method.seeds)
 
 
 def groups_of(members: np.ndarray, serving: np.ndarray, task_names) -> list:
-  """The serving networks' member groups (task names), in network order."""
-  return [[t for t, m in zip(task_names, members[g]) if m] for g in sorted(set(serving.tolist()))]
+    """The serving networks' member groups (task names), in network order."""
+    return [[t for t, m in zip(task_names, members[g]) if m] for g in sorted(set(serving.tolist()))]

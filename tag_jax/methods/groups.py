@@ -51,7 +51,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tag_jax import config_checks, grouping, models, optim, reporting, sharding, stacking, steps
 from tag_jax.errors import UserError
@@ -61,196 +62,234 @@ HOA_SCORES = ("loss", "error")
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """config.groups: which networks 'groups', 'pairs' and 'random' train."""
-  cfg = ml_collections.ConfigDict()
-  cfg.groups = ()  # 'groups': tuple of task-name tuples, or else groups_file:
-  cfg.groups_file = ""  # 'groups': a groups.json (TAG, CS, HOA, DMTG) ...
-  cfg.max_groups = 0  # ... and its selection with this k; 0 = its only selection
-  cfg.num_random_groups = 3  # 'random': k non-empty groups
-  cfg.random_seed = 0  # 'random': seed of the partition
-  cfg.hoa_score = "loss"  # 'pairs': HOA selects on validation 'loss' or 'error'
-  cfg.network_strategy = "auto"  # 'vmap' | 'unrolled' | 'auto' (tag_jax/stacking.py)
-  # 'groups', 'random': train the networks for seeds config.seed + 0..seeds-1 side by side, each
-  # copy as its own run would (own initialisation and data order; results.json 'seed_results').
-  cfg.seeds = 1
-  return cfg
+    """config.groups: which networks 'groups', 'pairs' and 'random' train."""
+    cfg = ml_collections.ConfigDict()
+    cfg.groups = ()  # 'groups': tuple of task-name tuples, or else groups_file:
+    cfg.groups_file = ""  # 'groups': a groups.json (TAG, CS, HOA, DMTG) ...
+    cfg.max_groups = 0  # ... and its selection with this k; 0 = its only selection
+    cfg.num_random_groups = 3  # 'random': k non-empty groups
+    cfg.random_seed = 0  # 'random': seed of the partition
+    cfg.hoa_score = "loss"  # 'pairs': HOA selects on validation 'loss' or 'error'
+    cfg.network_strategy = "auto"  # 'vmap' | 'unrolled' | 'auto' (tag_jax/stacking.py)
+    # 'groups', 'random': train the networks for seeds config.seed + 0..seeds-1 side by side, each
+    # copy as its own run would (own initialisation and data order; results.json 'seed_results').
+    cfg.seeds = 1
+    return cfg
 
 
 def validate_groups(config) -> None:
-  cfg = config.groups
-  _validate_strategy(cfg)
-  if bool(cfg.groups) == bool(cfg.groups_file):
-    raise UserError("config.method='groups' needs exactly one of config.groups.groups (task-name "
-                    "lists) and config.groups.groups_file (a groups.json)")
-  if cfg.groups_file and not os.path.isfile(cfg.groups_file):
-    raise UserError(f"config.groups.groups_file {cfg.groups_file!r} does not exist")
-  if cfg.groups_file:  # its shape and the selection k, before any data is read
-    config_checks.check_groups_file(cfg.groups_file, cfg.max_groups)
+    cfg = config.groups
+    _validate_strategy(cfg)
+    if bool(cfg.groups) == bool(cfg.groups_file):
+        raise UserError(
+            "config.method='groups' needs exactly one of config.groups.groups (task-name "
+            "lists) and config.groups.groups_file (a groups.json)"
+        )
+    if cfg.groups_file and not os.path.isfile(cfg.groups_file):
+        raise UserError(f"config.groups.groups_file {cfg.groups_file!r} does not exist")
+    if cfg.groups_file:  # its shape and the selection k, before any data is read
+        config_checks.check_groups_file(cfg.groups_file, cfg.max_groups)
 
 
 def validate_random(config) -> None:
-  _validate_strategy(config.groups)
-  if config.groups.num_random_groups < 1:
-    raise UserError(f"config.groups.num_random_groups must be >= 1, got "
-                    f"{config.groups.num_random_groups}")
+    _validate_strategy(config.groups)
+    if config.groups.num_random_groups < 1:
+        raise UserError(
+            f"config.groups.num_random_groups must be >= 1, got {config.groups.num_random_groups}"
+        )
 
 
 def validate_pairs(config) -> None:
-  _validate_strategy(config.groups)
-  if config.groups.seeds != 1:
-    raise UserError(f"config.groups.seeds={config.groups.seeds} is for 'groups' and 'random'; "
-                    "'pairs' trains one seed (run it once per seed)")
-  if config.groups.hoa_score not in HOA_SCORES:
-    raise UserError(f"unknown config.groups.hoa_score {config.groups.hoa_score!r}; "
-                    f"choose one of {HOA_SCORES}")
-  grouping.validate_selection(config.selection)
+    _validate_strategy(config.groups)
+    if config.groups.seeds != 1:
+        raise UserError(
+            f"config.groups.seeds={config.groups.seeds} is for 'groups' and 'random'; "
+            "'pairs' trains one seed (run it once per seed)"
+        )
+    if config.groups.hoa_score not in HOA_SCORES:
+        raise UserError(
+            f"unknown config.groups.hoa_score {config.groups.hoa_score!r}; "
+            f"choose one of {HOA_SCORES}"
+        )
+    grouping.validate_selection(config.selection)
 
 
 def _validate_strategy(cfg) -> None:
-  if cfg.network_strategy not in stacking.STRATEGIES:
-    raise UserError(f"unknown config.groups.network_strategy {cfg.network_strategy!r}; "
-                    f"choose one of {stacking.STRATEGIES}")
+    if cfg.network_strategy not in stacking.STRATEGIES:
+        raise UserError(
+            f"unknown config.groups.network_strategy {cfg.network_strategy!r}; "
+            f"choose one of {stacking.STRATEGIES}"
+        )
 
 
 def build_groups(config, task_names, image_shape, steps_per_epoch) -> Method:
-  cfg = config.groups
-  assignment = None
-  if cfg.groups_file:
-    networks, assignment = load_selection(cfg.groups_file, cfg.max_groups)
-  else:
-    networks = [list(g) for g in cfg.groups]
-  return stacked_networks_method("groups", config, task_names, image_shape, steps_per_epoch,
-                                 networks, assignment)
+    cfg = config.groups
+    assignment = None
+    if cfg.groups_file:
+        networks, assignment = load_selection(cfg.groups_file, cfg.max_groups)
+    else:
+        networks = [list(g) for g in cfg.groups]
+    return stacked_networks_method(
+        "groups", config, task_names, image_shape, steps_per_epoch, networks, assignment
+    )
 
 
 def build_random(config, task_names, image_shape, steps_per_epoch) -> Method:
-  networks = random_partition(task_names, config.groups.num_random_groups,
-                              config.groups.random_seed)
-  return stacked_networks_method("random", config, task_names, image_shape, steps_per_epoch,
-                                 networks)
+    networks = random_partition(
+        task_names, config.groups.num_random_groups, config.groups.random_seed
+    )
+    return stacked_networks_method(
+        "random", config, task_names, image_shape, steps_per_epoch, networks
+    )
 
 
 def build_pairs(config, task_names, image_shape, steps_per_epoch) -> Method:
-  networks = pair_networks(task_names)
-  hoa = functools.partial(write_pairs_outputs, networks=networks,
-                          score=f"validation_{config.groups.hoa_score}",
-                          max_groups=tuple(config.selection.max_groups),
-                          time_limit=config.selection.time_limit)
-  return stacked_networks_method("pairs", config, task_names, image_shape, steps_per_epoch,
-                                 networks, extra_outputs=hoa)
+    networks = pair_networks(task_names)
+    hoa = functools.partial(
+        write_pairs_outputs,
+        networks=networks,
+        score=f"validation_{config.groups.hoa_score}",
+        max_groups=tuple(config.selection.max_groups),
+        time_limit=config.selection.time_limit,
+    )
+    return stacked_networks_method(
+        "pairs", config, task_names, image_shape, steps_per_epoch, networks, extra_outputs=hoa
+    )
 
 
-def stacked_networks_method(name, config, task_names, image_shape, steps_per_epoch, networks,
-                            assignment=None, extra_outputs=None) -> Method:
-  """One MultiTaskNet per network, stacked and trained in one run (config.groups.seeds copies of
-  them, seed-major); outputs groups_trained.json (and extra_outputs(ctx, final) -> dict)."""
-  check_groups(networks, task_names)
-  serving = serving_networks(networks, task_names, assignment)
-  seeds = config.groups.seeds
-  masks = np.tile(membership_masks(networks, task_names), (seeds, 1))
-  model = models.create_model(config, len(task_names))
-  nets = StackedNets(model, len(masks),
-                     stacking.resolve(config.groups.network_strategy, len(masks),
-                                      differentiated=True),
-                     copy_seeds=tuple(config.seed + s for s in range(1, seeds)))
-  optimizer = optim.create_optimizer(config, steps_per_epoch)
+def stacked_networks_method(
+    name,
+    config,
+    task_names,
+    image_shape,
+    steps_per_epoch,
+    networks,
+    assignment=None,
+    extra_outputs=None,
+) -> Method:
+    """One MultiTaskNet per network, stacked and trained in one run (config.groups.seeds copies of
+    them, seed-major); outputs groups_trained.json (and extra_outputs(ctx, final) -> dict)."""
+    check_groups(networks, task_names)
+    serving = serving_networks(networks, task_names, assignment)
+    seeds = config.groups.seeds
+    masks = np.tile(membership_masks(networks, task_names), (seeds, 1))
+    model = models.create_model(config, len(task_names))
+    nets = StackedNets(
+        model,
+        len(masks),
+        stacking.resolve(config.groups.network_strategy, len(masks), differentiated=True),
+        copy_seeds=tuple(config.seed + s for s in range(1, seeds)),
+    )
+    optimizer = optim.create_optimizer(config, steps_per_epoch)
 
-  def init_state(rng):
-    return steps.init_train_state(nets, optimizer, rng, image_shape)
+    def init_state(rng):
+        return steps.init_train_state(nets, optimizer, rng, image_shape)
 
-  def finish(ctx, state, record, final):
-    del state, record
-    summary = write_groups_trained(ctx.workdir, name, task_names, networks, serving,
-                                   final.best_epoch)
-    if extra_outputs:
-      summary.update(extra_outputs(ctx, final))
-    return summary
+    def finish(ctx, state, record, final):
+        del state, record
+        summary = write_groups_trained(
+            ctx.workdir, name, task_names, networks, serving, final.best_epoch
+        )
+        if extra_outputs:
+            summary.update(extra_outputs(ctx, final))
+        return summary
 
-  return Method(
-      init_state=init_state,
-      train_step=make_groups_step(nets, optimizer, masks),
-      eval_step=nets.eval_sums,
-      members=masks,
-      serving=serving,
-      stacked=True,
-      trunk_passes=(len(masks), len(masks)),
-      finish=finish,
-      state_sharding=functools.partial(network_axis_sharding, init_state, len(masks)),
-      seeds=seeds)
+    return Method(
+        init_state=init_state,
+        train_step=make_groups_step(nets, optimizer, masks),
+        eval_step=nets.eval_sums,
+        members=masks,
+        serving=serving,
+        stacked=True,
+        trunk_passes=(len(masks), len(masks)),
+        finish=finish,
+        state_sharding=functools.partial(network_axis_sharding, init_state, len(masks)),
+        seeds=seeds,
+    )
 
 
 # --- which networks, which tasks they serve ---
 
 
 def pair_networks(task_names) -> list:
-  """HOA's networks: [t] for every task, then [t, u] for every pair t < u (T + T(T-1)/2)."""
-  return [[t] for t in task_names] + [list(p) for p in itertools.combinations(task_names, 2)]
+    """HOA's networks: [t] for every task, then [t, u] for every pair t < u (T + T(T-1)/2)."""
+    return [[t] for t in task_names] + [list(p) for p in itertools.combinations(task_names, 2)]
 
 
 def random_partition(task_names, num_groups: int, seed: int) -> list:
-  """A seeded random split into `num_groups` non-empty groups, each in task order, listed by first task.
+    """A seeded random split into `num_groups` non-empty groups, each in task order, listed by first task.
 
-  np.random.default_rng(seed) permutes the tasks; the first k of the permutation
-  open one group each, every other task joins a group drawn uniformly.
-  """
-  num_tasks = len(task_names)
-  if not 1 <= num_groups <= num_tasks:
-    raise UserError(f"config.groups.num_random_groups {num_groups} must be in [1, {num_tasks}] "
-                    f"for {num_tasks} tasks")
-  rng = np.random.default_rng(seed)
-  order = rng.permutation(num_tasks)
-  group_of = np.empty(num_tasks, int)
-  group_of[order[:num_groups]] = np.arange(num_groups)
-  group_of[order[num_groups:]] = rng.integers(0, num_groups, num_tasks - num_groups)
-  groups = [[t for t, g in zip(task_names, group_of) if g == k] for k in range(num_groups)]
-  return sorted(groups, key=lambda g: list(task_names).index(g[0]))
+    np.random.default_rng(seed) permutes the tasks; the first k of the permutation
+    open one group each, every other task joins a group drawn uniformly.
+    """
+    num_tasks = len(task_names)
+    if not 1 <= num_groups <= num_tasks:
+        raise UserError(
+            f"config.groups.num_random_groups {num_groups} must be in [1, {num_tasks}] "
+            f"for {num_tasks} tasks"
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(num_tasks)
+    group_of = np.empty(num_tasks, int)
+    group_of[order[:num_groups]] = np.arange(num_groups)
+    group_of[order[num_groups:]] = rng.integers(0, num_groups, num_tasks - num_groups)
+    groups = [[t for t, g in zip(task_names, group_of) if g == k] for k in range(num_groups)]
+    return sorted(groups, key=lambda g: list(task_names).index(g[0]))
 
 
 def load_selection(path: str, max_groups: int) -> tuple[list, dict]:
-  """(groups, assignment {task: serving group}) of the selection with k = max_groups in groups.json.
+    """(groups, assignment {task: serving group}) of the selection with k = max_groups in groups.json.
 
-  max_groups 0 takes the file's only selection.
-  """
-  try:
-    with open(path) as f:
-      selections = json.load(f)["selections"]
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise UserError(f"config.groups.groups_file {path!r} is not a readable groups.json ({e})") from e
-  available = [s["max_groups"] for s in selections]
-  if max_groups == 0 and len(selections) == 1:
-    chosen = selections[0]
-  elif max_groups in available:
-    chosen = selections[available.index(max_groups)]
-  else:
-    raise UserError(f"{path} has selections for k in {available}; set config.groups.max_groups "
-                    "to one of them")
-  return [list(g) for g in chosen["groups"]], chosen.get("assignment")
+    max_groups 0 takes the file's only selection.
+    """
+    try:
+        with open(path) as f:
+            selections = json.load(f)["selections"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"config.groups.groups_file {path!r} is not a readable groups.json ({e})"
+        ) from e
+    available = [s["max_groups"] for s in selections]
+    if max_groups == 0 and len(selections) == 1:
+        chosen = selections[0]
+    elif max_groups in available:
+        chosen = selections[available.index(max_groups)]
+    else:
+        raise UserError(
+            f"{path} has selections for k in {available}; set config.groups.max_groups "
+            "to one of them"
+        )
+    return [list(g) for g in chosen["groups"]], chosen.get("assignment")
 
 
 def check_groups(networks, task_names) -> None:
-  """UserError for an empty group, an unknown or repeated task name, or a task in no group."""
-  for group in networks:
-    unknown = [t for t in group if t not in task_names]
-    if not group or unknown or len(set(group)) != len(group):
-      raise UserError(f"group {list(group)} must be non-empty, without repeats, of tasks in "
-                      f"{list(task_names)}")
-  uncovered = [t for t in task_names if not any(t in g for g in networks)]
-  if uncovered:
-    raise UserError(f"task(s) {uncovered} are in no group; add them to a group or restrict "
-                    "config.tasks")
+    """UserError for an empty group, an unknown or repeated task name, or a task in no group."""
+    for group in networks:
+        unknown = [t for t in group if t not in task_names]
+        if not group or unknown or len(set(group)) != len(group):
+            raise UserError(
+                f"group {list(group)} must be non-empty, without repeats, of tasks in "
+                f"{list(task_names)}"
+            )
+    uncovered = [t for t in task_names if not any(t in g for g in networks)]
+    if uncovered:
+        raise UserError(
+            f"task(s) {uncovered} are in no group; add them to a group or restrict config.tasks"
+        )
 
 
 def serving_networks(networks, task_names, assignment=None) -> np.ndarray:
-  """(T,) index of the network serving each task: assignment[t] if given, else the first containing t."""
-  if assignment:
-    return np.array([networks.index(list(assignment[t])) for t in task_names])
-  return np.array([next(g for g, members in enumerate(networks) if t in members)
-                   for t in task_names])
+    """(T,) index of the network serving each task: assignment[t] if given, else the first containing t."""
+    if assignment:
+        return np.array([networks.index(list(assignment[t])) for t in task_names])
+    return np.array(
+        [next(g for g, members in enumerate(networks) if t in members) for t in task_names]
+    )
 
 
 def membership_masks(networks, task_names) -> np.ndarray:
-  """(G, T) float32: 1 where task t is a member of network g."""
-  return np.array([[t in members for t in task_names] for members in networks], np.float32)
+    """(G, T) float32: 1 where task t is a member of network g."""
+    return np.array([[t in members for t in task_names] for members in networks], np.float32)
 
 
 # --- the stacked networks and their steps ---
@@ -258,120 +297,155 @@ def membership_masks(networks, task_names) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class StackedNets:
-  """G copies of one MultiTaskNet, parameters and batch statistics stacked (G, ...).
+    """G copies of one MultiTaskNet, parameters and batch statistics stacked (G, ...).
 
-  `init` has the Flax signature steps.init_train_state uses; every network starts
-  from the same initialisation. With copy_seeds (S - 1 seeds), the G networks are
-  S seed-major copies of G / S networks: copy 0 starts from init's rng, copy s from
-  jax.random.key(copy_seeds[s - 1]), and training batches carry a leading (S,) axis,
-  copy s training on batch[s]. strategy: resolved (tag_jax.stacking).
-  """
+    `init` has the Flax signature steps.init_train_state uses; every network starts
+    from the same initialisation. With copy_seeds (S - 1 seeds), the G networks are
+    S seed-major copies of G / S networks: copy 0 starts from init's rng, copy s from
+    jax.random.key(copy_seeds[s - 1]), and training batches carry a leading (S,) axis,
+    copy s training on batch[s]. strategy: resolved (tag_jax.stacking).
+    """
 
-  model: models.MultiTaskNet
-  num_networks: int
-  strategy: str
-  copy_seeds: tuple = ()
+    model: models.MultiTaskNet
+    num_networks: int
+    strategy: str
+    copy_seeds: tuple = ()
 
-  def init(self, rng, image, *, train: bool = False) -> dict:
-    keys = [rng] + [jax.random.key(seed) for seed in self.copy_seeds]
-    per_copy = self.num_networks // len(keys)
-    copies = [stacking.tile(self.model.init(key, image, train=train), per_copy) for key in keys]
-    return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *copies)
+    def init(self, rng, image, *, train: bool = False) -> dict:
+        keys = [rng] + [jax.random.key(seed) for seed in self.copy_seeds]
+        per_copy = self.num_networks // len(keys)
+        copies = [stacking.tile(self.model.init(key, image, train=train), per_copy) for key in keys]
+        return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *copies)
 
-  def task_losses(self, params, batch_stats, batch):
-    """Training forward of every network: losses (G, T), updated batch statistics (G, ...)."""
-    if not self.copy_seeds:
-      return stacking.map_stacked(lambda p, s: steps.task_losses(self.model, p, s, batch),
-                                  params, batch_stats, strategy=self.strategy)
-    per_copy = self.num_networks // (len(self.copy_seeds) + 1)
-    batches = jax.tree.map(lambda leaf: jnp.repeat(leaf, per_copy, axis=0), batch)
-    return stacking.map_stacked(lambda p, s, b: steps.task_losses(self.model, p, s, b),
-                                params, batch_stats, batches, strategy=self.strategy)
+    def task_losses(self, params, batch_stats, batch):
+        """Training forward of every network: losses (G, T), updated batch statistics (G, ...)."""
+        if not self.copy_seeds:
+            return stacking.map_stacked(
+                lambda p, s: steps.task_losses(self.model, p, s, batch),
+                params,
+                batch_stats,
+                strategy=self.strategy,
+            )
+        per_copy = self.num_networks // (len(self.copy_seeds) + 1)
+        batches = jax.tree.map(lambda leaf: jnp.repeat(leaf, per_copy, axis=0), batch)
+        return stacking.map_stacked(
+            lambda p, s, b: steps.task_losses(self.model, p, s, b),
+            params,
+            batch_stats,
+            batches,
+            strategy=self.strategy,
+        )
 
-  def eval_sums(self, params, batch_stats, batch) -> dict:
-    """Every network's sums on a padded batch: loss_sum (G, T), correct (G, T), count ()."""
-    sums = stacking.map_stacked(lambda p, s: steps.eval_sums(self.model, p, s, batch),
-                                params, batch_stats, strategy=self.strategy)
-    return {**sums, "count": sums["count"][0]}
+    def eval_sums(self, params, batch_stats, batch) -> dict:
+        """Every network's sums on a padded batch: loss_sum (G, T), correct (G, T), count ()."""
+        sums = stacking.map_stacked(
+            lambda p, s: steps.eval_sums(self.model, p, s, batch),
+            params,
+            batch_stats,
+            strategy=self.strategy,
+        )
+        return {**sums, "count": sums["count"][0]}
 
 
 def member_mean(losses, masks):
-  """(T,) mean of each task's loss over the networks training it; a NaN anywhere shows."""
-  return jnp.where(masks > 0, losses, 0.0).sum(0) / masks.sum(0)
+    """(T,) mean of each task's loss over the networks training it; a NaN anywhere shows."""
+    return jnp.where(masks > 0, losses, 0.0).sum(0) / masks.sum(0)
 
 
 def make_groups_step(nets: StackedNets, optimizer, masks):
-  """One step of every network on its members' loss sum.
+    """One step of every network on its members' loss sum.
 
-  metrics: loss () = sum over networks; task_losses (T,) = member_mean (so the
-  loop's finiteness check sees every network).
-  """
-  masks = jnp.asarray(masks)
+    metrics: loss () = sum over networks; task_losses (T,) = member_mean (so the
+    loop's finiteness check sees every network).
+    """
+    masks = jnp.asarray(masks)
 
-  def train_step(state: steps.TrainState, batch):
-    def objective(params):
-      losses, batch_stats = nets.task_losses(params, state.batch_stats, batch)
-      return (masks * losses).sum(), (losses, batch_stats)
-    grads, (losses, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
-    state = steps.apply_gradients(state, optimizer, grads, batch_stats)
-    return state, {"loss": (masks * losses).sum(), "task_losses": member_mean(losses, masks)}
-  return train_step
+    def train_step(state: steps.TrainState, batch):
+        def objective(params):
+            losses, batch_stats = nets.task_losses(params, state.batch_stats, batch)
+            return (masks * losses).sum(), (losses, batch_stats)
+
+        grads, (losses, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
+        state = steps.apply_gradients(state, optimizer, grads, batch_stats)
+        return state, {"loss": (masks * losses).sum(), "task_losses": member_mean(losses, masks)}
+
+    return train_step
 
 
 def network_axis_sharding(init_state, num_networks: int, mesh):
-  """Every non-scalar state array (all are stacked (G, ...)) split over 'networks'; scalars replicated."""
-  split = mesh.shape[sharding.NETWORKS]
-  if num_networks % split:
-    raise UserError(f"{num_networks} networks cannot be split evenly over config.mesh.networks="
-                    f"{split}; choose a divisor of {num_networks}")
-  shapes = jax.eval_shape(init_state, jax.random.key(0))
-  return jax.tree.map(lambda leaf: NamedSharding(mesh, P(sharding.NETWORKS) if leaf.ndim else P()),
-                      shapes)
+    """Every non-scalar state array (all are stacked (G, ...)) split over 'networks'; scalars replicated."""
+    split = mesh.shape[sharding.NETWORKS]
+    if num_networks % split:
+        raise UserError(
+            f"{num_networks} networks cannot be split evenly over config.mesh.networks="
+            f"{split}; choose a divisor of {num_networks}"
+        )
+    shapes = jax.eval_shape(init_state, jax.random.key(0))
+    return jax.tree.map(
+        lambda leaf: NamedSharding(mesh, P(sharding.NETWORKS) if leaf.ndim else P()), shapes
+    )
 
 
 # --- outputs ---
 
 
 def write_groups_trained(workdir, method, task_names, networks, serving, best_epoch) -> dict:
-  record = {"method": method, "tasks": list(task_names), "groups": networks,
-            "serving": {t: networks[g] for t, g in zip(task_names, serving)},
-            "network_best_epoch": list(best_epoch)}
-  reporting.write_json_atomic(os.path.join(workdir, "groups_trained.json"), record)
-  return {"networks": networks}
+    record = {
+        "method": method,
+        "tasks": list(task_names),
+        "groups": networks,
+        "serving": {t: networks[g] for t, g in zip(task_names, serving)},
+        "network_best_epoch": list(best_epoch),
+    }
+    reporting.write_json_atomic(os.path.join(workdir, "groups_trained.json"), record)
+    return {"networks": networks}
 
 
 def pairwise_table(task_names, networks, values) -> dict:
-  """{t: {u: values[network {t, u}, t]}}, diagonal from the single-task networks; values (G, T)."""
-  index = {t: i for i, t in enumerate(task_names)}
-  table = {t: {} for t in task_names}
-  for g, members in enumerate(networks):
-    for t in members:
-      partner = next((u for u in members if u != t), t)
-      table[t][partner] = float(values[g][index[t]])
-  return {t: {u: table[t][u] for u in task_names} for t in task_names}
+    """{t: {u: values[network {t, u}, t]}}, diagonal from the single-task networks; values (G, T)."""
+    index = {t: i for i, t in enumerate(task_names)}
+    table = {t: {} for t in task_names}
+    for g, members in enumerate(networks):
+        for t in members:
+            partner = next((u for u in members if u != t), t)
+            table[t][partner] = float(values[g][index[t]])
+    return {t: {u: table[t][u] for u in task_names} for t in task_names}
 
 
 def pairs_record(task_names, networks, evaluations: dict) -> dict:
-  """pairs.json from {'validation', 'test'} -> {'task_loss', 'task_accuracy'} (G, T) each."""
-  record = {"tasks": list(task_names)}
-  for split, result in evaluations.items():
-    record[f"{split}_loss"] = pairwise_table(task_names, networks, result["task_loss"])
-    error = 100.0 * (1.0 - np.asarray(result["task_accuracy"]))
-    record[f"{split}_error"] = pairwise_table(task_names, networks, error)
-  record["orientation"] = ("scores[t][u] = value of t in the network trained on {t, u}; "
-                           "diagonal = t alone")
-  return record
+    """pairs.json from {'validation', 'test'} -> {'task_loss', 'task_accuracy'} (G, T) each."""
+    record = {"tasks": list(task_names)}
+    for split, result in evaluations.items():
+        record[f"{split}_loss"] = pairwise_table(task_names, networks, result["task_loss"])
+        error = 100.0 * (1.0 - np.asarray(result["task_accuracy"]))
+        record[f"{split}_error"] = pairwise_table(task_names, networks, error)
+    record["orientation"] = (
+        "scores[t][u] = value of t in the network trained on {t, u}; diagonal = t alone"
+    )
+    return record
 
 
 def write_pairs_outputs(ctx, final, *, networks, score, max_groups, time_limit) -> dict:
-  """pairs.json, then HOA's groups.json: selection for each k minimising the table `score`."""
-  task_names = ctx.task_names
-  record = pairs_record(task_names, networks,
-                        {"validation": final.validation, "test": final.test})
-  reporting.write_json_atomic(os.path.join(ctx.workdir, "pairs.json"), record)
-  selections = grouping.select_for_each_k(
-      task_names, [[record[score][t][u] for u in task_names] for t in task_names], max_groups,
-      objective="minimize", singletons="diagonal", time_limit=time_limit)
-  groups = grouping.write_groups(ctx.workdir, "hoa", task_names, selections, objective="minimize",
-                                 scores=f"pairs.json {score} (scores[t][u] = t trained with u)")
-  return {"selections": grouping.selection_summary(groups)}
+    """pairs.json, then HOA's groups.json: selection for each k minimising the table `score`."""
+    task_names = ctx.task_names
+    record = pairs_record(
+        task_names, networks, {"validation": final.validation, "test": final.test}
+    )
+    reporting.write_json_atomic(os.path.join(ctx.workdir, "pairs.json"), record)
+    selections = grouping.select_for_each_k(
+        task_names,
+        [[record[score][t][u] for u in task_names] for t in task_names],
+        max_groups,
+        objective="minimize",
+        singletons="diagonal",
+        time_limit=time_limit,
+    )
+    groups = grouping.write_groups(
+        ctx.workdir,
+        "hoa",
+        task_names,
+        selections,
+        objective="minimize",
+        scores=f"pairs.json {score} (scores[t][u] = t trained with u)",
+    )
+    return {"selections": grouping.selection_summary(groups)}
