@@ -1,0 +1,152 @@
+"""How sure is a grouping? Resampling summaries and the verdict (numpy only).
+
+A grouping is a list of groups, each a list of task names. Two groupings are
+equal when they hold the same groups, each group compared as a set of tasks
+(order of groups and of members does not matter).
+
+``grouping_confidence`` summarises the groupings chosen on resamples of a run
+(bootstrap resamples of the affinity, of validation examples, or samples of an
+assignment) against the reported grouping: the share of samples that choose
+it, the other groupings chosen with their shares, and how often each pair of
+tasks shares a group. ``verdict`` turns the share into what a user can act on.
+
+``moving_block_indices`` and ``resampled_means`` are the block bootstrap over
+time: a run keeps sums of its affinity over blocks of consecutive measured
+steps (and each block's step count); a resample strings together randomly
+chosen windows of ``block_length`` consecutive blocks, and its mean is the
+sum of the chosen block sums over the sum of their counts.
+"""
+
+import numpy as np
+
+# Verdict thresholds on ``confidence`` (share of resamples choosing the
+# reported grouping); chosen on data, see docs/confidence.md.
+CLEAR_AT = 0.8
+PREFERRED_AT = 0.4
+
+VERDICTS = ("clear", "uncertain", "no preferred grouping")
+
+
+def grouping_key(groups) -> frozenset:
+    """The grouping as a frozenset of frozensets of task names."""
+    return frozenset(frozenset(group) for group in groups)
+
+
+def _ordered(key, position) -> list[list]:
+    """A grouping key as lists: members in task order, groups by their first members."""
+    groups = [sorted(group, key=position.__getitem__) for group in key]
+    return sorted(groups, key=lambda group: [position[t] for t in group])
+
+
+def co_membership(groupings, tasks) -> np.ndarray:
+    """(T, T) share of ``groupings`` in which tasks i and j share some group
+    (rows and columns in ``tasks`` order; the diagonal is the share in which
+    the task is in some group)."""
+    position = {t: i for i, t in enumerate(tasks)}
+    together = np.zeros((len(tasks), len(tasks)))
+    for groups in groupings:
+        member = np.zeros((len(groups), len(tasks)), dtype=bool)
+        for g, group in enumerate(groups):
+            member[g, [position[t] for t in group]] = True
+        together += (member.T.astype(float) @ member) > 0
+    return together / max(len(groupings), 1)
+
+
+def grouping_confidence(reported, sampled, tasks=None) -> dict:
+    """Summary of ``sampled`` groupings against the ``reported`` one.
+
+    Returns {"confidence": share of samples equal to ``reported``,
+    "alternatives": [{"groups", "share"}, ...] the other groupings sampled,
+    by share (descending; ties in task order), "co_membership": (T, T) nested
+    list from ``co_membership`` in ``tasks`` order (default: the order of
+    first appearance in ``reported``), "num_samples", "num_distinct": distinct
+    groupings sampled}.
+    """
+    if tasks is None:
+        tasks = list(dict.fromkeys(t for group in reported for t in group))
+    position = {t: i for i, t in enumerate(tasks)}
+    reported_key = grouping_key(reported)
+    counts: dict[frozenset, int] = {}
+    for groups in sampled:
+        key = grouping_key(groups)
+        counts[key] = counts.get(key, 0) + 1
+    num = len(sampled)
+    others = [(_ordered(key, position), n) for key, n in counts.items() if key != reported_key]
+    others.sort(key=lambda item: (-item[1], [[position[t] for t in g] for g in item[0]]))
+    return {
+        "confidence": counts.get(reported_key, 0) / num if num else 0.0,
+        "alternatives": [{"groups": groups, "share": n / num} for groups, n in others],
+        "co_membership": co_membership(sampled, tasks).tolist(),
+        "num_samples": num,
+        "num_distinct": len(counts),
+    }
+
+
+def verdict(confidence, clear_at=CLEAR_AT, preferred_at=PREFERRED_AT) -> str:
+    """'clear' (confidence >= clear_at), 'uncertain' (>= preferred_at) or
+    'no preferred grouping'."""
+    if not 0.0 <= preferred_at <= clear_at <= 1.0:
+        raise ValueError(f"need 0 <= preferred_at <= clear_at <= 1, got {preferred_at}, {clear_at}")
+    if confidence >= clear_at:
+        return "clear"
+    if confidence >= preferred_at:
+        return "uncertain"
+    return "no preferred grouping"
+
+
+def _grouping_text(groups) -> str:
+    return " ".join("{" + ", ".join(group) + "}" for group in groups)
+
+
+def explanation(summary: dict, max_alternatives: int = 2, **thresholds) -> str:
+    """One line saying what the verdict of a ``grouping_confidence`` summary
+    means; ``thresholds`` go to ``verdict``."""
+    share = summary["confidence"]
+    num = summary["num_samples"]
+    chosen = f"chosen in {share:.0%} of {num} resamples"
+    said = verdict(share, **thresholds)
+    if said == "clear":
+        return f"clear: {chosen}; the grouping survives resampling"
+    if said == "uncertain":
+        named = [
+            f"{_grouping_text(a['groups'])} ({a['share']:.0%})"
+            for a in summary["alternatives"][:max_alternatives]
+        ]
+        return f"uncertain: {chosen}; also chosen: " + "; ".join(named or ["none"])
+    return (
+        f"no preferred grouping: {chosen} ({summary['num_distinct']} distinct groupings); "
+        "the data favour no grouping: train the tasks together or decide by other criteria"
+    )
+
+
+def moving_block_indices(num_blocks, block_length, num_resamples, rng) -> np.ndarray:
+    """(num_resamples, num_blocks) block indices of a moving-block bootstrap:
+    each row strings together windows of ``block_length`` consecutive blocks
+    (clipped to ``num_blocks``) whose starts are drawn uniformly with
+    replacement, cut to ``num_blocks`` entries. rng: a numpy Generator."""
+    length = max(1, min(int(block_length), num_blocks))
+    windows = -(-num_blocks // length)
+    starts = rng.integers(0, num_blocks - length + 1, size=(num_resamples, windows))
+    runs = starts[:, :, None] + np.arange(length)
+    return runs.reshape(num_resamples, -1)[:, :num_blocks]
+
+
+def resampled_means(block_sums, block_counts, indices) -> np.ndarray:
+    """(R, ...) resampled means: for each row of ``indices`` (R, n), the sum of
+    the chosen ``block_sums`` (B, ...) over the sum of their ``block_counts`` (B,)."""
+    sums = np.asarray(block_sums, np.float64)
+    counts = np.asarray(block_counts, np.float64)
+    total = sums[indices].sum(axis=1)
+    return total / counts[indices].sum(axis=1).reshape((-1,) + (1,) * (sums.ndim - 1))
+
+
+def block_bootstrap_means(block_sums, block_counts, num_resamples, block_length, seed):
+    """(num_resamples, ...) moving-block bootstrap means of blocks in time order
+    (blocks with a zero count are dropped first); deterministic for ``seed``."""
+    counts = np.asarray(block_counts, np.float64)
+    kept = counts > 0
+    if not kept.any():
+        raise ValueError("no measured steps to resample")
+    rng = np.random.default_rng(seed)
+    indices = moving_block_indices(int(kept.sum()), block_length, num_resamples, rng)
+    return resampled_means(np.asarray(block_sums)[kept], counts[kept], indices)
