@@ -49,18 +49,32 @@ def matrix_image(matrix, cell: int = 16) -> np.ndarray:
 
 
 def affinity_heatmap(record: dict):
-    """Heat map of record['matrix'] (rows = sources, columns = targets) with task names."""
-    matrix, tasks = np.asarray(record["matrix"]), record["tasks"]
+    """Heat map of record['matrix'] (rows = sources, columns = targets) with task names.
+
+    The colour scale is the off-diagonal entries' own (symmetric around 0): they decide the
+    groups, and a task's affinity onto itself is often many times larger. The diagonal is grey
+    with each value written in its cell.
+    """
+    matrix, tasks = np.asarray(record["matrix"], np.float64), record["tasks"]
+    on_diagonal = np.eye(len(tasks), dtype=bool)
+    off_diagonal = np.abs(matrix[~on_diagonal])
+    limit = (off_diagonal.max() if off_diagonal.size else 0.0) or 1.0
     size = 2.0 + 0.45 * len(tasks)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    limit = np.abs(matrix).max() or 1.0
-    image = ax.imshow(matrix, cmap="RdBu", vmin=-limit, vmax=limit)
+    image = ax.imshow(
+        np.ma.masked_where(on_diagonal, matrix),
+        cmap=plt.get_cmap("RdBu").with_extremes(bad="lightgrey"),
+        vmin=-limit,
+        vmax=limit,
+    )
+    for t in range(len(tasks)):
+        ax.text(t, t, f"{matrix[t, t]:.2g}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(tasks)), tasks, rotation=90)
     ax.set_yticks(range(len(tasks)), tasks)
     ax.set_xlabel("target task")
     ax.set_ylabel("source task (lookahead on it)" if record["method"] == "tag" else "task")
     ax.set_title(f"{record['method'].upper()} affinity\n(mean of {record['steps_recorded']} steps)")
-    fig.colorbar(image, ax=ax)
+    fig.colorbar(image, ax=ax, label="off-diagonal affinity (diagonal: grey, value written)")
     fig.tight_layout()
     return fig
 

@@ -91,6 +91,24 @@ def test_heatmap_title_fits_and_dmtg_single_epoch_draws_bars():
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["group 0", "group 1", "group 2"]
 
 
+def test_heatmap_colour_scale_is_set_by_the_off_diagonal_entries():
+    """A diagonal 100x larger than the rest leaves the off-diagonal range the whole colour scale;
+    the diagonal is masked (grey) and its values are written in the cells."""
+    matrix = np.array(
+        [[50.0, 0.2, -0.1, 0.0], [0.1, 80.0, 0.05, -0.3], [0.0, 0.1, 60.0, 0.2], [0.1, 0, 0, 90.0]]
+    )
+    record = {**affinity_record(), "matrix": matrix.tolist()}
+    ax = plots.affinity_heatmap(record).axes[0]
+    (image,) = ax.get_images()
+    assert image.get_clim() == (-0.3, 0.3)
+    drawn = image.get_array()
+    np.testing.assert_array_equal(drawn.mask, np.eye(4, dtype=bool))
+    rgba = image.to_rgba(drawn)
+    np.testing.assert_allclose(rgba[1, 3], image.cmap(0.0))  # -0.3: the scale's red end
+    np.testing.assert_allclose(rgba[0, 0], matplotlib.colors.to_rgba("lightgrey"))
+    assert [t.get_text() for t in ax.texts] == ["50", "80", "60", "90"]
+
+
 def test_matrix_image_is_rgb_cells_red_for_negative_blue_for_positive():
     image = plots.matrix_image([[1.0, -1.0]], cell=2)
     assert image.shape == (2, 4, 3) and image.dtype == np.uint8
