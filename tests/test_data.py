@@ -124,6 +124,67 @@ def test_npz_missing_file_and_missing_key(tmp_path):
         npz.load(_write_npz(tmp_path / "k.npz", **arrays), num_classes=2)
 
 
+def test_npz_byte_string_task_names_are_decoded(tmp_path):
+    arrays = {**_valid_arrays(20), "task_names": np.array([b"t0", "t\u00e9".encode()])}
+    assert arrays["task_names"].dtype.kind == "S"
+    ds = npz.load(_write_npz(tmp_path / "bytes.npz", **arrays), num_classes=2)
+    assert ds.task_names == ("t0", "t\u00e9")
+    assert all(type(name) is str for name in ds.task_names)
+    arrays["task_names"] = np.array([b"t0", b"\xff"])
+    with pytest.raises(UserError, match="task_names holds bytes that are not UTF-8 text"):
+        npz.load(_write_npz(tmp_path / "latin.npz", **arrays), num_classes=2)
+
+
+def test_npz_non_square_images_are_refused_naming_the_shape(tmp_path):
+    arrays = {**_valid_arrays(20), "images": np.zeros((20, 4, 6, 3), np.uint8)}
+    with pytest.raises(UserError, match=r"images must be square \(H = W\), got 4x6 \(shape \(20, "):
+        npz.load(_write_npz(tmp_path / "wide.npz", **arrays), num_classes=2)
+
+
+def _images(values, dtype):
+    """(20, 4, 4, 3) images cycling through `values`."""
+    return np.resize(np.asarray(values, dtype), (20, 4, 4, 3))
+
+
+@pytest.mark.parametrize(
+    "values, dtype, message",
+    [
+        ([-1.5, 0.2, 3.0], np.float32, r"images are floats in \[-1.5, 3\], outside the documented"),
+        ([0.0, 256.0], np.float64, r"images are floats in \[0, 256\], outside the documented"),
+        ([-0.01, 1.0], np.float32, r"images are floats in \[-0.01, 1\]"),
+        ([0, 300], np.int32, r"images are integers in \[0, 300\]; pixel values must be"),
+        ([-1, 5], np.int16, r"images are integers in \[-1, 5\]"),
+        ([True, False], bool, r"images must be integers in \[0, 255\] or floats in \[0, 1\]"),
+    ],
+)
+def test_npz_pixel_values_outside_the_documented_ranges_are_refused(
+    tmp_path, values, dtype, message
+):
+    arrays = {**_valid_arrays(20), "images": _images(values, dtype)}
+    with pytest.raises(UserError, match=message):
+        npz.load(_write_npz(tmp_path / "range.npz", **arrays), num_classes=2)
+
+
+def test_npz_pixels_in_range_unit_floats_kept_0_255_values_scaled_with_a_warning(tmp_path, caplog):
+    def train_images(images):
+        arrays = {**_valid_arrays(20), "images": images, "split": np.zeros(20, int)}
+        arrays["split"][:2] = (1, 2)
+        ds = npz.load(_write_npz(tmp_path / "p.npz", **arrays), num_classes=2)
+        return ds.splits["train"][0]
+
+    unit = _images([0.0, 0.25, 1.0], np.float32)
+    np.testing.assert_array_equal(train_images(unit), unit[2:])
+    assert "0-255" not in caplog.text
+    wide = _images([0, 51, 255], np.int64)  # integers in [0, 255]: kept exactly, as uint8
+    kept = train_images(wide)
+    assert kept.dtype == np.uint8
+    np.testing.assert_array_equal(kept, wide[2:])
+    scaled = train_images(_images([0.0, 51.0, 255.0], np.float64))
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled, _images([0.0, 0.2, 1.0], np.float32)[2:], rtol=1e-6)
+    assert "images are floats in [0, 255], not in [0, 1]: read as 0-255 pixel values" in caplog.text
+
+
 def test_prefetched_keeps_order_stays_bounded_and_closes_its_source():
     produced = []
 

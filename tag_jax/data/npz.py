@@ -1,14 +1,20 @@
 """Bring your own data: one .npz file with images, labels, task names and an optional split.
 
-Keys: `images` (N, H, W, C) uint8 (0..255) or float; `labels` (N, T) integer
-classes >= 0; `task_names` (T,) strings; optional `split` (N,) with 0 = train,
-1 = validation, 2 = test. Without `split`, a fixed permutation (seed 0) puts
+Keys: `images` (N, H, W, C), square (H = W); `labels` (N, T) integer classes >= 0;
+`task_names` (T,) strings (str, or UTF-8 bytes, decoded); optional `split` (N,) with
+0 = train, 1 = validation, 2 = test. Without `split`, a fixed permutation (seed 0) puts
 80% / 10% / 10% of the examples in train / validation / test.
+
+Pixel values: integers in [0, 255] (uint8, or another integer type holding only such values,
+stored as uint8) are scaled to [0, 1] on the device; floats in [0, 1] are used as they are.
+Floats above 1 but within [0, 255] are read as 0-255 values and divided by 255, with a warning
+that says so; any other values (negative, above 255, NaN) are refused.
 """
 
 import zipfile
 
 import numpy as np
+from absl import logging
 
 from tag_jax.data.base import ArrayDataset
 from tag_jax.errors import UserError
@@ -56,20 +62,73 @@ def read_arrays(path: str) -> dict:
         )
 
 
+def pixels(path: str, images: np.ndarray) -> np.ndarray:
+    """images (N, H, W, C) as uint8 (0..255) or float in [0, 1] (module docstring); UserError for
+    values outside the documented ranges, a warning when float 0-255 values are divided by 255."""
+    if images.dtype == np.uint8 or not images.size:  # no pixels: the shape check says why
+        return images
+    if np.issubdtype(images.dtype, np.integer):
+        low, high = images.min(), images.max()
+        if low < 0 or high > 255:
+            _fail(path, f"images are integers in [{low}, {high}]; pixel values must be in [0, 255]")
+        return images.astype(np.uint8)
+    if not np.issubdtype(images.dtype, np.floating):
+        _fail(path, f"images must be integers in [0, 255] or floats in [0, 1], got {images.dtype}")
+    if not np.isfinite(images).all():
+        _fail(path, "images contain NaN or infinite values")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 255:
+        _fail(
+            path,
+            f"images are floats in [{low:.4g}, {high:.4g}], outside the documented ranges "
+            "(floats in [0, 1], or 0-255 pixel values); rescale them into [0, 1] (e.g. with "
+            "np.clip for a small overshoot) or save uint8",
+        )
+    if high <= 1:
+        return images
+    logging.warning(
+        "%s: images are floats in [%.4g, %.4g], not in [0, 1]: read as 0-255 pixel values and "
+        "divided by 255 (save floats in [0, 1], or uint8, to silence this).",
+        path,
+        low,
+        high,
+    )
+    return (images / np.float32(255)).astype(np.float32)
+
+
+def task_names(path: str, names: np.ndarray, num_tasks: int) -> tuple[str, ...]:
+    """The (T,) names as distinct non-empty str (UTF-8 bytes decoded); UserError otherwise."""
+    if names.ndim != 1 or len(names) != num_tasks or names.dtype.kind not in "US":
+        _fail(path, f"task_names must be {num_tasks} strings, got {names.dtype} {names.shape}")
+    try:
+        decoded = tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
+    except UnicodeDecodeError as e:
+        _fail(path, f"task_names holds bytes that are not UTF-8 text ({e.reason}); save str names")
+    repeated = sorted({n for n in decoded if decoded.count(n) > 1})
+    if repeated:
+        _fail(path, f"task_names must be distinct; {repeated} appear more than once")
+    if not all(n.strip() for n in decoded):
+        _fail(path, "task_names must be non-empty strings")
+    return decoded
+
+
 def load(path: str, num_classes: int) -> ArrayDataset:
     arrays = read_arrays(path)
     for key in ("images", "labels", "task_names"):
         if key not in arrays:
             _fail(path, f"missing array {key!r}; found {sorted(arrays)}")
-    images, labels, names = arrays["images"], arrays["labels"], arrays["task_names"]
+    images, labels = arrays["images"], arrays["labels"]
     if images.ndim != 4:
         _fail(path, f"images must be (N, H, W, C), got shape {images.shape}")
     if not len(images):
         _fail(path, "images holds no examples (N = 0)")
-    if not (images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating)):
-        _fail(path, f"images must be uint8 or float, got {images.dtype}")
-    if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
-        _fail(path, "images contain NaN or infinite values")
+    if images.shape[1] != images.shape[2]:
+        _fail(
+            path,
+            f"images must be square (H = W), got {images.shape[1]}x{images.shape[2]} (shape "
+            f"{images.shape}); crop or resize them to a square",
+        )
+    images = pixels(path, images)
     if labels.ndim != 2 or len(labels) != len(images):
         _fail(path, f"labels must be (N, T) with N = {len(images)}, got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
@@ -82,15 +141,7 @@ def load(path: str, num_classes: int) -> ArrayDataset:
             f"labels must be in [0, {num_classes}) (config.model.num_classes), "
             f"got [{labels.min()}, {labels.max()}]",
         )
-    if names.ndim != 1 or len(names) != labels.shape[1] or names.dtype.kind not in "US":
-        _fail(
-            path, f"task_names must be {labels.shape[1]} strings, got {names.dtype} {names.shape}"
-        )
-    repeated = sorted({str(n) for n in names if (names == n).sum() > 1})
-    if repeated:
-        _fail(path, f"task_names must be distinct; {repeated} appear more than once")
-    if not all(str(n) for n in names):
-        _fail(path, "task_names must be non-empty strings")
+    names = task_names(path, arrays["task_names"], labels.shape[1])
     split = arrays.get("split")
     if split is None:
         split = default_split(len(images))
@@ -104,7 +155,7 @@ def load(path: str, num_classes: int) -> ArrayDataset:
         if not len(lab):
             _fail(path, f"the {name} split is empty")
     single = [
-        f"{n!s} (only class {lab[0]})"
+        f"{n} (only class {lab[0]})"
         for n, lab in zip(names, splits["train"][1].T)
         if (lab == lab[0]).all()
     ]
@@ -114,4 +165,4 @@ def load(path: str, num_classes: int) -> ArrayDataset:
             f"task(s) {', '.join(single)} have a single class in the train split: there is "
             "nothing to learn; drop them from task_names/labels or give examples of another class",
         )
-    return ArrayDataset(tuple(str(n) for n in names), splits)
+    return ArrayDataset(names, splits)
