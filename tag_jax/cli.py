@@ -125,6 +125,12 @@ def print_help(argv) -> None:
         print("\nall flags:\n" + flags.FLAGS.get_help())
 
 
+def help_hint(argv) -> str:
+    """Where every command-line error points: --help with the user's config file, which lists this
+    tool's flags and every config key with its value and meaning."""
+    return f"--help --config={config_file_in(argv) or 'FILE'} lists the flags and config keys"
+
+
 def parse_flags(argv):
     """absl parsing, but a bad flag or --config.key (unknown, wrong type) is one line and exit 2;
     --help lists the flags and config keys and exits 0."""
@@ -146,12 +152,12 @@ def parse_flags(argv):
         )
         print(
             f"error: unknown config key {key.strip(chr(34) + chr(39))!r} on the command line{hint}"
-            " (--help --config=FILE lists the keys)",
+            f" ({help_hint(argv)})",
             file=sys.stderr,
         )
     except (flags.Error, TypeError, ValueError) as e:
         print(
-            f"error: bad command line: {one_line(e)} (see --helpfull and the config file)",
+            f"error: bad command line: {one_line(e)} ({help_hint(argv)})",
             file=sys.stderr,
         )
     sys.exit(2)
