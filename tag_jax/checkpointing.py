@@ -135,8 +135,10 @@ def verify_checksums(folder: str) -> None:
     try:
         with open(path) as f:
             expected = json.load(f)
-    except (OSError, ValueError) as e:
-        raise _damaged(folder, f"{CHECKSUMS} is unreadable ({e})") from e
+    except (OSError, ValueError, RecursionError) as e:
+        raise _damaged(folder, f"{CHECKSUMS} is unreadable ({' '.join(str(e).split())})") from e
+    if not (isinstance(expected, dict) and all(isinstance(v, str) for v in expected.values())):
+        raise _damaged(folder, f"{CHECKSUMS} is not an object of file names and sha256 digests")
     actual = file_checksums(folder)
     for name in sorted(set(expected) | set(actual)):
         if name not in actual:
@@ -163,9 +165,11 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def restore_latest(manager: ocp.CheckpointManager, state_template):
-    """(state, meta) of the latest checkpoint, or None when there is none; CheckpointError when
-    it cannot be read, fails its checksums or holds non-finite values."""
+def restore_latest(manager: ocp.CheckpointManager, state_template, read_meta=dict):
+    """(state, read_meta(meta)) of the latest checkpoint, or None when there is none;
+    CheckpointError when it cannot be read, fails its checksums, holds non-finite values, or its
+    meta is not a JSON object that read_meta accepts (read_meta raises KeyError, TypeError or
+    ValueError for a missing key or a value of the wrong type)."""
     try:
         step = manager.latest_step()
     except Exception as e:  # an unreadable checkpoints folder
@@ -191,4 +195,13 @@ def restore_latest(manager: ocp.CheckpointManager, state_template):
         ) from e
     if not bool(np.asarray(all_finite(restored.state))):
         raise _damaged(folder, "it holds NaN or infinite values")
-    return restored.state, restored.meta
+    try:
+        if not isinstance(restored.meta, dict):
+            raise TypeError(f"a JSON {type(restored.meta).__name__}, not an object")
+        meta = read_meta(restored.meta)
+    except (KeyError, TypeError, ValueError) as e:
+        reason = f"missing {e}" if isinstance(e, KeyError) else " ".join(str(e).split())
+        raise _damaged(
+            folder, f"its loop record (meta) is not one this version writes: {reason}"
+        ) from e
+    return restored.state, meta
