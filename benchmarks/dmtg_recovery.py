@@ -21,8 +21,9 @@ import tempfile
 
 from dmtg_step import compiled_step, median_step_ms
 
-from tag_jax import autotune, study, train
+from tag_jax import autotune, train
 from tag_jax.data import synthetic
+from tag_jax.study import plan as study_plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,10 +39,10 @@ def load_config(name: str):
 def three_groups():
     """The synthetic study's DMTG search (stage dmtg_k3): 9 tasks in 3 planted groups, width 16,
     K = 3, DMTG's own Adam."""
-    stage = study.Stage(
+    stage = study_plan.Stage(
         "dmtg_k3", {"method": "dmtg", "dmtg.num_groups": 3}, search=True, method="dmtg"
     )
-    return study.stage_config(load_config("synthetic_study"), stage)
+    return study_plan.stage_config(load_config("synthetic_study"), stage)
 
 
 def two_groups():

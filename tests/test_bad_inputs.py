@@ -1016,7 +1016,8 @@ DRIVER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from conftest import load_config
-from tag_jax import reporting, study
+from tag_jax import reporting
+from tag_jax.study.run import run_study
 workdir, target, when = sys.argv[1:4]
 write = reporting.write_json_atomic
 def write_or_die(path, obj):
@@ -1029,7 +1030,7 @@ def write_or_die(path, obj):
 reporting.write_json_atomic = write_or_die
 config = load_config("tiny_study")
 config.study.methods = tuple(sys.argv[4].split(","))
-study.run_study(config, workdir)
+run_study(config, workdir)
 """
 
 
@@ -1052,9 +1053,9 @@ def kill_study_at(tmp_path, workdir, methods, points):
 def finished_study(workdir, methods):
     config = load_config("tiny_study")
     config.study.methods = methods
-    from tag_jax import study  # pylint: disable=g-import-not-at-top
+    from tag_jax.study.run import run_study  # pylint: disable=g-import-not-at-top
 
-    return study.run_study(config, str(workdir))
+    return run_study(config, str(workdir))
 
 
 def test_study_continues_after_a_kill_right_after_a_stage(tmp_path, monkeypatch):

@@ -10,8 +10,11 @@ import pytest
 import scipy.stats
 from conftest import REPO, load_config
 
-from tag_jax import study, train
+from tag_jax import train
 from tag_jax.errors import UserError
+from tag_jax.study import plan as study_plan
+from tag_jax.study import report as study_report
+from tag_jax.study.run import planted_groups, run_study, start_over
 
 TASKS = ("g0_t0", "g0_t1", "g1_t0", "g1_t1")
 
@@ -20,7 +23,7 @@ def test_plan_stages_entries_and_notes(tmp_path):
     config = load_config("tiny_study")
     config.study.methods = ("mtl", "single", "tag", "hoa", "random", "uw", "dmtg")
     config.study.max_groups = (2, 3)
-    plan = study.plan(config, TASKS, str(tmp_path))
+    plan = study_plan.build_plan(config, TASKS, str(tmp_path))
     stages, entries, notes = plan.stages, plan.entries, plan.notes
     assert [s.name for s in stages] == [
         "mtl",
@@ -39,8 +42,8 @@ def test_plan_stages_entries_and_notes(tmp_path):
         "dmtg_k3_groups",
     ]
     assert len(notes) == 1 and notes[0].startswith("single: read from the 'hoa' run")
-    assert study.Entry("uw", 1, ("uw",)) in entries
-    assert study.Entry("single", 4, ("hoa",), share=2 / 5) in entries
+    assert study_plan.Entry("uw", 1, ("uw",)) in entries
+    assert study_plan.Entry("single", 4, ("hoa",), share=2 / 5) in entries
     by_name = {s.name: s for s in stages}
     assert by_name["hoa"].settings == {"method": "pairs", "selection.max_groups": (2, 3)}
     assert by_name["hoa"].search and not by_name["hoa_k3"].search
@@ -58,40 +61,40 @@ def test_plan_stages_entries_and_notes(tmp_path):
     assert by_name["dmtg_k3"].settings == {"method": "dmtg", "dmtg.num_groups": 3}
     assert by_name["dmtg_k3_groups"].settings["groups.max_groups"] == 0
     config.study.epochs_search, config.study.epochs_train = 5, 7
-    assert study.stage_config(config, by_name["hoa"]).num_epochs == 5
-    assert study.stage_config(config, by_name["hoa_k3"]).groups.max_groups == 3
-    assert study.stage_config(config, by_name["hoa_k3"]).num_epochs == 7
-    single = study.plan(config, TASKS, str(tmp_path)).stages[
+    assert study_plan.stage_config(config, by_name["hoa"]).num_epochs == 5
+    assert study_plan.stage_config(config, by_name["hoa_k3"]).groups.max_groups == 3
+    assert study_plan.stage_config(config, by_name["hoa_k3"]).num_epochs == 7
+    single = study_plan.build_plan(config, TASKS, str(tmp_path)).stages[
         1
     ]  # HOA trains fewer epochs: own stage
     assert single.name == "single"
     assert single.settings["groups.groups"] == tuple((t,) for t in TASKS)
     config.study.epochs_search = config.study.epochs_train
     config.study.overrides = {"hoa": {"seed": 1}}  # HOA's networks differ: own stage too
-    assert study.plan(config, TASKS, str(tmp_path)).stages[1].name == "single"
+    assert study_plan.build_plan(config, TASKS, str(tmp_path)).stages[1].name == "single"
 
 
 def test_bad_study_config_is_a_user_error(tmp_path):
     config = load_config("tiny_study")
     config.study.methods = ("mtl", "nope")
     with pytest.raises(UserError, match="config.study.methods"):
-        study.run_study(config, str(tmp_path))
+        run_study(config, str(tmp_path))
 
 
 def test_overrides_change_the_method_runs_only():
     config = load_config("celeba_study")  # DMTG searches with its published Adam, no early stop
-    plan = study.plan(config, TASKS, "w")
+    plan = study_plan.build_plan(config, TASKS, "w")
     stages = {s.name: s for s in plan.stages}
     assert (
         "dmtg: its own runs trained with config.study.overrides.dmtg = {'early_stopping': "
         "{'patience': 0, 'restore_best': False}, 'optimizer': {'learning_rate': 0.0008, "
         "'name': 'adam'}}"
     ) in plan.notes  # the report says which recipe DMTG's rows used
-    dmtg_search = study.stage_config(config, stages["dmtg_k3"])
+    dmtg_search = study_plan.stage_config(config, stages["dmtg_k3"])
     assert (dmtg_search.optimizer.name, dmtg_search.optimizer.learning_rate) == ("adam", 8e-4)
     assert dmtg_search.early_stopping.patience == 0 and dmtg_search.dmtg.num_groups == 3
     for name in ("dmtg_k3_groups", "tag", "tag_k3", "mtl"):
-        other = study.stage_config(config, stages[name])
+        other = study_plan.stage_config(config, stages[name])
         assert (other.optimizer.name, other.optimizer.learning_rate) == ("sgd", 5e-4), name
         assert other.early_stopping.patience == 10
 
@@ -112,7 +115,7 @@ def test_bad_override_is_a_user_error_before_any_stage_runs(tmp_path, override, 
     config.study.methods = ("mtl", "dmtg")
     config.study.overrides = override
     with pytest.raises(UserError, match=message):
-        study.run_study(config, str(tmp_path))
+        run_study(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "mtl")
 
 
@@ -121,9 +124,9 @@ def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch)
     config.study.methods = ("single", "hoa", "random")
     workdir = str(tmp_path / "study")
     config.max_steps = 2  # pauses inside the first stage, 'hoa' (3 steps)
-    assert study.run_study(config, workdir) is None
+    assert run_study(config, workdir) is None
     config.max_steps = -1
-    report = study.run_study(config, workdir)
+    report = run_study(config, workdir)
 
     rows = {(r["label"], r["k"]): r for r in report["rows"]}
     assert sorted(rows) == [("hoa", 2), ("random", 2), ("single", 4)]
@@ -164,13 +167,13 @@ def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch)
         raise AssertionError(f"a finished stage was trained again: {args[1]}")
 
     monkeypatch.setattr(train, "train_and_evaluate", no_training)
-    assert study.run_study(config, workdir) == json.load(open(os.path.join(workdir, "report.json")))
+    assert run_study(config, workdir) == json.load(open(os.path.join(workdir, "report.json")))
 
 
 @pytest.mark.slow
 def test_tiny_study_with_every_method(tmp_path):
     config = load_config("tiny_study")
-    report = study.run_study(config, str(tmp_path))
+    report = run_study(config, str(tmp_path))
     labels = {r["label"] for r in report["rows"]}
     assert labels == {
         "mtl",
@@ -223,7 +226,7 @@ def test_a_busy_study_folder_is_refused_and_restart_deletes_only_run_outputs(tmp
         with pytest.raises(
             UserError, match=rf"--workdir {workdir} is in use by process {os.getpid()}"
         ):
-            study.run_study(config, str(workdir))
+            run_study(config, str(workdir))
     finally:
         lock.release()
     for name in ("mtl", "tag", "tag_k2"):
@@ -232,7 +235,7 @@ def test_a_busy_study_folder_is_refused_and_restart_deletes_only_run_outputs(tmp
             (workdir / name / output).write_text("{}")
     for name in ("report.json", "report.md", "total_error_vs_compute.png", "notes.txt"):
         (workdir / name).write_text("x")
-    study.start_over(str(workdir), study.plan(config, TASKS, str(workdir)))
+    start_over(str(workdir), study_plan.build_plan(config, TASKS, str(workdir)))
     assert sorted(os.listdir(workdir)) == [".lock", "mtl", "notes.txt", "tag", "tag_k2"]
     assert all(os.listdir(workdir / name) == [] for name in ("mtl", "tag", "tag_k2"))
 
@@ -242,14 +245,19 @@ def test_a_busy_study_folder_is_refused_and_restart_deletes_only_run_outputs(tmp
 
 def test_seed_statistics_against_numpy_and_scipy():
     values = [12.5, 10.0, 14.0, 11.5]
-    stats = study.seed_statistics(values)
+    stats = study_report.seed_statistics(values)
     assert stats["mean"] == pytest.approx(np.mean(values))
     assert stats["std"] == pytest.approx(np.std(values, ddof=1))
     low, high = scipy.stats.t.interval(
         0.95, len(values) - 1, loc=np.mean(values), scale=scipy.stats.sem(values)
     )
     assert stats["ci95"] == pytest.approx((high - low) / 2)
-    assert study.seed_statistics([3.0]) == {"mean": 3.0, "std": None, "ci95": None, "values": [3.0]}
+    assert study_report.seed_statistics([3.0]) == {
+        "mean": 3.0,
+        "std": None,
+        "ci95": None,
+        "values": [3.0],
+    }
 
 
 @pytest.mark.parametrize(
@@ -261,7 +269,7 @@ def test_seed_statistics_against_numpy_and_scipy():
     ],
 )
 def test_comparison_with_mtl_agrees_with_welchs_test(values, reference):
-    compared = study.compare_to_reference(values, reference)
+    compared = study_report.compare_to_reference(values, reference)
     assert compared["difference"] == pytest.approx(np.mean(values) - np.mean(reference))
     p_value = scipy.stats.ttest_ind(values, reference, equal_var=False).pvalue
     differs = compared["verdict"] != "within seed noise"
@@ -270,11 +278,13 @@ def test_comparison_with_mtl_agrees_with_welchs_test(values, reference):
         assert compared["verdict"] == (
             "lower" if np.mean(values) < np.mean(reference) else "higher"
         )
-    assert study.compare_to_reference([1.0], [2.0, 3.0])["verdict"] is None
+    assert study_report.compare_to_reference([1.0], [2.0, 3.0])["verdict"] is None
 
 
 def test_grouping_counts_compare_groups_as_sets():
-    counts = study.grouping_counts([[["a", "b"], ["c"]], [["c"], ["b", "a"]], [["a"], ["b", "c"]]])
+    counts = study_report.grouping_counts(
+        [[["a", "b"], ["c"]], [["c"], ["b", "a"]], [["a"], ["b", "c"]]]
+    )
     assert counts == [
         {"groups": [["a", "b"], ["c"]], "seeds": 2},
         {"groups": [["a"], ["b", "c"]], "seeds": 1},
@@ -285,7 +295,7 @@ def test_plan_with_seeds_runs_every_stage_per_seed_in_its_own_folder(tmp_path):
     config = load_config("tiny_study")
     config.study.methods = ("mtl", "tag")
     config.study.seeds, config.seed = 2, 7
-    plan = study.plan(config, TASKS, str(tmp_path))
+    plan = study_plan.build_plan(config, TASKS, str(tmp_path))
     assert [s.name for s in plan.stages] == [
         "seed_0/mtl",
         "seed_0/tag",
@@ -301,7 +311,7 @@ def test_plan_with_seeds_runs_every_stage_per_seed_in_its_own_folder(tmp_path):
     assert by_name["seed_1/tag_k2"].settings["groups.groups_file"] == str(
         tmp_path / "seed_1" / "tag" / "groups.json"
     )
-    assert study.stage_config(config, by_name["seed_1/tag_k2"]).seed == 8
+    assert study_plan.stage_config(config, by_name["seed_1/tag_k2"]).seed == 8
     assert [(e.label, e.seed, e.stages) for e in plan.entries] == [
         ("mtl", 0, ("seed_0/mtl",)),
         ("tag", 0, ("seed_0/tag", "seed_0/tag_k2")),
@@ -310,7 +320,7 @@ def test_plan_with_seeds_runs_every_stage_per_seed_in_its_own_folder(tmp_path):
     ]
     config.study.seeds = 0
     with pytest.raises(UserError, match="config.study.seeds must be an integer >= 1"):
-        study.run_study(config, str(tmp_path / "zero"))
+        run_study(config, str(tmp_path / "zero"))
 
 
 def summary(total_error):
@@ -349,7 +359,7 @@ def test_report_over_seeds_marks_runs_that_did_not_learn(tmp_path):
     config = load_config("tiny_study")
     config.study.methods, config.study.seeds = ("mtl", "random"), 3
     workdir = str(tmp_path)
-    plan = study.plan(config, TASKS, workdir)
+    plan = study_plan.build_plan(config, TASKS, workdir)
     assert [s.name for s in plan.stages] == ["seed_0/mtl", "random_k2", "seed_1/mtl", "seed_2/mtl"]
     assert plan.stages[1].settings["groups.seeds"] == 3  # the seeds side by side in one run
     split = [list(TASKS[:2]), list(TASKS[2:])]
@@ -363,7 +373,7 @@ def test_report_over_seeds_marks_runs_that_did_not_learn(tmp_path):
         split,
         seed_results=[(10, split, True), (11, split, True), (12, other, False)],
     )
-    report = study.build_report(config, TASKS, plan, workdir)
+    report = study_report.build_report(config, TASKS, plan, workdir, planted_groups(config, TASKS))
     mtl, random = report["rows"]
     assert mtl["test_total_error_stats"]["values"] == [20, 22, 21] and mtl["seeds"] == 3
     assert random["test_total_error_stats"]["values"] == [10, 11, 12]
@@ -371,7 +381,7 @@ def test_report_over_seeds_marks_runs_that_did_not_learn(tmp_path):
     assert random["groupings"] == [{"groups": split, "seeds": 2}, {"groups": other, "seeds": 1}]
     assert random["learned_seeds"] == 2 and random["vs_mtl"] is None  # not presented as a finding
     assert random["recovers_planted"] == pytest.approx(2 / 3)
-    table = "\n".join(study.main_table(report["rows"]))
+    table = "\n".join(study_report.main_table(report["rows"]))
     assert "| random | 2 | did not learn (1/3 seeds) |" in table
     assert (
         "| mtl | 1 | {g0_t0, g0_t1, g1_t0, g1_t1} (3/3) | 21.00 ± 1.00 (95% CI ± 2.48) |" in table
@@ -383,9 +393,11 @@ def test_report_over_seeds_marks_runs_that_did_not_learn(tmp_path):
         split,  # now every seed learned
         seed_results=[(10, split, True), (11, split, True), (12, other, True)],
     )
-    random = study.build_report(config, TASKS, plan, workdir)["rows"][1]
+    random = study_report.build_report(config, TASKS, plan, workdir, planted_groups(config, TASKS))[
+        "rows"
+    ][1]
     assert random["vs_mtl"]["verdict"] == "lower"
-    assert "| -10.00 ± " in "\n".join(study.main_table([random]))
+    assert "| -10.00 ± " in "\n".join(study_report.main_table([random]))
 
 
 def test_multi_seed_study_paused_resumed_equals_uninterrupted(tmp_path):
@@ -393,10 +405,10 @@ def test_multi_seed_study_paused_resumed_equals_uninterrupted(tmp_path):
     config.study.methods, config.study.seeds = ("mtl", "random"), 2
     paused = str(tmp_path / "paused")
     config.max_steps = 2  # inside seed_0/mtl (3 steps)
-    assert study.run_study(config, paused) is None
+    assert run_study(config, paused) is None
     config.max_steps = -1
-    resumed = study.run_study(config, paused)
-    straight = study.run_study(config, str(tmp_path / "straight"))
+    resumed = run_study(config, paused)
+    straight = run_study(config, str(tmp_path / "straight"))
     for a, b in zip(resumed["rows"], straight["rows"]):
         assert a["test_total_error_stats"]["values"] == b["test_total_error_stats"]["values"]
     mtl = resumed["rows"][0]
@@ -410,3 +422,12 @@ def test_multi_seed_study_paused_resumed_equals_uninterrupted(tmp_path):
         r["test"]["total_error"] for r in random["seed_results"]
     ]
     assert "Groupings across seeds" in open(os.path.join(paused, "report.md")).read()
+
+
+def test_report_imports_without_jax():
+    """The report and its statistics need neither JAX nor the training code."""
+    code = (
+        "import sys; import tag_jax.study.report, tag_jax.study.plan; "
+        "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
