@@ -5,7 +5,8 @@
 
 A mistake the user can fix (UserError, a bad flag or config file, a failed
 write) is one line `error: ...` on stderr and exit status 2 (3: the training
-diverged); the process never waits on a library's background thread to end.
+diverged); Ctrl-C exits with 130 and SIGTERM with 143 (tag_jax.interrupts); the
+process never waits on a library's background thread to end.
 """
 
 import importlib.util
@@ -45,7 +46,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0.
 
 
 def one_line(error: BaseException) -> str:
-    """The error's message on one line (a wrapped error's own text, a KeyError's text, not its repr)."""
+    """The error's message on one line (a wrapped error's own text, a KeyError's text, not its
+    repr)."""
     while error.args and isinstance(error.args[0], BaseException):
         error = error.args[0]
     text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
@@ -202,6 +204,10 @@ def exit_now(code: int) -> None:
 
 
 INTERRUPTED = "error: interrupted; re-run the same command to resume"
+TERMINATED = (
+    "error: terminated (SIGTERM) before a new checkpoint; re-run the same command to resume "
+    "from the last one"
+)
 
 
 def exit_interrupted() -> None:
@@ -210,9 +216,16 @@ def exit_interrupted() -> None:
     exit_now(130)
 
 
+def exit_terminated(line: str = TERMINATED) -> None:
+    """The terminated line on stderr, then exit status 143 (tag_jax.interrupts)."""
+    print(line, file=sys.stderr)
+    exit_now(interrupts.TERMINATED_EXIT_CODE)
+
+
 def run(job) -> None:
     """app.run of job(config, workdir, restart=...): a UserError or a failed write is one line on
-    stderr and exit status 2 (TrainingDiverged: 3); any other error a traceback and status 1."""
+    stderr and exit status 2 (TrainingDiverged: 3), Terminated (SIGTERM, checkpoint saved) one line
+    and 143; any other error a traceback and status 1."""
 
     def main(argv):
         interrupts.raise_if_received()  # one swallowed while the config file imported JAX
@@ -238,11 +251,13 @@ def run(job) -> None:
             exit_now(2)
         except KeyboardInterrupt:
             exit_interrupted()
+        except interrupts.Terminated as e:  # the loop saved a checkpoint first
+            exit_terminated(f"error: {one_line(e)}")
         except Exception:  # pylint: disable=broad-except (a bug: the traceback, then exit, no hang)
             traceback.print_exc()
             exit_now(1)
 
-    interrupts.install(exit_interrupted)
+    interrupts.install(exit_interrupted, exit_terminated)
     try:
         app.run(main, flags_parser=parse_flags)
     except KeyboardInterrupt:  # while the flags and config file load
