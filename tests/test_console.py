@@ -1,0 +1,83 @@
+"""The console of a run: progress and epoch lines, and a quick start that stays short."""
+
+import pytest
+from absl import logging
+
+from tag_jax import console
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.records = []
+
+    def write_scalars(self, step, scalars):
+        self.records.append((step, dict(scalars)))
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.parametrize(
+    "seconds,text",
+    [
+        (0, "0s"),
+        (44.6, "45s"),
+        (60, "1m 00s"),
+        (725, "12m 05s"),
+        (3600, "1h 00m"),
+        (11220, "3h 07m"),
+    ],
+)
+def test_duration(seconds, text):
+    assert console.duration(seconds) == text
+
+
+def test_progress_line_fraction_rate_and_time_left():
+    # 680 steps left at 20 steps/s: 34 s.
+    assert console.progress_line(120, 800, 20.0) == (
+        "step 120/800 (15%), 20.0 steps/s, about 34s of training left"
+    )
+
+
+def test_epoch_line_best_so_far_is_the_lowest_total_error_and_its_epoch():
+    history = [
+        {"epoch": 1, "val_total_error": 50.0},
+        {"epoch": 2, "val_total_error": 44.1},
+        {"epoch": 3, "val_total_error": 44.1},  # a tie keeps the earlier epoch
+    ]
+    assert console.epoch_line(4, 8, 1.23456, 45.678, history) == (
+        "epoch 4/8: train loss 1.235, validation Total Error 45.68 (best 44.10, epoch 2)"
+    )
+    assert console.epoch_line(5, 8, None, 40.0, history) == (
+        "epoch 5/8: validation Total Error 40.00 (best 40.00, epoch 5)"
+    )
+
+
+def test_progress_writes_rates_every_n_steps_and_a_line_at_most_every_interval(monkeypatch):
+    lines = []
+    monkeypatch.setattr(logging, "info", lambda fmt, *args: lines.append(fmt % args))
+    clock, writer = FakeClock(), RecordingWriter()
+    progress = console.Progress(
+        total_steps=200, writer=writer, every_steps=10, every_seconds=30.0, clock=clock
+    )
+    clock.now = 105.0
+    progress(40)  # a resumed run: the first call starts the clock only
+    for step in range(41, 131):
+        clock.now += 1.0 if step <= 70 else 0.5  # 1 step/s, then 2 steps/s
+        progress(step)
+
+    # steps_per_sec over each 10 steps, uptime since creation (t = 100)
+    rates = [(step, r["steps_per_sec"], r["uptime"]) for step, r in writer.records]
+    assert rates == [(50, 1.0, 15.0), (60, 1.0, 25.0), (70, 1.0, 35.0)] + [
+        (step, 2.0, 40.0 + (step - 80) / 2) for step in range(80, 131, 10)
+    ]
+    # A line once 30 s passed since the last (or the first call), at the rate since then.
+    assert lines == [
+        "step 70/200 (35%), 1.0 steps/s, about 2m 10s of training left",
+        "step 130/200 (65%), 2.0 steps/s, about 35s of training left",
+    ]
