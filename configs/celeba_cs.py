@@ -1,4 +1,5 @@
-"""CelebA, 9 attributes: CS (gradient cosine similarity of kernels, every step, as the TAG CelebA code); the published setting of REFERENCE §3."""
+"""CS (gradient cosine similarity of the kernels, every step, as the TAG CelebA code) on CelebA's
+9 attributes, in the published CelebA setting (docs/reference.md#celeba-setting)."""
 
 from tag_jax import default_config
 

@@ -1,4 +1,5 @@
-"""CelebA, 40 attributes: CS (gradient cosine similarity of kernels, every step, as the TAG CelebA code); the published setting of REFERENCE §3."""
+"""CS (gradient cosine similarity of the kernels, every step, as the TAG CelebA code) on all 40
+CelebA attributes, in the published CelebA setting (docs/reference.md#celeba-setting)."""
 
 from tag_jax import default_config
 from tag_jax.data.celeba import CELEBA_40

@@ -1,4 +1,5 @@
-"""CelebA, 9 attributes: Plain multi-task training (sum of losses); the published setting of REFERENCE §3."""
+"""All tasks in one network (sum of losses) on CelebA's 9 attributes, in the published CelebA
+setting (docs/reference.md#celeba-setting)."""
 
 from tag_jax import default_config
 

@@ -1,4 +1,5 @@
-"""CelebA, 40 attributes: Plain multi-task training (sum of losses); the published setting of REFERENCE §3."""
+"""All tasks in one network (sum of losses) on all 40 CelebA attributes, in the published CelebA
+setting (docs/reference.md#celeba-setting)."""
 
 from tag_jax import default_config
 from tag_jax.data.celeba import CELEBA_40

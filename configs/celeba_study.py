@@ -1,7 +1,6 @@
-"""The grouping study in the published CelebA setting (REFERENCE §3): 9 attributes, k = 2, 3, 4.
-
-TAG's affinity as the TAG CelebA code computes it; DMTG's search with its own published
-training (Adam 8e-4, no early stopping). Days of compute on a GPU/TPU; not for CPUs.
+"""The grouping study on CelebA's 9 attributes in the published setting, k = 2, 3, 4: TAG's
+affinity as the TAG CelebA code computes it, DMTG's search with its own published training
+(docs/reference.md#celeba-setting). Days of compute on a GPU/TPU; not for CPUs.
 """
 
 from tag_jax import default_config

@@ -1,4 +1,6 @@
-"""CelebA, 9 attributes: TAG, affinity as the TAG CelebA code computes it (see use_tag_celeba_code_affinity); the published setting of REFERENCE §3."""
+"""TAG on CelebA's 9 attributes, the affinity as the TAG CelebA code computes it
+(use_tag_celeba_code_affinity), in the published CelebA setting
+(docs/reference.md#celeba-setting)."""
 
 from tag_jax import default_config
 

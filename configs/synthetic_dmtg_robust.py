@@ -1,17 +1,6 @@
-"""DMTG with the robust options that find the planted groups of the synthetic study, on the
-offline synthetic dataset (else as synthetic_dmtg.py).
-
-Θ also learns from the lookahead: how a short step of each branch along its update changes
-each task's loss (`lookahead_weight`, tag_jax/methods/dmtg.py), measured on every 2nd example
-of the batch (`lookahead_subsample`), so tasks move towards the branches whose updates help
-them; every head learns at full weight on its branch's features (`probe_heads`), a balance
-term keeps all K branches in use, Θ gets its own Adam at 0.03.
-Measured with benchmarks/dmtg_recovery.py (README, "DMTG: faithful by default, robust options
-measured"): with 16-filter branches it recovers the 3 planted groups in 9 of 10 seeds (the
-faithful DMTG in none), at 1.12x the faithful step. Where the branches are narrow (2 filters,
-this config's own 2-group data) it recovers 8 of 10 where the faithful DMTG recovers all, at
-1.6x a step that small operations dominate, and its one-shot Total Error is not better:
-retrain the groups it finds.
+"""DMTG with the robust options that find the planted groups of the synthetic study (the
+lookahead on every 2nd example, probe heads, a balance term, Θ's own Adam), else as
+synthetic_dmtg.py; what each option does and what it recovers: docs/dmtg.md.
 """
 
 from tag_jax import default_config

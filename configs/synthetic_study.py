@@ -1,8 +1,5 @@
-"""The grouping study on the offline synthetic dataset (quick-start setting), k = 2 and 3.
-
-Six epochs per run (the quick start trains eight) keep one seed of the study, whose HOA stage
-alone trains 45 networks, within about 12 minutes on 2 CPU cores; the 3 seeds take three times
-that (--config.study.seeds=1 for one).
+"""The grouping study on the offline synthetic dataset (the quick start's setting, six epochs per
+run), k = 2 and 3, 3 seeds (--config.study.seeds=1 for one); its report: docs/studies.md.
 """
 
 from tag_jax import default_config

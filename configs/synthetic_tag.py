@@ -1,4 +1,5 @@
-"""TAG on the offline synthetic dataset, the paper's form: SGD lookahead every 10 steps, no lr scaling."""
+"""TAG on the offline synthetic dataset (the quick start), the paper's form: SGD lookahead every
+10 steps, no lr scaling."""
 
 from tag_jax import default_config
 

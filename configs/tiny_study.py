@@ -1,4 +1,5 @@
-"""A tiny grouping study for tests: every method on the tiny_test data and model, one epoch per stage."""
+"""A tiny grouping study for tests: every method on the tiny_test data and model, one epoch per
+stage."""
 
 import importlib.util
 import os

@@ -1,5 +1,14 @@
-"""Every command in the READMEs' fenced shell blocks runs, in order, on tiny settings."""
+"""Every command of the documentation's fenced shell blocks runs, in order, on tiny settings.
 
+The documents are README.md, colab/README.md, docs/*.md and benchmarks/README.md. Every command
+of a ```bash (or sh, shell) block is either run here, with the tiny overrides below appended,
+or starts with a prefix of NOT_RUN, which says why it cannot run here; a command with neither
+fails the test, so no command is skipped silently. Benchmark commands are not run (minutes to
+hours each), but their script must exist and take every option the command gives it.
+"""
+
+import ast
+import glob
 import os
 import re
 import shlex
@@ -32,27 +41,53 @@ TINY_STUDY = [
     "--config.study.max_groups=(2,)",
     "--config.study.seeds=1",
 ]
-# Commands run elsewhere: the environment and the install (.ci/run does the same), the test
-# suite itself, and the benchmarks (minutes each, run by hand; the README quotes their numbers).
-NOT_HERE = (
-    "python3 -m venv",
-    ". .venv/bin/activate",
-    "pip install",
-    "python -m pytest",
-    "python benchmarks/",
-)
+# Commands that cannot run here, by prefix, with the reason.
+NOT_RUN = {
+    "python3 -m venv": "makes the environment: .ci/run does it on a fresh machine",
+    ". .venv/bin/activate": "enters that environment: .ci/run",
+    "pip install": "installs the project: .ci/run",
+    "python -m pytest": "the test suite itself",
+    "python benchmarks/": "minutes to hours each, run by hand (script and options checked below)",
+}
+SHELL = ("bash", "sh", "shell")
+
+
+def documents() -> list[str]:
+    """Paths, relative to the repository, of every document whose commands are checked."""
+    docs = sorted(glob.glob("*.md", root_dir=os.path.join(REPO, "docs")))
+    return (
+        ["README.md", os.path.join("colab", "README.md")]
+        + [os.path.join("docs", name) for name in docs]
+        + [os.path.join("benchmarks", "README.md")]
+    )
+
+
+def fenced_blocks(path: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced block of the document (path relative to the repository)."""
+    text = open(os.path.join(REPO, path), encoding="utf-8").read()
+    return re.findall(r"^```([^\n`]*)\n(.*?)^```", text, re.S | re.M)
 
 
 def fenced_commands(path: str) -> list[str]:
-    """The commands of every ```bash block, `&&`-chains split, comments dropped."""
-    text = open(path).read()
+    """The commands of every shell block, `&&`-chains split, comments dropped."""
     commands = []
-    for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, re.S):
+    for language, block in fenced_blocks(path):
+        if language.strip() not in SHELL:
+            continue
         for line in block.splitlines():
             line = line.split(" #")[0].strip()
             if line and not line.startswith("#"):
                 commands += [part.strip() for part in line.split("&&")]
     return commands
+
+
+def all_commands() -> list[str]:
+    return [c for path in documents() for c in fenced_commands(path)]
+
+
+def not_run_reason(command: str):
+    """NOT_RUN's reason for the command, or None when it is run here."""
+    return next((why for prefix, why in NOT_RUN.items() if command.startswith(prefix)), None)
 
 
 def runnable(command: str) -> list[str]:
@@ -65,16 +100,23 @@ def runnable(command: str) -> list[str]:
     elif argv[:3] == ["python", "-m", "selection"]:
         argv += ["--time-limit", "20"]
     else:
-        raise AssertionError(f"no tiny form for README command {command!r}: add one here")
+        raise AssertionError(
+            f"no tiny form for the documented command {command!r}: add one in runnable(), "
+            "or a prefix and the reason it cannot run to NOT_RUN"
+        )
     return [sys.executable] + argv[1:]
 
 
-def all_commands():
-    return [
-        c
-        for name in ("README.md", os.path.join("colab", "README.md"))
-        for c in fenced_commands(os.path.join(REPO, name))
-    ]
+def script_options(path: str) -> set[str]:
+    """The option strings ('--x') of every add_argument call in a script."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    return {
+        arg.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument"
+        for arg in node.args
+        if isinstance(arg, ast.Constant) and str(arg.value).startswith("-")
+    }
 
 
 def test_the_readme_has_its_two_setup_commands_first():
@@ -84,6 +126,42 @@ def test_the_readme_has_its_two_setup_commands_first():
         "pip install -e .",
         "python -m tag_jax.main --config=configs/synthetic_tag.py --workdir=runs/quickstart",
     ] + venv + ["pip install -e '.[test]'", "python -m pytest -q"]
+
+
+def test_every_fenced_block_names_its_language():
+    """An untagged block could hold commands that nobody runs: each must say what it holds."""
+    untagged = [path for path in documents() for lang, _ in fenced_blocks(path) if not lang.strip()]
+    assert not untagged, f"fenced blocks without a language (```bash, ```text, ...) in {untagged}"
+
+
+def test_the_parser_finds_commands_and_only_in_shell_blocks(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "```bash\n# a comment\npython -m a --x && python -m b  # why\n```\n"
+        "```python\npython -m not_a_command\n```\n```sh\npython -m c\n```\n"
+    )
+    assert fenced_commands(str(doc)) == ["python -m a --x", "python -m b", "python -m c"]
+
+
+def test_every_reason_not_to_run_is_still_needed():
+    commands = all_commands()
+    unused = [p for p in NOT_RUN if not any(c.startswith(p) for c in commands)]
+    assert not unused, f"NOT_RUN entries no document needs any more: {unused}"
+
+
+def test_benchmark_commands_name_a_script_and_its_options():
+    checked = 0
+    for command in all_commands():
+        if not command.startswith("python benchmarks/"):
+            continue
+        argv = shlex.split(command)
+        script = os.path.join(REPO, argv[1])
+        assert os.path.isfile(script), f"{command}: no script {argv[1]}"
+        own = argv[2 : argv.index("--")] if "--" in argv else argv[2:]  # after --: passed on
+        unknown = {a.split("=")[0] for a in own if a.startswith("-")} - script_options(script)
+        assert not unknown, f"{command}: {argv[1]} has no option {sorted(unknown)}"
+        checked += 1
+    assert checked >= 5
 
 
 def write_my_npz(path):
@@ -101,14 +179,14 @@ def write_my_npz(path):
     np.savez(path, images=images, labels=labels, task_names=np.array(["a", "b", "c", "d"]))
 
 
-def test_every_readme_command_runs_in_order(tmp_path):
+def test_every_documented_command_runs_in_order(tmp_path):
     os.symlink(os.path.join(REPO, "configs"), tmp_path / "configs")
     os.symlink(os.path.join(REPO, "docs"), tmp_path / "docs")
     write_my_npz(tmp_path / "my.npz")
     env = {**os.environ, "PYTHONPATH": REPO}
     ran = 0
     for command in all_commands():
-        if command.startswith(NOT_HERE):
+        if not_run_reason(command):
             continue
         proc = subprocess.run(
             runnable(command), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
@@ -116,6 +194,6 @@ def test_every_readme_command_runs_in_order(tmp_path):
         assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
         assert "Traceback" not in proc.stderr, command
         ran += 1
-    assert ran >= 6
+    assert ran >= 10
     assert (tmp_path / "runs" / "quickstart" / "groups.json").exists()
     assert (tmp_path / "runs" / "study" / "report.md").exists()
