@@ -62,6 +62,26 @@ def read_arrays(path: str) -> dict:
         )
 
 
+def array_bytes(path: str) -> dict:
+    """{name: bytes} of the arrays of an .npz file, from their headers (nothing loaded); {} when
+    the file cannot be read that way (`load` then says why)."""
+    sizes = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                with archive.open(member) as f:
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if np.lib.format.read_magic(f) == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(f)
+                sizes[member.removesuffix(".npy")] = int(np.prod(shape)) * dtype.itemsize
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return {}
+    return sizes
+
+
 def pixels(path: str, images: np.ndarray) -> np.ndarray:
     """images (N, H, W, C) as uint8 (0..255) or float in [0, 1] (module docstring); UserError for
     values outside the documented ranges, a warning when float 0-255 values are divided by 255."""
