@@ -103,6 +103,13 @@ def load_config_file(spec: str):
     return config
 
 
+VERBOSITY_HELP = (
+    "what the console shows: 0 (default) progress, one line per epoch, compile and autotune "
+    "notices and the answer; 1 also every metric as it is logged (metrics.jsonl and TensorBoard "
+    "always have them all); -1 warnings and the answer only."
+)
+
+
 def print_help(argv) -> None:
     """Usage, this tool's flags, and every config key with its default and meaning."""
     from tag_jax import config_help, default_config  # pylint: disable=g-import-not-at-top
@@ -112,6 +119,7 @@ def print_help(argv) -> None:
     print("\nflags:")
     for flag in (CONFIG, WORKDIR, RESTART, _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID):
         print(f"  --{flag.name}: {flags.FLAGS[flag.name].help}")
+    print(f"  --verbosity: {VERBOSITY_HELP}")
     path = config_file_in(argv)
     try:
         config = load_config_file(path) if path else default_config.get_base_config()
@@ -232,9 +240,6 @@ def run(job) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.get_absl_handler().addFilter(QuietLibraries())
-        if flags.FLAGS.verbosity < 1:  # TensorFlow (behind clu, TensorBoard only) start-up chatter
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
         initialize_distributed()
         try:
             job(CONFIG.value, WORKDIR.value, restart=RESTART.value)
