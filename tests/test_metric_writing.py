@@ -10,6 +10,7 @@ import types
 
 import numpy as np
 import pytest
+from absl import logging
 from PIL import Image
 
 from tag_jax import metric_writing
@@ -113,3 +114,19 @@ def test_training_code_imports_no_tensorflow():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_every_scalar_reaches_the_log_only_at_verbosity_1(tmp_path, caplog):
+    before = logging.get_verbosity()
+    try:
+        with caplog.at_level("DEBUG", logger="absl"):
+            for verbosity, folder in ((0, tmp_path / "quiet"), (1, tmp_path / "verbose")):
+                logging.set_verbosity(verbosity)
+                writer = metric_writing.create_writer(str(folder))
+                writer.write_scalars(7, {"train/loss": 0.5, "epoch": 2})
+                writer.flush()
+    finally:
+        logging.set_verbosity(before)
+    assert [r.getMessage() for r in caplog.records] == ["[7] train/loss = 0.5, epoch = 2"]
+    for folder in ("quiet", "verbose"):  # the files have it either way
+        assert (tmp_path / folder / "metrics.jsonl").read_text().count("train/loss") == 1
