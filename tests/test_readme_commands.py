@@ -164,6 +164,34 @@ def test_benchmark_commands_name_a_script_and_its_options():
     assert checked >= 5
 
 
+def heading_anchors(path: str) -> set[str]:
+    """The anchors GitHub gives a document's headings: lower case, punctuation dropped, spaces
+    as hyphens."""
+    text = re.sub(r"^```.*?^```", "", open(path, encoding="utf-8").read(), flags=re.S | re.M)
+    headings = re.findall(r"^#+ (.*)$", text, re.M)
+    return {
+        "".join(c for c in h.lower() if c.isalnum() or c in " -_").replace(" ", "-")
+        for h in headings
+    }
+
+
+def test_every_relative_link_resolves():
+    """Moving text between pages must not leave a link to a missing file or heading."""
+    broken = []
+    for doc in documents():
+        text = open(os.path.join(REPO, doc), encoding="utf-8").read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            path, _, anchor = target.partition("#")
+            full = os.path.normpath(os.path.join(REPO, os.path.dirname(doc), path or doc))
+            if not os.path.exists(full):
+                broken.append(f"{doc}: {target} (no such file)")
+            elif anchor and full.endswith(".md") and anchor not in heading_anchors(full):
+                broken.append(f"{doc}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
 def write_my_npz(path):
     """The `my.npz` the README's own-data commands read: 160 synthetic 8x8 examples, 4 tasks."""
     images, labels = synthetic.generate(
