@@ -1,9 +1,16 @@
 """The console of a run: progress and epoch lines, and a quick start that stays short."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 from absl import logging
 
 from tag_jax import console
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class RecordingWriter:
@@ -81,3 +88,71 @@ def test_progress_writes_rates_every_n_steps_and_a_line_at_most_every_interval(m
         "step 70/200 (35%), 1.0 steps/s, about 2m 10s of training left",
         "step 130/200 (65%), 2.0 steps/s, about 35s of training left",
     ]
+
+
+def run_quick_start(cwd, *overrides, environment=None):
+    """The README's quick start command (configs/synthetic_tag.py, --workdir=runs/quickstart),
+    run in `cwd`; returns the finished process, its stdout and stderr together in `.stdout`."""
+    command = [
+        sys.executable,
+        "-m",
+        "tag_jax.main",
+        f"--config={os.path.join(REPO, 'configs', 'synthetic_tag.py')}",
+        "--workdir=runs/quickstart",
+        *overrides,
+    ]
+    env = {**os.environ, "PYTHONPATH": REPO, **(environment or {})}
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1800,
+    )
+
+
+def check_console(proc, workdir):
+    """At most 40 lines, none over 200 characters, one per epoch trained, no metric dumps, the
+    answer last."""
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) <= 40, "\n".join(lines)
+    assert max(map(len, lines)) <= 200, max(lines, key=len)
+    with open(os.path.join(workdir, "results.json")) as f:
+        trained = json.load(f)["epochs"]
+    with open(os.path.join(workdir, "config.json")) as f:
+        planned = json.load(f)["num_epochs"]
+    for epoch in range(1, planned + 1):
+        count = sum(f"] epoch {epoch}/{planned}: train loss " in line for line in lines)
+        assert count == (epoch <= trained), (epoch, lines)
+    assert not any("train/loss" in line or "affinity/" in line for line in lines)
+    assert "Compiling the tag measured step" in proc.stdout
+    answer = lines[lines.index("") + 1 :]  # after the empty line the answer starts with
+    assert answer[0].startswith("tag: test Total Error"), answer
+    assert answer[-1].startswith("results in runs/quickstart: "), answer
+
+
+def test_quick_start_console_shortened_run(tmp_path):
+    """The quick start on less and smaller data (the same code paths; 'auto' by its rules)."""
+    proc = run_quick_start(
+        tmp_path,
+        "--config.dataset.num_train=256",
+        "--config.dataset.num_validation=64",
+        "--config.dataset.num_test=64",
+        "--config.image_size=8",
+        "--config.model.width=4",
+        "--config.num_epochs=3",
+    )
+    check_console(proc, tmp_path / "runs" / "quickstart")
+
+
+@pytest.mark.slow
+def test_quick_start_console_as_a_new_user_sees_it(tmp_path):
+    """The quick start exactly, with 'auto' timed into an empty autotune cache (its notices
+    included)."""
+    environment = {"TAG_JAX_AUTOTUNE": "time", "TAG_JAX_CACHE_DIR": str(tmp_path / "cache")}
+    proc = run_quick_start(tmp_path, environment=environment)
+    check_console(proc, tmp_path / "runs" / "quickstart")
+    assert "autotune model.conv" in proc.stdout
