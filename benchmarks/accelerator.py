@@ -37,7 +37,7 @@ import autotune_check  # benchmarks/ is the script's folder
 import input_pipeline
 import jax
 
-from tag_jax import autotune, methods, stacking
+from tag_jax import autotune, methods, stacking, step_timing
 from tag_jax.default_config import get_base_config
 
 
@@ -73,15 +73,15 @@ def median_ms(config, num_tasks: int, kind: str, repeats: int):
     names = [f"t{i}" for i in range(num_tasks)]
     shape = (config.image_size, config.image_size, 3)
     method = methods.build(config, names, shape, steps_per_epoch=100)
-    batch = autotune.random_batch(config.batch_size, shape, num_tasks, config.model.num_classes)
+    batch = step_timing.random_batch(config.batch_size, shape, num_tasks, config.model.num_classes)
     start = time.perf_counter()
     try:
-        compiled, state, batch = autotune.compile_step(method, kind, batch)
-    except autotune.TooLarge as e:
+        compiled, state, batch = step_timing.compile_step(method, kind, batch)
+    except step_timing.TooLarge as e:
         log(f"  skipped: {e}")
         return None, None
     compile_s = time.perf_counter() - start
-    _, seconds = autotune.run_steps(compiled, state, batch, repeats + 1)
+    _, seconds = step_timing.run_steps(compiled, state, batch, repeats + 1)
     return 1e3 * statistics.median(seconds[1:]), compile_s
 
 

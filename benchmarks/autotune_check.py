@@ -22,7 +22,7 @@ import tempfile
 
 import jax
 
-from tag_jax import autotune, methods
+from tag_jax import autotune, autotune_cache, methods, step_timing
 from tag_jax.default_config import get_base_config
 
 # check name -> (method, setting)
@@ -73,20 +73,20 @@ def check(config, num_tasks: int, setting: str, repeats: int) -> dict:
     for path, decision in auto.items():  # the other settings as auto decided them
         if path != setting:
             fixed = autotune.with_value(fixed, path, decision["choice"])
-    batch = autotune.random_batch(
-        autotune.per_device_batch(config), shape, num_tasks, config.model.num_classes
+    batch = step_timing.random_batch(
+        step_timing.per_device_batch(config), shape, num_tasks, config.model.num_classes
     )
     compiled = {}
     for candidate in tunable.candidates(fixed, num_tasks):
         method = methods.build(autotune.with_value(fixed, setting, candidate), names, shape, 100)
         try:
-            compiled[candidate] = list(autotune.compile_step(method, tunable.step, batch))
-        except autotune.TooLarge as e:
+            compiled[candidate] = list(step_timing.compile_step(method, tunable.step, batch))
+        except step_timing.TooLarge as e:
             print(f"{setting}={candidate} skipped: {e}", file=sys.stderr)
     seconds = {candidate: [] for candidate in compiled}
     for round_index in range(repeats + 1):  # the first round warms up and is dropped
         for candidate, (step, state, data) in compiled.items():
-            compiled[candidate][1], times = autotune.run_steps(step, state, data, 1)
+            compiled[candidate][1], times = step_timing.run_steps(step, state, data, 1)
             seconds[candidate].extend(times)
         if round_index == 1:  # a candidate GIVE_UP x slower than the best cannot be the best
             fastest = min(s[1] for s in seconds.values())
@@ -110,10 +110,10 @@ def check(config, num_tasks: int, setting: str, repeats: int) -> dict:
 def run_checks(args, num_tasks: int, names=None) -> list:
     """check() for each of `names` (default args.checks) at the args' shapes, timing forced on
     with a fresh cache."""
-    previous = {k: os.environ.get(k) for k in (autotune.MODE_ENV, autotune.CACHE_DIR_ENV)}
+    previous = {k: os.environ.get(k) for k in (autotune.MODE_ENV, autotune_cache.CACHE_DIR_ENV)}
     results = []
     with tempfile.TemporaryDirectory() as cache_dir:
-        os.environ[autotune.MODE_ENV], os.environ[autotune.CACHE_DIR_ENV] = "time", cache_dir
+        os.environ[autotune.MODE_ENV], os.environ[autotune_cache.CACHE_DIR_ENV] = "time", cache_dir
         try:
             for name in names or args.checks:
                 method, setting = CHECKS[name]

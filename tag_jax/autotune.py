@@ -4,16 +4,21 @@
 methods, plus what the method registers: `affinity.strategy` for TAG/CS,
 `dmtg.branch_strategy` for DMTG) by the candidate whose step was fastest: each
 candidate's step (the method's own, built as the run builds it; for `model.conv` the run's
-mix of train and measured steps, weighted by how often each runs: `step_mix`) is compiled and
-run TIMED_STEPS times on random data of the run's shapes (per-device batch, image shape, tasks,
-dtype) on one device; its time is the median of the steps after the first (a candidate far
-slower than the best so far is not stepped further: GIVE_UP, GIVE_UP_FIRST; nor one whose steps
-took CANDIDATE_SECONDS, from its second step on). A candidate
+mix of train and measured steps, weighted by how often each runs: `step_timing.step_mix`) is
+compiled and run TIMED_STEPS times on random data of the run's shapes (per-device batch, image
+shape, tasks, dtype) on one device (tag_jax.step_timing); its time is the median of the steps
+after the first (a candidate far slower than the best so far is not stepped further: GIVE_UP,
+GIVE_UP_FIRST; nor one whose steps took CANDIDATE_SECONDS, from its second step on). A candidate
 whose compiled step needs more scratch memory than the device has free is skipped, not run.
-The times and the choice are logged and returned as a JSON-able record
-(`Method.autotune`, for results.json), and the decision is cached (`cache_path()`), keyed by
-backend, device kind (and the CPU model on CPU), jax version, the setting and the shapes and
-config values that shape the timed step, so later runs skip the timing.
+
+What is timed, how long it may take and each candidate's time are logged as it goes. All the
+timing of one run shares one budget, config.autotune_budget_seconds: no candidate is started
+once it is spent, or when the candidates timed before took longer on average than what is left
+(the step being run when it runs out finishes), and the setting takes the best candidate timed
+so far, or, when none was, stays 'auto' for its fixed rule; the log says so.
+The times and the choice are returned as a JSON-able record (`Method.autotune`, for
+results.json), and the decision is cached (tag_jax.autotune_cache), so later runs skip the
+timing; a decision the budget cut short is timed again by a run with a larger budget.
 
 Explicit values always win and are never timed. With TAG_JAX_AUTOTUNE=rule nothing is
 timed: 'auto' stays and is resolved by the fixed rules of `models.resolve_conv_impl` and
@@ -23,28 +28,21 @@ timed: 'auto' stays and is resolved by the fixed rules of `models.resolve_conv_i
 import copy
 import dataclasses
 import datetime
-import json
 import os
-import statistics
 import time
 from typing import Callable, Optional, Sequence
 
-import jax
-import numpy as np
 from absl import logging
 
-from tag_jax import interrupts, models, reporting
+from tag_jax import autotune_cache, interrupts, models, step_timing
 
 MODE_ENV = "TAG_JAX_AUTOTUNE"  # 'time' (default) | 'rule'
 MODES = ("time", "rule")
-CACHE_DIR_ENV = "TAG_JAX_CACHE_DIR"
-CACHE_FILE = "autotune.json"
-CACHE_VERSION = 2  # 2: model.conv decided on the run's mix of steps (was the dominant one)
 TIMED_STEPS = 4  # per candidate, after compiling; its time is the median of all but the first
 GIVE_UP = 3.0  # a candidate stops being timed when a step (after its first) is this x the best
 GIVE_UP_FIRST = 10.0  # ... or when its first step (warm-up included) is this x the best
 CANDIDATE_SECONDS = 20.0  # a candidate's steps stop once they took this long (after 2 steps)
-MEMORY_FRACTION = 0.8  # candidates needing more than this share of free memory are skipped
+BUDGET_KEY = "config.autotune_budget_seconds"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +52,8 @@ class Tunable:
     candidates(config, num_tasks) -> the values to time (config has the settings tuned before
     this one already decided). step: which step of the built method is timed ('train',
     'measured', or 'mix': the steps a run takes, weighted by how often it takes them, see
-    step_mix). key_paths: config values, besides the shapes every key holds, that shape the step.
+    step_timing.step_mix). key_paths: config values, besides the shapes every key holds, that
+    shape the step.
     """
 
     path: str
@@ -66,6 +65,33 @@ class Tunable:
 CONV = Tunable("model.conv", lambda config, num_tasks: models.conv_candidates(), step="mix")
 # How often a measured step runs: part of a 'mix' decision's key.
 MIX_KEY_PATHS = ("affinity.every_n_steps",)
+
+
+class NothingFits(step_timing.TooLarge, RuntimeError):
+    """No candidate of a setting fits in memory (for a 'mix' candidate: it is skipped)."""
+
+
+@dataclasses.dataclass
+class Budget:
+    """The seconds all the timing of one resolve may take (config.autotune_budget_seconds),
+    counted from its creation on `clock` (seconds)."""
+
+    seconds: float
+    clock: Callable[[], float] = time.monotonic
+    start: Optional[float] = None
+
+    def __post_init__(self):
+        if self.start is None:
+            self.start = self.clock()
+
+    def used(self) -> float:
+        return self.clock() - self.start
+
+    def left(self) -> float:
+        return max(self.seconds - self.used(), 0.0)
+
+    def spent(self) -> bool:
+        return self.used() >= self.seconds
 
 
 def mode() -> str:
@@ -93,241 +119,31 @@ def with_value(config, path: str, value):
     return result
 
 
-# --- the cache ---
-
-
-def cache_path() -> str:
-    """$TAG_JAX_CACHE_DIR/autotune.json, else ~/.cache/tag_jax/autotune.json."""
-    folder = os.environ.get(CACHE_DIR_ENV) or os.path.join(
-        os.path.expanduser("~"), ".cache", "tag_jax"
-    )
-    return os.path.join(folder, CACHE_FILE)
-
-
-def load_cache(path: Optional[str] = None) -> dict:
-    """{key: decision} of the cache file; {} when there is none, or (with a warning) when it is
-    unreadable or not a cache of this version (it is rewritten on the next store)."""
-    path = path or cache_path()
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path) as f:
-            content = json.load(f)
-        if content.get("version") != CACHE_VERSION or not isinstance(
-            content.get("decisions"), dict
-        ):
-            raise ValueError(f"not a version-{CACHE_VERSION} autotune cache")
-        return content["decisions"]
-    except (OSError, ValueError, AttributeError) as e:
-        logging.warning("Ignoring the autotune cache %s (%s); it will be rewritten.", path, e)
-        return {}
-
-
-def store(key: str, decision: dict, path: Optional[str] = None) -> None:
-    """Adds one decision to the cache file (re-read first, so concurrent runs lose nothing but a
-    race), written atomically. A cache that cannot be written is a warning, not an error."""
-    path = path or cache_path()
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        decisions = {**load_cache(path), key: decision}
-        reporting.write_json_atomic(path, {"version": CACHE_VERSION, "decisions": decisions})
-    except OSError as e:
-        logging.warning("Could not write the autotune cache %s: %s", path, e)
-
-
-def host_description() -> str:
-    """The CPU model and core count: CPU backends of one device kind differ by machine."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), ""
-            )
-    except OSError:
-        pass
-    return f"{model or 'unknown cpu'} x{os.cpu_count()}"
-
-
-def cache_key(
-    config,
-    tunable: Tunable,
-    num_tasks: int,
-    image_shape,
-    batch_size: int,
-    candidates: Sequence[str],
-    extra_paths: Sequence[str] = (),
-) -> str:
-    """Canonical JSON of everything the decision depends on, the candidates timed included;
-    extra_paths: more config values it depends on (a 'mix' decision: the later settings')."""
-    device = jax.devices()[0]
-    fields = {
-        "setting": tunable.path,
-        "candidates": list(candidates),
-        "backend": jax.default_backend(),
-        "device_kind": device.device_kind,
-        "jax": jax.__version__,
-        "method": config.method,
-        "tasks": num_tasks,
-        "image_shape": list(image_shape),
-        "batch": batch_size,
-        "dtype": config.dtype,
-        "width": config.model.width,
-        "num_classes": config.model.num_classes,
-        "optimizer": config.optimizer.name,
-    }
-    if device.platform == "cpu":
-        fields["host"] = host_description()
-    if tunable.path != CONV.path:
-        fields["conv"] = config.model.conv
-    for path in (*tunable.key_paths, *extra_paths):
-        value = get(config, path)
-        fields[path] = list(value) if isinstance(value, tuple) else value
-    return json.dumps(fields, sort_keys=True)
-
-
-# --- timing ---
-
-
-def per_device_batch(config) -> int:
-    """The batch one device steps on: config.batch_size over the mesh's data axis."""
-    networks = max(config.mesh.networks, 1)
-    data = config.mesh.data if config.mesh.data > 0 else max(len(jax.devices()) // networks, 1)
-    return max(config.batch_size // data, 1)
-
-
-def random_batch(
-    batch_size: int, image_shape, num_tasks: int, num_classes: int, seed: int = 0
-) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        "image": rng.uniform(size=(batch_size, *image_shape)).astype(np.float32),
-        "labels": rng.integers(0, num_classes, (batch_size, num_tasks)).astype(np.int32),
-        "mask": np.ones(batch_size, np.float32),
-    }
-
-
-def free_memory_bytes(device) -> Optional[int]:
-    """Free memory of `device` (host RAM for CPU), or None when unknown."""
-    try:
-        stats = device.memory_stats()
-    except Exception:  # pylint: disable=broad-except (backends differ in what they support)
-        stats = None
-    if stats and "bytes_limit" in stats:
-        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-class TooLarge(Exception):
-    """A candidate's compiled step would not fit in the device's free memory."""
-
-
-class NothingFits(TooLarge, RuntimeError):
-    """No candidate of a setting fits in memory (for a 'mix' candidate: it is skipped)."""
-
-
-def pick_step(method, kind: str) -> Callable:
-    """The method's 'train' or 'measured' step (its train step when it measures nothing)."""
+def reusable(cached: Optional[dict], candidates: Sequence[str], budget: Budget) -> bool:
+    """Whether a cached decision stands: one of these candidates, and either complete or cut
+    short by a budget at least as large as this run's."""
     return (
-        method.measured_step if kind == "measured" and method.measured_step else method.train_step
+        bool(cached)
+        and cached.get("choice") in candidates
+        and (not cached.get("untimed") or budget.seconds <= cached.get("budget_seconds", 0))
     )
 
 
-def step_mix(method) -> list:
-    """[(kind, share of the run's steps)]: a method with a measured step runs it every
-    measure_every steps and its train step otherwise. Deciding on this mix rather than on the
-    more frequent step matters: at 40-100 tasks TAG's measured step costs 50-400 plain steps, and
-    a convolution that wins the plain step lost it 4-9x (benchmarks/README.md)."""
-    if method.measured_step is None:
-        return [("train", 1.0)]
-    if method.measure_every == 1:
-        return [("measured", 1.0)]
-    return [("train", 1 - 1 / method.measure_every), ("measured", 1 / method.measure_every)]
-
-
-def compile_step(method, kind: str, batch: dict):
-    """(compiled step, initial state, batch on the device) of `method`'s `kind` step ('train' |
-    'measured'), jitted with the state donated, on the first device; compile time
-    logged. TooLarge when the compiled step's scratch memory exceeds MEMORY_FRACTION of the
-    device's free memory."""
-    device = jax.devices()[0]
-    if method.seeds > 1:  # one batch per seed (tag_jax.methods.base)
-        batch = {k: np.stack([v] * method.seeds) for k, v in batch.items()}
-    with jax.default_device(device):
-        state = jax.jit(method.init_state)(jax.random.key(0))
-        batch = jax.device_put(batch, device)
-        start = time.perf_counter()
-        compiled = (
-            jax.jit(
-                pick_step(method, kind), donate_argnums=0, compiler_options=method.compiler_options
-            )
-            .lower(state, batch)
-            .compile()
-        )
-    logging.info("autotune: compiled in %.1f s", time.perf_counter() - start)
-    memory = compiled.memory_analysis()
-    scratch = getattr(memory, "temp_size_in_bytes", None) if memory else None
-    free = free_memory_bytes(device)
-    if scratch and free and scratch > MEMORY_FRACTION * free:
-        raise TooLarge(
-            f"needs {scratch / 2**30:.1f} GiB of scratch memory, {free / 2**30:.1f} GiB free"
-        )
-    return compiled, state, batch
-
-
-def run_steps(compiled, state, batch, steps: int):
-    """(state, seconds of each of `steps` consecutive steps), the state passed from step to step."""
-    seconds = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready((state, metrics))
-        seconds.append(time.perf_counter() - start)
-    return state, seconds
-
-
-def time_method_step(method, kind: str, batch: dict, steps: int = TIMED_STEPS):
-    """Yields the seconds of each of `steps` consecutive steps of `method` after compiling
-    (compile_step), one at a time, so that a slow candidate can be abandoned early. kind 'mix':
-    each yield is the step_mix-weighted mean of one step of each kind the run takes."""
-    parts = step_mix(method) if kind == "mix" else [(kind, 1.0)]
-    runs = [[*compile_step(method, part, batch), share] for part, share in parts]
-    for _ in range(steps):
-        total = 0.0
-        for run in runs:
-            compiled, state, on_device, share = run
-            run[1], (seconds,) = run_steps(compiled, state, on_device, 1)
-            total += share * seconds
-        yield total
-
-
-def step_time(seconds: Sequence[float]) -> float:
-    """A candidate's time: the median of its steps after the first (the only one if just one)."""
-    return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
-
-
-def choose(setting: str, candidates: Sequence[str], key: str, timer: Callable) -> dict:
-    """The fastest of `candidates` by timer(candidate) -> step seconds, or the cached decision
-    when the cache holds `key` (then nothing is timed).
-
-    timer's steps are consumed one by one: a candidate whose first step is GIVE_UP_FIRST times,
-    or a later step GIVE_UP times, slower than the best so far is not timed further, nor one whose
-    steps took CANDIDATE_SECONDS (from its second step on). Returns {'choice', 'source':
-    'cache'|'timed', 'times_ms': {candidate: ms or None}, 'skipped': {candidate: why},
-    'measured': when}; timed decisions are stored in the cache."""
-    cached = load_cache().get(key)
-    if cached and cached.get("choice") in candidates:
-        logging.info("autotune %s: %s (cached in %s)", setting, cached["choice"], cache_path())
-        return {**cached, "source": "cache"}
-    times, skipped = {}, {}
-    for candidate in candidates:
+def time_candidates(setting: str, candidates: Sequence[str], timer: Callable, budget: Budget):
+    """({candidate: ms per step}, {candidate: why skipped}, [candidates not timed]) of
+    timer(candidate) -> step seconds, consumed one by one: a candidate whose first step is
+    GIVE_UP_FIRST times, or a later step GIVE_UP times, slower than the best so far is not timed
+    further, nor one whose steps took CANDIDATE_SECONDS (from its second step on), nor one
+    running when the budget is spent; no candidate starts once it is spent or when the ones
+    before took longer on average than the budget has left. Logs each time and how long the
+    rest may take."""
+    times, skipped, spent_on = {}, {}, []
+    for index, candidate in enumerate(candidates):
         interrupts.raise_if_received()  # a Ctrl-C swallowed while TensorFlow or JAX imported
+        expected = sum(spent_on) / len(spent_on) if spent_on else 0.0
+        if budget.spent() or expected > budget.left():
+            return times, skipped, list(candidates[index:])
+        began = budget.used()
         try:
             seconds = []
             for step_seconds in timer(candidate):
@@ -337,10 +153,65 @@ def choose(setting: str, candidates: Sequence[str], key: str, timer: Callable) -
                     break  # hopeless: the rest of its steps would only cost time
                 if len(seconds) >= 2 and sum(seconds) > CANDIDATE_SECONDS:
                     break  # slow steps: one after the first is enough to rank them
-            times[candidate] = 1e3 * step_time(seconds)
-        except TooLarge as e:
+                if budget.spent():
+                    break  # what it measured so far ranks it
+            times[candidate] = 1e3 * step_timing.step_time(seconds)
+            result = f"{times[candidate]:.1f} ms per step"
+        except step_timing.TooLarge as e:
             skipped[candidate] = str(e)
-            logging.warning("autotune %s: skipping %s: %s", setting, candidate, e)
+            result = f"skipped: {e}"
+        spent_on.append(budget.used() - began)
+        left = len(candidates) - index - 1
+        logging.info(
+            "autotune %s: %s %s (%.1f s)%s",
+            setting,
+            candidate,
+            result,
+            spent_on[-1],
+            f"; about {min(left * sum(spent_on) / len(spent_on), budget.left()):.0f} s for the "
+            f"{left} left (budget left {budget.left():.0f} s)"
+            if left and not budget.spent()
+            else "",
+        )
+    return times, skipped, []
+
+
+def choose(
+    setting: str, candidates: Sequence[str], key: str, timer: Callable, budget: Budget, what=""
+) -> dict:
+    """The fastest of `candidates` by timer(candidate) -> step seconds (time_candidates), or the
+    cached decision when the cache holds `key` (reusable; then nothing is timed).
+
+    Returns {'choice', 'source': 'cache'|'timed', 'times_ms': {candidate: ms or None},
+    'skipped': {candidate: why}, 'measured': when, and when the budget cut it short 'untimed'
+    (candidates not timed) and 'budget_seconds'}; timed decisions are stored in the cache. With
+    the budget spent before any candidate was timed: {'choice': 'auto', 'source': 'rule',
+    'reason'}. what: the timed steps' shapes, for the log."""
+    cached = autotune_cache.load_cache().get(key)
+    if reusable(cached, candidates, budget):
+        logging.info(
+            "autotune %s: %s (cached in %s)", setting, cached["choice"], autotune_cache.cache_path()
+        )
+        return {**cached, "source": "cache"}
+    logging.info(
+        "autotune %s: timing %d candidates (%s)%s, up to %d steps each, within the budget "
+        "(%.0f s left of %s = %g); the choice is cached",
+        setting,
+        len(candidates),
+        ", ".join(candidates),
+        f" on {what}" if what else "",
+        TIMED_STEPS,
+        budget.left(),
+        BUDGET_KEY,
+        budget.seconds,
+    )
+    times, skipped, untimed = time_candidates(setting, candidates, timer, budget)
+    if untimed and not times:
+        reason = f"the autotune budget ({BUDGET_KEY} = {budget.seconds:g}) was spent first"
+        logging.warning(
+            "autotune %s: nothing timed: %s; 'auto' is decided by its rule", setting, reason
+        )
+        return {"choice": "auto", "source": "rule", "reason": reason}
     if not times:
         raise NothingFits(f"autotune {setting}: no candidate fits: {skipped}")
     choice = min(times, key=times.get)
@@ -351,13 +222,25 @@ def choose(setting: str, candidates: Sequence[str], key: str, timer: Callable) -
         "skipped": skipped,
         "measured": now.isoformat(timespec="seconds"),
     }
+    if untimed:
+        decision.update(untimed=untimed, budget_seconds=budget.seconds)
+        logging.warning(
+            "autotune %s: the budget (%s = %g) ran out: %s, the fastest of those timed (%s); "
+            "not timed: %s",
+            setting,
+            BUDGET_KEY,
+            budget.seconds,
+            choice,
+            ", ".join(times),
+            ", ".join(untimed),
+        )
     logging.info(
         "autotune %s: %s (ms per step: %s)",
         setting,
         choice,
         ", ".join(f"{c} {t:.1f}" for c, t in times.items()),
     )
-    store(key, decision)
+    autotune_cache.store(key, decision)
     return {**decision, "source": "timed"}
 
 
@@ -369,19 +252,34 @@ def resolve(
     tunables: Sequence[Tunable],
     *,
     timer: Optional[Callable] = None,
+    budget: Optional[Budget] = None,
 ):
     """(config with every 'auto' of `tunables` decided, {setting: record}).
 
-    build(config) -> Method builds the run's method from a config. Tunables are decided in
-    order, each timed with the ones before it already decided; a 'mix' one (model.conv) is timed
-    for each candidate with the later ones decided for that candidate (so conv and the affinity
-    strategy are chosen together; those decisions are cached and reused). record: {'choice', 'source':
-    'explicit' | 'rule' | 'cache' | 'timed', and for timed/cached ones 'times_ms' (None =
-    skipped), 'skipped', 'measured'}. timer(config, tunable, candidate) -> step seconds replaces
-    the real timing (tests).
+    Args:
+      config: the run's config (config.autotune_budget_seconds bounds the timing).
+      build: build(config) -> Method, the run's method built from a config.
+      num_tasks, image_shape: the run's shapes (one image, without the batch).
+      tunables: decided in order, each timed with the ones before it already decided; a 'mix'
+        one (model.conv) is timed for each candidate with the later ones decided for that
+        candidate (so conv and the affinity strategy are chosen together; those decisions are
+        cached and reused).
+      timer: timer(config, tunable, candidate) -> step seconds replaces the real timing (tests).
+      budget: shared by every decision (nested ones too); default: a new one of
+        config.autotune_budget_seconds.
+
+    Returns:
+      The config, and {setting: record}; record: {'choice', 'source': 'explicit' | 'rule' |
+      'cache' | 'timed', and for timed/cached ones 'times_ms' (None = skipped), 'skipped',
+      'measured' (choose)}.
     """
+    budget = budget or Budget(config.autotune_budget_seconds)
     records, decided = {}, {}  # decided: later settings already decided with a 'mix' choice
-    batch_size = per_device_batch(config)
+    batch_size = step_timing.per_device_batch(config)
+    what = (
+        f"{config.method} steps of {batch_size} {'x'.join(map(str, image_shape))} images, "
+        f"{num_tasks} tasks"
+    )
     batch = None
     for index, tunable in enumerate(tunables):
         if tunable.path in decided:
@@ -396,7 +294,9 @@ def resolve(
             records[tunable.path] = {"choice": "auto", "source": "rule"}
             continue
         if timer is None and batch is None:
-            batch = random_batch(batch_size, image_shape, num_tasks, config.model.num_classes)
+            batch = step_timing.random_batch(
+                batch_size, image_shape, num_tasks, config.model.num_classes
+            )
 
         later, inner = tunables[index + 1 :], {}  # inner: candidate -> the later settings' records
 
@@ -404,11 +304,19 @@ def resolve(
             candidate_config = with_value(base, tunable.path, candidate)
             if tunable.step == "mix" and later:  # with the later settings at their best for it
                 candidate_config, inner[candidate] = resolve(
-                    candidate_config, build, num_tasks, image_shape, later, timer=timer
+                    candidate_config,
+                    build,
+                    num_tasks,
+                    image_shape,
+                    later,
+                    timer=timer,
+                    budget=budget,
                 )
             if timer is not None:
                 return timer(candidate_config, tunable, candidate)
-            return time_method_step(build(candidate_config), tunable.step, batch)
+            return step_timing.time_method_step(
+                build(candidate_config), tunable.step, batch, TIMED_STEPS
+            )
 
         candidates = tunable.candidates(config, num_tasks)
         # A 'mix' times steps that the later settings shape too (still 'auto': their rules).
@@ -417,12 +325,11 @@ def resolve(
             if tunable.step == "mix"
             else []
         )
-        records[tunable.path] = choose(
-            tunable.path,
-            candidates,
-            cache_key(config, tunable, num_tasks, image_shape, batch_size, candidates, extra),
-            time_candidate,
+        depends_on = {path: get(config, path) for path in (*tunable.key_paths, *extra)}
+        key = autotune_cache.cache_key(
+            config, tunable.path, num_tasks, image_shape, batch_size, candidates, depends_on
         )
+        records[tunable.path] = choose(tunable.path, candidates, key, time_candidate, budget, what)
         config = with_value(config, tunable.path, records[tunable.path]["choice"])
         decided.update(inner.get(records[tunable.path]["choice"], {}))
     return config, records

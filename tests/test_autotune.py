@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tag_jax import autotune, methods, models
+from tag_jax import autotune, autotune_cache, methods, models, step_timing
 
 TASKS = ("a", "b")
 SHAPE = (8, 8, 3)
@@ -22,8 +22,8 @@ def two_conv_candidates(monkeypatch):
 def timing(monkeypatch, tmp_path):
     """Timing on (whatever conftest says), the cache in tmp_path; yields the cache file."""
     monkeypatch.setenv(autotune.MODE_ENV, "time")
-    monkeypatch.setenv(autotune.CACHE_DIR_ENV, str(tmp_path))
-    return tmp_path / autotune.CACHE_FILE
+    monkeypatch.setenv(autotune_cache.CACHE_DIR_ENV, str(tmp_path))
+    return tmp_path / autotune_cache.CACHE_FILE
 
 
 class FakeTimer:
@@ -134,14 +134,14 @@ def test_a_corrupt_cache_is_ignored_with_a_warning_and_rewritten(tiny_config, ti
     assert config.model.conv == "im2col" and len(timer.calls) == 2
     assert "Ignoring the autotune cache" in caplog.text
     content = json.loads(timing.read_text())
-    assert content["version"] == autotune.CACHE_VERSION and len(content["decisions"]) == 1
+    assert content["version"] == autotune_cache.CACHE_VERSION and len(content["decisions"]) == 1
     assert not [f for f in os.listdir(timing.parent) if f.endswith(".tmp")]
 
 
 def test_a_candidate_too_large_for_memory_is_skipped(tiny_config, timing):
     def timer(config, tunable, candidate):
         if candidate == "im2col":
-            raise autotune.TooLarge("needs 900 GiB")
+            raise step_timing.TooLarge("needs 900 GiB")
         return [1.0, 1.0]
 
     config, record = resolve(tiny_config, timer)
@@ -245,9 +245,9 @@ class MixMethod:
 
 
 def test_step_mix_weights_each_step_by_how_often_the_run_takes_it():
-    assert autotune.step_mix(MixMethod(10)) == [("train", 0.9), ("measured", 0.1)]
-    assert autotune.step_mix(MixMethod(1)) == [("measured", 1.0)]
-    assert autotune.step_mix(MixMethod(10, measured=False)) == [("train", 1.0)]
+    assert step_timing.step_mix(MixMethod(10)) == [("train", 0.9), ("measured", 0.1)]
+    assert step_timing.step_mix(MixMethod(1)) == [("measured", 1.0)]
+    assert step_timing.step_mix(MixMethod(10, measured=False)) == [("train", 1.0)]
 
 
 def test_a_mix_is_timed_as_the_weighted_mean_of_one_step_of_each_kind(monkeypatch):
@@ -255,14 +255,14 @@ def test_a_mix_is_timed_as_the_weighted_mean_of_one_step_of_each_kind(monkeypatc
     1,000 ms cost 109 ms a step, not the train step's 10 ms."""
     seconds = {"train": 0.010, "measured": 1.0}
     monkeypatch.setattr(
-        autotune,
+        step_timing,
         "compile_step",
-        lambda method, kind, batch: (autotune.pick_step(method, kind), None, batch),
+        lambda method, kind, batch: (step_timing.pick_step(method, kind), None, batch),
     )
     monkeypatch.setattr(
-        autotune, "run_steps", lambda compiled, state, batch, steps: (state, [seconds[compiled]])
+        step_timing, "run_steps", lambda compiled, state, batch, steps: (state, [seconds[compiled]])
     )
-    times = list(autotune.time_method_step(MixMethod(10), "mix", {}, steps=3))
+    times = list(step_timing.time_method_step(MixMethod(10), "mix", {}, steps=3))
     assert times == pytest.approx([0.9 * 0.010 + 0.1 * 1.0] * 3)
     assert autotune.CONV.step == "mix"
 
@@ -286,7 +286,7 @@ def test_a_conv_under_which_no_strategy_fits_is_skipped(tiny_config, timing):
 
     def timer(config, tunable, candidate):
         if tunable.path == "affinity.strategy" and config.model.conv == "im2col":
-            raise autotune.TooLarge("needs more memory than there is")
+            raise step_timing.TooLarge("needs more memory than there is")
         return [0.002] * 4
 
     config, record = autotune.resolve(
@@ -299,3 +299,103 @@ def test_a_conv_under_which_no_strategy_fits_is_skipped(tiny_config, timing):
     )
     assert config.model.conv == "xla"
     assert "im2col" in record["model.conv"]["skipped"]
+
+
+class Clock:
+    """A clock that moves only when a timed step says it took its seconds."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def clocked_steps(clock, seconds_of):
+    """timer(config, tunable, candidate) stepping TIMED_STEPS times seconds_of(config, tunable,
+    candidate), each step moving `clock`; records the steps each candidate took."""
+    taken = {}
+
+    def timer(config, tunable, candidate):
+        for _ in range(autotune.TIMED_STEPS):
+            clock.now += seconds_of(config, tunable, candidate)
+            taken[tunable.path, candidate] = taken.get((tunable.path, candidate), 0) + 1
+            yield seconds_of(config, tunable, candidate)
+
+    return timer, taken
+
+
+def test_a_spent_budget_keeps_the_best_timed_so_far_and_says_so(tiny_config, timing, caplog):
+    """Steps of 1 s, a budget of 2.5 s: xla's third step spends it, so xla is timed on 3 steps,
+    im2col never starts; the decision says what was not timed and is cached for this budget."""
+    caplog.set_level("INFO")
+    clock = Clock()
+    timer, taken = clocked_steps(clock, lambda config, tunable, candidate: 1.0)
+    config, record = resolve_with_budget(tiny_config, timer, autotune.Budget(2.5, clock))
+    assert taken == {("model.conv", "xla"): 3}
+    assert config.model.conv == "xla"
+    decision = record["model.conv"]
+    assert decision["times_ms"] == {"xla": 1e3, "im2col": None}
+    assert (decision["untimed"], decision["budget_seconds"]) == (["im2col"], 2.5)
+    assert "timing 2 candidates (xla, im2col)" in caplog.text
+    assert "ran out: xla, the fastest of those timed (xla); not timed: im2col" in caplog.text
+    # The same budget reuses the decision; a larger one times what was left out.
+    _, again = resolve_with_budget(tiny_config, timer, autotune.Budget(2.5, clock))
+    assert again["model.conv"]["source"] == "cache" and len(taken) == 1
+    _, larger = resolve_with_budget(tiny_config, timer, autotune.Budget(100.0, clock))
+    assert larger["model.conv"]["source"] == "timed" and larger["model.conv"].get("untimed") is None
+    assert taken[("model.conv", "im2col")] == autotune.TIMED_STEPS
+    assert "xla 1000.0 ms per step (4.0 s); about 4 s for the 1 left (budget left 96 s)" in (
+        caplog.text
+    )
+
+
+def test_a_candidate_expected_to_overrun_the_budget_is_not_started(tiny_config, timing):
+    """Steps of 1 s, a budget of 6 s: xla takes 4 s, leaving 2 s, less than a candidate takes."""
+    clock = Clock()
+    timer, taken = clocked_steps(clock, lambda config, tunable, candidate: 1.0)
+    _, record = resolve_with_budget(tiny_config, timer, autotune.Budget(6.0, clock))
+    assert taken == {("model.conv", "xla"): autotune.TIMED_STEPS}
+    assert record["model.conv"]["untimed"] == ["im2col"]
+    _, record = resolve_with_budget(tiny_config, timer, autotune.Budget(8.0, clock))
+    assert taken[("model.conv", "im2col")] == autotune.TIMED_STEPS  # 4 s left: it fits
+    assert record["model.conv"].get("untimed") is None
+
+
+def test_a_budget_spent_inside_a_joint_decision_bounds_every_setting(tiny_config, timing):
+    """TAG: the strategy is timed inside each conv candidate. Steps of 1 s and a budget of 2.5 s:
+    under xla, 'unrolled' spends it (3 steps), 'vmap' never starts; xla's own mix is stepped
+    once; im2col is never timed."""
+    tiny_config.method = "tag"
+    clock = Clock()
+    timer, taken = clocked_steps(clock, lambda config, tunable, candidate: 1.0)
+    config, record = resolve_with_budget(tiny_config, timer, autotune.Budget(2.5, clock))
+    assert taken == {("affinity.strategy", "unrolled"): 3, ("model.conv", "xla"): 1}
+    assert (config.model.conv, config.affinity.strategy) == ("xla", "unrolled")
+    assert record["model.conv"]["untimed"] == ["im2col"]
+    assert record["affinity.strategy"]["untimed"] == ["vmap"]
+
+
+def test_a_budget_spent_before_any_timing_leaves_the_rule(tiny_config, timing, caplog):
+    """Budget 0, the real timer: nothing compiled or cached; 'auto' stays for the rule."""
+    caplog.set_level("INFO")
+    tiny_config.autotune_budget_seconds = 0.0
+    method = methods.build(tiny_config, TASKS, SHAPE, steps_per_epoch=3)
+    decision = method.autotune["model.conv"]
+    assert (decision["choice"], decision["source"]) == ("auto", "rule")
+    assert "config.autotune_budget_seconds = 0" in decision["reason"]
+    assert "decided by its rule" in caplog.text and not timing.exists()
+    assert "compiled" not in caplog.text
+
+
+def resolve_with_budget(config, timer, budget):
+    registered = methods.REGISTRY[config.method]
+    return autotune.resolve(
+        config,
+        None,
+        len(TASKS),
+        SHAPE,
+        (autotune.CONV,) + registered.tuned,
+        timer=timer,
+        budget=budget,
+    )
