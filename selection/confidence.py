@@ -17,7 +17,11 @@ chosen windows of ``block_length`` consecutive blocks, and its mean is the
 sum of the chosen block sums over the sum of their counts.
 """
 
+import time
+
 import numpy as np
+
+from .groups import select_groups
 
 # Verdict thresholds on ``confidence`` (share of resamples choosing the
 # reported grouping); chosen on data, see docs/confidence.md.
@@ -150,3 +154,109 @@ def block_bootstrap_means(block_sums, block_counts, num_resamples, block_length,
     rng = np.random.default_rng(seed)
     indices = moving_block_indices(int(kept.sum()), block_length, num_resamples, rng)
     return resampled_means(np.asarray(block_sums)[kept], counts[kept], indices)
+
+
+def grouping_scores(candidates, tasks, tables, objective="maximize", singletons="forbid"):
+    """(R, C) score of each candidate grouping on each table, as ``select_groups`` scores a
+    selection: the mean over tasks of the score of the group serving each task best.
+
+    tables: (R, T, T) with tables[r][t][u] = score ONTO t FROM u; candidates: groupings of the
+    ``tasks`` names; singletons: 'forbid' (a one-task group scores -inf) or 'diagonal'."""
+    position = {t: i for i, t in enumerate(tasks)}
+    tables = np.asarray(tables, np.float64)
+    off = tables * (1 - np.eye(tables.shape[-1]))
+    scores = np.empty((len(tables), len(candidates)))
+    for c, groups in enumerate(candidates):
+        member = np.zeros((len(groups), len(tasks)))
+        for g, group in enumerate(groups):
+            member[g, [position[t] for t in group]] = 1.0
+        size = member.sum(axis=1)
+        gains = np.einsum("rtu,gu->rgt", off, member) / np.maximum(size - 1, 1)[:, None]
+        if singletons == "diagonal":
+            alone = np.diagonal(tables, axis1=1, axis2=2)[:, None, :]
+            gains = np.where((size == 1)[:, None], alone, gains)
+        else:
+            gains = np.where((size == 1)[:, None], -np.inf, gains)
+        gains = np.where(member > 0, gains, np.nan)
+        best = np.nanmax(gains, axis=1) if objective == "maximize" else np.nanmin(gains, axis=1)
+        scores[:, c] = best.mean(axis=1)
+    return scores
+
+
+def _best_candidates(candidates, tasks, tables, objective, singletons):
+    """(R,) index of the best of ``candidates`` on each table (ties: the earliest) and (R,) its
+    score in maximisation form (negated when minimising)."""
+    scores = grouping_scores(candidates, tasks, tables, objective, singletons)
+    gains = scores if objective == "maximize" else -scores
+    best = np.argmax(gains, axis=1)
+    return best, gains[np.arange(len(gains)), best]
+
+
+def resampled_selections(
+    tasks,
+    tables,
+    reported,
+    *,
+    objective="maximize",
+    singletons="forbid",
+    time_budget=30.0,
+    time_limit=60.0,
+):
+    """The grouping chosen on each table for each k, within ``time_budget`` seconds.
+
+    tables: (R, T, T) resampled score tables (onto t from u); reported: {k: the reported
+    grouping}. Tables are solved with ``select_groups`` in order (every k of a table, each solve
+    limited to ``time_limit`` and to what is left of the budget) while what is left exceeds the
+    longest solve so far; a solve whose optimum is not proven yields to a strictly better
+    candidate. Once the budget is spent, each remaining table takes the best candidate for k:
+    the reported grouping or one chosen on an earlier table (ties: the earliest found).
+    Returns ({k: [grouping chosen on each table]}, usage: {"seconds", "cpu_seconds" (this
+    process's), "time_budget",
+    "solved": tables solved, "scored": tables that took the best candidate, "unproven":
+    solves stopped by their time limit}).
+    """
+    start, cpu_start = time.monotonic(), time.process_time()
+    tables = np.asarray(tables, np.float64)
+    candidates = {k: [[list(g) for g in groups]] for k, groups in reported.items()}
+    chosen = {k: [] for k in reported}
+    longest, unproven = 0.0, 0
+    for table in tables:
+        left = time_budget - (time.monotonic() - start)
+        if left <= longest:
+            break
+        for k in reported:
+            began = time.monotonic()
+            result = select_groups(
+                (list(tasks), table),
+                max_groups=k,
+                objective=objective,
+                singletons=singletons,
+                time_limit=max(min(time_limit, left), 1e-3),
+            )
+            longest = max(longest, time.monotonic() - began)
+            groups = [list(g) for g in result.groups]
+            if result.gap > 0:
+                unproven += 1
+                best, gain = _best_candidates(
+                    candidates[k], tasks, table[None], objective, singletons
+                )
+                solved_gain = result.score if objective == "maximize" else -result.score
+                if gain[0] > solved_gain + 1e-9 * max(1.0, abs(solved_gain)):
+                    groups = candidates[k][best[0]]
+            if grouping_key(groups) not in {grouping_key(c) for c in candidates[k]}:
+                candidates[k].append(groups)
+            chosen[k].append(groups)
+    solved = len(next(iter(chosen.values()), []))
+    if solved < len(tables):
+        for k in reported:
+            best, _ = _best_candidates(candidates[k], tasks, tables[solved:], objective, singletons)
+            chosen[k].extend(candidates[k][b] for b in best)
+    usage = {
+        "seconds": time.monotonic() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "time_budget": time_budget,
+        "solved": solved,
+        "scored": len(tables) - solved,
+        "unproven": unproven,
+    }
+    return chosen, usage

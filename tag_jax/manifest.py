@@ -39,6 +39,7 @@ RUN_OUTPUTS = (
     "affinity.json",
     "affinity.png",
     "affinity_over_time.png",
+    "affinity_blocks.npz",
     "groups.json",
     "groups.png",
     "grouping_confidence.png",

@@ -191,6 +191,59 @@ def groupings(record: dict):
     return fig
 
 
+def serving_groups(selection: dict) -> dict:
+    """task -> the group serving it: the selection's 'assignment', else the first group holding
+    the task."""
+    if "assignment" in selection:
+        return {t: list(g) for t, g in selection["assignment"].items()}
+    return {t: list(g) for g in reversed(selection["groups"]) for t in g}
+
+
+def grouping_confidence(record: dict):
+    """One panel per k: the co-membership share (how often two tasks share a group over the
+    resamples) with the tasks ordered by the group serving them, each reported group's served
+    tasks outlined; the title gives the confidence and verdict. record: groups.json."""
+    tasks, selections = record["tasks"], record["selections"]
+    size = 1.5 + 0.32 * len(tasks)
+    fig, axes = plt.subplots(
+        1, len(selections), figsize=(size * len(selections) + 1.2, size + 0.6), squeeze=False
+    )
+    for ax, s in zip(axes.flat, selections):
+        serving = serving_groups(s)
+        served = [
+            [t for t, task in enumerate(tasks) if serving[task] == list(g)] for g in s["groups"]
+        ]
+        order = [t for members in served for t in members]  # each served set contiguous
+        share = np.asarray(s["co_membership"])[np.ix_(order, order)]
+        image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+        start = 0
+        for members in served:
+            ax.add_patch(
+                plt.Rectangle(
+                    (start - 0.5, start - 0.5),
+                    len(members),
+                    len(members),
+                    fill=False,
+                    color="C3",
+                    linewidth=2,
+                )
+            )
+            start += len(members)
+        names = [tasks[t] for t in order]
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_title(
+            f"k={s['max_groups']}: confidence {s['confidence']:.2f}\n{s['verdict']}", fontsize=9
+        )
+    fig.colorbar(image, ax=list(axes.flat), label="share of resamples in one group", shrink=0.8)
+    fig.suptitle(
+        f"{record['method'].upper()}: how often two tasks share a group over "
+        f"{selections[0]['num_samples']} resamples (outlined: the reported groups)",
+        fontsize=10,
+    )
+    return fig
+
+
 # One colour per study label (the study has 11: tab10's ten, then black).
 STUDY_COLORS = tuple(f"C{i}" for i in range(10)) + ("black",)
 

@@ -7,6 +7,8 @@ import tempfile
 import jax
 import numpy as np
 
+from selection import confidence
+
 
 def write_json_atomic(path: str, obj) -> None:
     """Writes JSON to a temporary file in the same folder, then renames it: never half-written.
@@ -14,6 +16,16 @@ def write_json_atomic(path: str, obj) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".", suffix=".tmp", delete=False) as f:
         json.dump(obj, f, indent=1, default=_to_builtin)
+    _replace_with_usual_mode(f.name, path)
+
+
+def write_npz_atomic(path: str, **arrays) -> None:
+    """Writes numpy arrays as an .npz like write_json_atomic: a temporary file renamed over path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile(
+        "wb", dir=folder, prefix=".", suffix=".tmp", delete=False
+    ) as f:
+        np.savez(f, **arrays)
     _replace_with_usual_mode(f.name, path)
 
 
@@ -88,7 +100,8 @@ def did_not_learn_line(results: dict) -> str:
 def answer_lines(results: dict, workdir: str) -> list[str]:
     """What a run found, for the console: test Total Error next to the majority baseline's, a
     warning when the run did not learn, the groups that served the tasks, each selection (k,
-    groups, score, proof gap) the method made, and the files written."""
+    groups, score, proof gap and, when resampled, confidence) the method made with each
+    confidence's verdict, and the files written."""
     restored = (
         f", parameters of epoch {results['restored_epoch']}"
         if results.get("restored_epoch") not in (None, results["epochs"])
@@ -106,18 +119,40 @@ def answer_lines(results: dict, workdir: str) -> list[str]:
     if len(results["groups"]) > 1:
         lines.append("served by: " + " ".join("{" + ", ".join(g) + "}" for g in results["groups"]))
     selections = results.get("outputs", {}).get("selections", [])
-    if selections:
-        lines.append(f"{'k':>3}  {'score':>10}  {'gap':>6}  groups")
-        for s in selections:
-            score = "-" if s["score"] is None else f"{s['score']:.4g}"
-            gap = "-" if s["gap"] is None else f"{s['gap']:.3g}"
-            lines.append(
-                f"{s['max_groups']:>3}  {score:>10}  {gap:>6}  "
-                + " ".join("{" + ", ".join(g) + "}" for g in s["groups"])
-            )
+    lines.extend(selection_lines(selections))
     files = sorted(name for name in os.listdir(workdir) if name.endswith((".json", ".png")))
     lines.append(
         f"results in {workdir}: {', '.join(files)} (and metrics.jsonl, TensorBoard "
         "events, checkpoints/)"
     )
+    return lines
+
+
+EXPLANATION_WIDTH = 200  # characters of a verdict's explanation line, at most
+
+
+def selection_lines(selections: list[dict]) -> list[str]:
+    """The table of selections (k, score, gap, confidence when resampled, groups), then one line
+    per resampled k saying what its confidence means (selection.confidence.explanation, cut to
+    EXPLANATION_WIDTH characters)."""
+    if not selections:
+        return []
+    resampled = all("confidence" in s for s in selections)
+    lines = [
+        f"{'k':>3}  {'score':>10}  {'gap':>6}  " + ("confidence  " if resampled else "") + "groups"
+    ]
+    for s in selections:
+        score = "-" if s["score"] is None else f"{s['score']:.4g}"
+        gap = "-" if s["gap"] is None else f"{s['gap']:.3g}"
+        sure = f"{s['confidence']:>10.2f}  " if resampled else ""
+        lines.append(
+            f"{s['max_groups']:>3}  {score:>10}  {gap:>6}  {sure}"
+            + " ".join("{" + ", ".join(g) + "}" for g in s["groups"])
+        )
+    if resampled:
+        for s in selections:
+            line = f"k={s['max_groups']} {confidence.explanation(s)}"
+            cut = line[: EXPLANATION_WIDTH - 3] + "..."
+            lines.append(line if len(line) <= EXPLANATION_WIDTH else cut)
+        lines.append("how sure is the grouping: grouping_confidence.png, docs/confidence.md")
     return lines

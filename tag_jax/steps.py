@@ -70,7 +70,8 @@ def task_losses(model: nn.Module, params, batch_stats, batch):
 def shared_losses_fn(model: nn.Module, params, batch_stats):
     """losses_fn(shared_params, batch) -> (T,) with heads fixed and batch statistics of the batch.
 
-    Running averages are not touched (the lookahead forwards of REFERENCE §1).
+    Running averages are not touched (TAG's lookahead forwards,
+    docs/reference.md#tag-lookahead-affinity).
     """
 
     def losses_fn(shared, batch):
@@ -126,23 +127,58 @@ def make_eval_step(model: nn.Module):
     return eval_step
 
 
-def init_affinity_tracker(num_sources: int, num_tasks: int) -> dict:
-    """Sums of recorded (S, T) matrices for the current epoch and the whole run, and their counts."""
+# Capacity of the affinity tracker's block buffer (even): blocks of consecutive measured steps
+# kept for resampling (selection.confidence); full, adjacent blocks merge pairwise.
+AFFINITY_BLOCKS = 256
+
+
+def init_affinity_tracker(num_sources: int, num_tasks: int, num_blocks=AFFINITY_BLOCKS) -> dict:
+    """Sums of recorded (S, T) matrices for the current epoch and the whole run, and their counts;
+    block_sums (num_blocks, T, T): the task rows summed over blocks of block_length consecutive
+    measured steps (block i holds steps i * block_length ... in recording order), block_counts
+    (num_blocks,) the steps in each (see record_affinity)."""
     shape = (num_sources, num_tasks)
     return {
         "epoch_sum": jnp.zeros(shape),
         "epoch_count": jnp.zeros((), jnp.int32),
         "run_sum": jnp.zeros(shape),
         "run_count": jnp.zeros((), jnp.int32),
+        "block_sums": jnp.zeros((num_blocks, num_tasks, num_tasks)),
+        "block_counts": jnp.zeros((num_blocks,), jnp.int32),
+        "block_length": jnp.ones((), jnp.int32),
     }
 
 
+def merged_block_pairs(block_sums, block_counts, block_length):
+    """Adjacent blocks summed pairwise into the first half of the buffer (the second half zero),
+    block_length doubled."""
+
+    def halve(x):
+        merged = x.reshape(x.shape[0] // 2, 2, *x.shape[1:]).sum(1)
+        return jnp.concatenate([merged, jnp.zeros_like(merged)])
+
+    return halve(block_sums), halve(block_counts), block_length * 2
+
+
 def record_affinity(tracker: dict, matrix) -> dict:
+    """Adds one measured (S, T) matrix to the sums and its task rows to the current block (after
+    merging blocks pairwise if the buffer is full)."""
+    num_tasks = tracker["block_sums"].shape[1]
+    recorded = tracker["run_count"]  # steps recorded before this one
+    blocks = (tracker["block_sums"], tracker["block_counts"], tracker["block_length"])
+    full = recorded // tracker["block_length"] >= tracker["block_counts"].shape[0]
+    block_sums, block_counts, block_length = jax.lax.cond(
+        full, merged_block_pairs, lambda *b: b, *blocks
+    )
+    index = recorded // block_length
     return {
         "epoch_sum": tracker["epoch_sum"] + matrix,
         "epoch_count": tracker["epoch_count"] + 1,
         "run_sum": tracker["run_sum"] + matrix,
-        "run_count": tracker["run_count"] + 1,
+        "run_count": recorded + 1,
+        "block_sums": block_sums.at[index].add(matrix[:num_tasks]),
+        "block_counts": block_counts.at[index].add(1),
+        "block_length": block_length,
     }
 
 

@@ -1,9 +1,13 @@
 """How sure is the grouping: resampling summaries, verdicts and the block bootstrap."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import selection
 from selection import confidence
+from tag_jax import steps
 
 TASKS = ["a", "b", "c", "d"]
 
@@ -114,3 +118,88 @@ def test_block_bootstrap_is_deterministic_for_a_seed_and_skips_empty_blocks():
     # a window as long as the run can only draw the run itself
     whole = confidence.block_bootstrap_means(sums, counts, 3, 99, seed=0)
     np.testing.assert_allclose(whole, np.broadcast_to(sums[:11].sum(0) / 44, (3, 3, 3)))
+
+
+def planted_table(rng, noise, tasks=9):
+    """(T, T) onto-from table: 1 within three planted groups of T/3, noise elsewhere."""
+    group = np.arange(tasks) // (tasks // 3)
+    return (group[:, None] == group[None]) + noise * rng.normal(size=(tasks, tasks))
+
+
+@pytest.mark.parametrize(
+    "objective, singletons", [("maximize", "forbid"), ("minimize", "diagonal")]
+)
+def test_grouping_scores_equal_the_selection_score(objective, singletons):
+    rng = np.random.default_rng(0)
+    tasks = [f"t{i}" for i in range(7)]
+    tables = rng.normal(size=(3, 7, 7))
+    chosen = [
+        selection.select_groups(
+            (tasks, table), max_groups=3, objective=objective, singletons=singletons
+        )
+        for table in tables
+    ]
+    scores = confidence.grouping_scores(
+        [c.groups for c in chosen], tasks, tables, objective, singletons
+    )
+    np.testing.assert_allclose(np.diag(scores), [c.score for c in chosen], atol=1e-9)
+    # each table's own selection is its best (the optimum is proven)
+    best = scores.max(axis=1) if objective == "maximize" else scores.min(axis=1)
+    np.testing.assert_allclose(np.diag(scores), best)
+
+
+def test_resampled_selections_solve_within_the_budget_then_score_candidates():
+    rng = np.random.default_rng(1)
+    tasks = [f"t{i}" for i in range(9)]
+    tables = np.stack([planted_table(rng, 0.3) for _ in range(6)])
+    planted = [tasks[0:3], tasks[3:6], tasks[6:9]]
+    wrong = [tasks[0:2] + tasks[3:4], tasks[2:3] + tasks[4:6], tasks[6:9]]
+    chosen, usage = confidence.resampled_selections(tasks, tables, {3: planted}, time_budget=60)
+    assert usage["solved"] == 6 and usage["scored"] == 0 and usage["unproven"] == 0
+    assert all(confidence.grouping_key(g) == confidence.grouping_key(planted) for g in chosen[3])
+    # no time: every table takes the best candidate, here the reported groups or a worse one
+    chosen, usage = confidence.resampled_selections(tasks, tables, {3: wrong}, time_budget=0)
+    assert usage["solved"] == 0 and usage["scored"] == 6
+    assert all(confidence.grouping_key(g) == confidence.grouping_key(wrong) for g in chosen[3])
+
+
+def test_tracker_blocks_hold_consecutive_sums_and_merge_pairwise():
+    rng = np.random.default_rng(2)
+    records = rng.normal(size=(11, 3, 2)).astype(np.float32)  # 3 sources (2 tasks + all), 2 targets
+    tracker = steps.init_affinity_tracker(3, 2, num_blocks=4)
+    record = jax.jit(steps.record_affinity)
+    for n, matrix in enumerate(records, start=1):
+        tracker = record(tracker, matrix)
+        # the buffer doubles its block length whenever n steps no longer fit in 4 blocks
+        length = 1 if n <= 4 else 2 if n <= 8 else 4
+        assert int(tracker["block_length"]) == length
+        starts = range(0, n, length)
+        expected = [records[s : min(s + length, n), :2].sum(axis=0) for s in starts]
+        np.testing.assert_allclose(
+            np.asarray(tracker["block_sums"])[: len(expected)], expected, rtol=1e-5
+        )
+        np.testing.assert_array_equal(
+            tracker["block_counts"],
+            [min(length, n - s) for s in starts] + [0] * (4 - len(expected)),
+        )
+    np.testing.assert_allclose(tracker["run_sum"], records.sum(axis=0), rtol=1e-5)
+
+
+def test_tracker_memory_is_bounded_at_100_tasks():
+    tracker = steps.init_affinity_tracker(100, 100)
+    buffer_bytes = tracker["block_sums"].nbytes + tracker["block_counts"].nbytes
+    assert buffer_bytes <= steps.AFFINITY_BLOCKS * 100 * 100 * 4 + steps.AFFINITY_BLOCKS * 4
+    assert buffer_bytes < 11e6  # 256 blocks of 100 x 100 float32: about 10 MB, whatever the run
+
+    def many(tracker):
+        return jax.lax.fori_loop(
+            0, 1000, lambda i, t: steps.record_affinity(t, jnp.full((100, 100), 1.0 * i)), tracker
+        )
+
+    tracker = jax.jit(many)(tracker)
+    counts = np.asarray(tracker["block_counts"])
+    assert tracker["block_sums"].shape == (steps.AFFINITY_BLOCKS, 100, 100)
+    assert counts.sum() == 1000 and int(tracker["block_length"]) == 4  # 1000 steps in 250 blocks
+    np.testing.assert_allclose(
+        np.asarray(tracker["block_sums"])[:250, 0, 0], np.arange(1000).reshape(250, 4).sum(1)
+    )
