@@ -14,8 +14,8 @@ returns a proven upper bound on max(threshold, rho), threshold >= 0, so this
 bound holds even when pricing or column generation is cut short; at the end of
 column generation it equals the linear programme's optimum.
 
-Incumbents: the one-set partition, beyond ``ENUMERATION_LIMIT`` tasks the
-cuts of an average-linkage clustering into 2..k sets (``clustered_partitions``)
+Incumbents (``_incumbents``): the one-set partition, beyond ``ENUMERATION_LIMIT``
+tasks the cuts of an average-linkage clustering into 2..k sets (``clustered_partitions``)
 and a greedy grouping that merges a finer cut by least loss of value
 (``merged_partitions``; both incumbents only, not columns), an integer
 programme over the columns generated at the root, and every integral master
@@ -30,11 +30,11 @@ bound first; the search ends when no open node's bound exceeds the incumbent
 (proven optimum) or at the deadline. Then a last integer programme over all
 generated columns gets a reserved share of the time.
 
-Anytime bound: the smallest of ``task_upper_bound`` (every task at its best,
-at once), ``relaxed_upper_bound`` (for each of ``_Search.ROW_SHARES``; beyond ``ENUMERATION_LIMIT`` tasks computed
-right after the starting partitions, with up to a quarter of the time; for
-fewer tasks only if the search ends unproven), the root's Lagrangian bound and
-the largest bound among open nodes. ``progress`` hears of every better
+Anytime bound: the smallest of ``_bounds.task_upper_bound`` (every task at its best,
+at once), ``_bounds.relaxed_upper_bound`` (for each of ``_Search.ROW_SHARES``; beyond
+``ENUMERATION_LIMIT`` tasks computed right after the starting partitions, with up to a
+quarter of the time; for fewer tasks only if the search ends unproven), the root's
+Lagrangian bound and the largest bound among open nodes. ``progress`` hears of every better
 incumbent or bound. Pricing's local search stops at the deadline too, so the
 time limit holds at hundreds of tasks, up to the polishing of the starting
 partitions.
@@ -46,21 +46,15 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.optimize import LinearConstraint, linprog, milp
-from scipy.sparse import coo_matrix
-from scipy.spatial.distance import squareform
 
+from ._bounds import relaxed_upper_bound, task_upper_bound
 from ._branching import Branching, feasible_partition
-from ._pricing import EnumeratedPricer, SearchPricer, column_values, mask_members
-from ._values import served_values
+from ._incumbents import clustered_partitions, improve, merged_partitions
+from ._master import PENALTY, PRUNE_TOLERANCE, Master, fractional_pair
+from ._pricing import EnumeratedPricer, SearchPricer, column_values
 
-PENALTY = 1e-7  # per served set, gains scaled to max |gain| = 1
-PRUNE_TOLERANCE = 1e-9
 REDUCED_COST_TOLERANCE = 1e-10
 ENUMERATION_LIMIT = 20  # at most this many tasks: tabulate every set once
-MERGE_FROM = 48  # merged_partitions: clusters to merge from, at most (unless k is larger)
-LP_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
 
 
 @dataclass(frozen=True)
@@ -76,280 +70,6 @@ class Partition:
     @property
     def proven(self):
         return self.upper_bound <= self.value + self.tolerance
-
-
-@dataclass(frozen=True)
-class _LinearSolution:
-    masks: list
-    weights: np.ndarray
-    duals: np.ndarray
-    cardinality_dual: float
-
-
-class _Master:
-    """The generated columns and the set-partitioning programmes over them."""
-
-    def __init__(self, n, max_sets):
-        self.n, self.max_sets, self.columns = n, max_sets, {}
-
-    def add(self, columns):
-        self.columns.update(columns)
-
-    def _arrays(self, masks):
-        membership = mask_members(masks, self.n).T.astype(float)
-        values = np.array([self.columns[m] for m in masks])
-        return membership, values
-
-    def solve(self, branching):
-        """The linear programme over the columns allowed by ``branching``."""
-        masks = [m for m in self.columns if branching.allows(m)]
-        membership, values = self._arrays(masks)
-        result = linprog(
-            -values,
-            A_eq=membership,
-            b_eq=np.ones(self.n),
-            A_ub=np.ones((1, len(masks))),
-            b_ub=[self.max_sets],
-            bounds=(0, None),
-            method="highs-ds",
-            options=LP_OPTIONS,
-        )
-        if result.status != 0:
-            raise RuntimeError(f"master linear programme failed: {result.message}")
-        return _LinearSolution(
-            masks, result.x, -result.eqlin.marginals, max(0.0, -result.ineqlin.marginals[0])
-        )
-
-    def best_integer(self, seconds):
-        """The best partition using generated columns only (HiGHS MILP), or None."""
-        masks = list(self.columns)
-        membership, values = self._arrays(masks)
-        result = milp(
-            -values,
-            integrality=np.ones(len(masks)),
-            bounds=(0, 1),
-            constraints=[
-                LinearConstraint(membership, 1, 1),
-                LinearConstraint(np.ones((1, len(masks))), 0, self.max_sets),
-            ],
-            options={"time_limit": max(seconds, 0.1), "mip_rel_gap": 0, "presolve": False},
-        )
-        if result.x is None:
-            return None
-        return [m for m, x in zip(masks, result.x) if x > 0.5]
-
-
-def improve(off_gain, alone, served_sets, max_sets, deadline=None):
-    """Local search: move one task at a time to the other set (or a new set)
-    where the penalised total rises most, until no move helps (or the
-    ``time.monotonic()`` deadline passes). Returns the improved list of bit masks."""
-    sets = list(served_sets)
-    values = list(column_values(off_gain, alone, sets, PENALTY))
-    moved = True
-    while moved:
-        moved = False
-        for t in range(len(alone)):
-            if deadline is not None and time.monotonic() > deadline:
-                return sets
-            bit = 1 << t
-            home = next(i for i, s in enumerate(sets) if s & bit)
-            rest = sets[home] & ~bit
-            rest_value = column_values(off_gain, alone, [rest], PENALTY)[0] if rest else 0.0
-            targets = [i for i in range(len(sets)) if i != home] + (
-                [None] if rest and len(sets) < max_sets else []
-            )
-            if not targets:
-                continue
-            joined = [bit if i is None else sets[i] | bit for i in targets]
-            joined_values = column_values(off_gain, alone, joined, PENALTY)
-            before = np.array([0.0 if i is None else values[i] for i in targets]) + values[home]
-            gains = joined_values + rest_value - before
-            best = int(np.argmax(gains))
-            if gains[best] <= PRUNE_TOLERANCE:
-                continue
-            if targets[best] is None:
-                sets.append(bit)
-                values.append(joined_values[best])
-            else:
-                sets[targets[best]], values[targets[best]] = joined[best], joined_values[best]
-            if rest:
-                sets[home], values[home] = rest, rest_value
-            else:
-                del sets[home], values[home]
-            moved = True
-    return sets
-
-
-def clustered_partitions(off_gain, max_sets):
-    """Partitions of range(n) into 2..max_sets served sets (lists of bit masks):
-    the cuts of an average-linkage tree over the distance max(G) - G, G the
-    symmetrised (n, n) gains. Starting points for ``improve`` on large
-    instances, where improving the one-set partition stalls far from good
-    groups."""
-    n = len(off_gain)
-    if n < 3 or max_sets < 2:
-        return []
-    together = (off_gain + off_gain.T) / 2
-    tree = linkage(squareform(together.max() - together, checks=False), method="average")
-    partitions = []
-    for count in range(2, min(max_sets, n) + 1):
-        labels = fcluster(tree, t=count, criterion="maxclust")
-        sets = [
-            sum(1 << int(t) for t in np.flatnonzero(labels == label)) for label in np.unique(labels)
-        ]
-        if sets not in partitions:
-            partitions.append(sets)
-    return partitions
-
-
-def merged_partitions(off_gain, alone, max_sets, deadline, finest=None):
-    """Greedy grouping: from a fine partition (the average-linkage cut into ``finest`` sets,
-    default 4 * max_sets but at most max(48, max_sets + 1) and n), repeatedly merge the two sets whose union loses the least
-    value, down to 2 sets. Returns the partitions met with at most ``max_sets`` sets (lists of
-    bit masks), fewest sets last. Unlike the tree's own cuts, the merges follow the objective:
-    weakly related tasks are lumped into one set while strong groups stay apart (the best
-    selection of k groups for many planted groups keeps k - 1 of them and lumps the rest)."""
-    n = len(off_gain)
-    if n < 3 or max_sets < 2:
-        return []
-    together = (off_gain + off_gain.T) / 2
-    tree = linkage(squareform(together.max() - together, checks=False), method="average")
-    finest = finest or max(min(4 * max_sets, MERGE_FROM), max_sets + 1)
-    labels = fcluster(tree, t=min(finest, n), criterion="maxclust")
-    members = [labels == label for label in np.unique(labels)]
-    values = served_values(off_gain, alone, np.array(members))
-    partitions = []
-    while len(members) > 2 and time.monotonic() < deadline:
-        pairs = [(a, b) for a in range(len(members)) for b in range(a + 1, len(members))]
-        unions = np.array([members[a] | members[b] for a, b in pairs])
-        losses = (
-            values[[a for a, _ in pairs]]
-            + values[[b for _, b in pairs]]
-            - served_values(off_gain, alone, unions)
-        )
-        best = int(np.argmin(losses))
-        a, b = pairs[best]
-        members[a], values[a] = unions[best], values[a] - losses[best] + values[b]
-        del members[b]
-        values = np.delete(values, b)
-        if len(members) <= max_sets:
-            partitions.append([_mask(m) for m in members])
-    return partitions
-
-
-def _mask(members):
-    """Bit mask of a (n,) bool membership row."""
-    return sum(1 << int(t) for t in np.flatnonzero(members))
-
-
-def task_upper_bound(off_gain, alone):
-    """An upper bound on the best penalised total in O(n^2 log n): every task served at its best,
-    max(alone[t], max over m of the mean of its m - 1 largest gains)."""
-    return float(np.maximum(_top_means(off_gain).max(axis=1, initial=-np.inf), alone).sum())
-
-
-def _top_means(weights):
-    """(n, n - 1): entry [t, m - 2] is the mean of the m - 1 largest weights[t, u], u != t."""
-    n = len(weights)
-    ranked = -np.sort(-np.where(np.eye(n, dtype=bool), -np.inf, weights), axis=1)[:, : n - 1]
-    return np.cumsum(ranked, axis=1) / np.arange(1, n)
-
-
-def member_shares(off_gain, row_share):
-    """(served, helper): (n, n - 1) upper bounds on a member's share of a group's total,
-    [u, m - 2] for a group of m, when u is served (pays its dual) or a helper.
-
-    A group G of m tasks serving S totals (1 / (m - 1)) sum of off_gain[t, v] over t in S,
-    v in G, v != t. Split each term: ``row_share`` to t, the rest to v. Member u's share
-    is then (1 / (m - 1)) sum over v in G, v != u, of row_share * off_gain[u, v] (if u is
-    served) + (1 - row_share) * off_gain[v, u] (if v is served), at most the mean of its
-    m - 1 largest weights max(row_share * g[u, v] + (1 - row_share) * g[v, u],
-    row_share * g[u, v]) when served, max((1 - row_share) * g[v, u], 0) as a helper.
-    row_share = 1 is "every served task picks its own best partners"; below 1 the
-    partners' gains back count too, which limits noise that no group can pick up
-    in both directions."""
-    rest = 1.0 - row_share
-    served = _top_means(np.maximum(row_share * off_gain + rest * off_gain.T, row_share * off_gain))
-    helper = _top_means(np.maximum(rest * off_gain.T, 0.0)) if rest > 0 else np.zeros_like(served)
-    return served, helper
-
-
-def relaxed_upper_bound(off_gain, alone, max_sets, time_limit=None, row_share=1.0):
-    """An upper bound on the best penalised total, found without pricing
-    (infinite if the linear programme below exceeds ``time_limit`` seconds).
-
-    Relaxation: a group of m tasks gives each member u at most a share
-    a[u, m] - pi[u] if u is served, h[u, m] if it is a helper
-    (``member_shares`` with ``row_share``; the shares sum to the group's
-    total), and has m members. By the Lagrangian bound of the module
-    docstring, any duals pi give sum(pi) + k * max(0, rho) with rho >= max
-    over m of the sum of the m largest max(a[u, m] - pi[u], h[u, m], 0) (and
-    >= alone[t] - pi[t]). Writing that top-m sum as
-    min_{lam >= 0} m * lam + sum_u (max(...) - lam)^+ makes the best such
-    bound one small linear programme in (pi, r, lam, nu).
-    """
-    n = len(alone)
-    sizes = np.arange(2, n + 1)
-    best_mean, helper = member_shares(off_gain, row_share)  # [u, m - 2]
-    helpers = row_share < 1.0
-    count, free = len(sizes), np.isfinite(alone)
-    # variables: pi (n), r (1), lam (count), nu (n * count, [t, m] row-major)
-    nu = n + 1 + count + np.arange(n * count).reshape(n, count)
-    rows, cols, vals, upper = [], [], [], []
-    for j, m in enumerate(sizes):  # m * lam_m + sum_t nu[t, m] - r <= 0
-        rows += [j] * (n + 2)
-        cols += [n, n + 1 + j] + nu[:, j].tolist()
-        vals += [-1.0, float(m)] + [1.0] * n
-        upper.append(0.0)
-    for t in range(n):  # -pi_t - lam_m - nu[t, m] <= -a[t, m], and -lam_m - nu[t, m] <= -h[t, m]
-        for j in range(count):
-            rows += [len(upper)] * 3
-            cols += [t, n + 1 + j, nu[t, j]]
-            vals += [-1.0, -1.0, -1.0]
-            upper.append(-best_mean[t, j])
-            if helpers:
-                rows += [len(upper)] * 2
-                cols += [n + 1 + j, nu[t, j]]
-                vals += [-1.0, -1.0]
-                upper.append(-helper[t, j])
-    for t in np.flatnonzero(free):  # -pi_t - r <= -alone_t
-        rows += [len(upper)] * 2
-        cols += [t, n]
-        vals += [-1.0, -1.0]
-        upper.append(-alone[t])
-    objective = np.zeros(n + 1 + count + n * count)
-    objective[:n], objective[n] = 1.0, max_sets
-    matrix = coo_matrix((vals, (rows, cols)), shape=(len(upper), len(objective)))
-    bounds = [(None, None)] * n + [(0, None)] * (1 + count + n * count)
-    options = LP_OPTIONS if time_limit is None else {**LP_OPTIONS, "time_limit": time_limit}
-    result = linprog(
-        objective, A_ub=matrix, b_ub=upper, bounds=bounds, method="highs-ipm", options=options
-    )
-    if result.status != 0:
-        return np.inf
-    pi = result.x[:n]  # re-evaluate the bound for these duals exactly, not trusting tolerances
-    gains = np.sort(np.maximum(np.maximum(best_mean - pi[:, None], helper), 0.0), axis=0)[::-1]
-    rho = max(
-        np.cumsum(gains, axis=0)[sizes - 1, np.arange(count)].max(),
-        max((alone - pi)[free], default=0.0),
-        0.0,
-    )
-    return float(pi.sum() + max_sets * rho)
-
-
-def _pair_weights(solution, n):
-    """(n, n): total weight of the columns serving both tasks."""
-    members = mask_members(solution.masks, n).astype(float)
-    return members.T @ (solution.weights[:, None] * members)
-
-
-def _fractional_pair(solution, n):
-    """The pair (a, b) whose shared weight is nearest 1/2, or None if integral."""
-    weights = _pair_weights(solution, n)
-    closeness = np.minimum(weights, 1.0 - weights)
-    np.fill_diagonal(closeness, 0.0)
-    a, b = np.unravel_index(np.argmax(closeness), closeness.shape)
-    return (int(a), int(b)) if closeness[a, b] > 1e-6 else None
 
 
 class _Search:
@@ -372,7 +92,7 @@ class _Search:
         self.n = len(alone)
         pricer = EnumeratedPricer if self.n <= ENUMERATION_LIMIT else SearchPricer
         self.pricer = pricer(off_gain, alone, PENALTY)
-        self.master = _Master(self.n, max_sets)
+        self.master = Master(self.n, max_sets)
         self.best_sets, self.best_value = None, -np.inf
         self.upper, self.progress = np.inf, progress
 
@@ -458,7 +178,7 @@ class _Search:
     def run(self):
         """Best-bound-first branch and price; returns the Partition found."""
         self.offer([(1 << self.n) - 1])
-        # The two relaxations bound the unpenalised total; every partition pays at least one PENALTY.
+        # The relaxations bound the unpenalised total; every partition pays at least one PENALTY.
         self.tighten(task_upper_bound(self.off_gain, self.alone) - PENALTY)
         if self.n > ENUMERATION_LIMIT:
             starts = clustered_partitions(self.off_gain, self.max_sets) + merged_partitions(
@@ -501,7 +221,7 @@ class _Search:
                 if bound > self.best_value + self._tolerance():
                     heapq.heappush(open_nodes, (-bound, next(counter), branching))
                 continue
-            pair = _fractional_pair(solution, self.n)
+            pair = fractional_pair(solution, self.n)
             if pair is None:
                 self.offer([m for m, w in zip(solution.masks, solution.weights) if w > 0.5])
             elif bound > self.best_value + self._tolerance():

@@ -53,8 +53,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._master import PENALTY
 from ._pricing import mask_members
-from ._solver import PENALTY, solve_partition
+from ._solver import solve_partition
 from ._values import best_group, without_diagonal
 from .scores import score_table
 

@@ -149,8 +149,8 @@ def test_text_report(affinity_file, capsys):
             "score onto 'a' from 'b' is not a finite number",
         ),
         (
-            '{"tasks": ["a", "b"], "orientation": "matrix[source][target]", "matrix": [[0, 1%s], [1, 0]]}'
-            % ("0" * 400),
+            '{"tasks": ["a", "b"], "orientation": "matrix[source][target]", '
+            '"matrix": [[0, 1%s], [1, 0]]}' % ("0" * 400),
             "score matrix is not numeric",
         ),
         (

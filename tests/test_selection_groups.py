@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import selection._bounds as bounds
+import selection._incumbents as incumbents
 import selection._solver as solver
 from selection import Selection, from_affinity_matrix, load_scores, select_groups
-from selection._pricing import mask_members
+from selection._pricing import column_values, mask_members
 from selection._values import without_diagonal
 
 
@@ -135,7 +137,7 @@ def test_relaxed_bound_is_above_the_optimum(instance, row_share):
     value, _ = brute_force(matrix, max_groups, maximize, diagonal)
     best_total = (value if maximize else -value) * len(matrix)
     assert (
-        solver.relaxed_upper_bound(off_gain, alone, max_groups, row_share=row_share)
+        bounds.relaxed_upper_bound(off_gain, alone, max_groups, row_share=row_share)
         >= best_total - 1e-9
     )
 
@@ -147,7 +149,7 @@ def test_member_shares_bound_every_group_and_served_set(row_share):
     rng = np.random.default_rng(3)
     n = 6
     off_gain = without_diagonal(rng.normal(size=(n, n)))
-    served, helper = solver.member_shares(off_gain, row_share)
+    served, helper = bounds.member_shares(off_gain, row_share)
     for size in range(2, n + 1):
         for group in itertools.combinations(range(n), size):
             for count in range(1, size + 1):
@@ -168,8 +170,8 @@ def test_split_shares_tighten_the_relaxed_bound_on_planted_tables():
     labels = np.arange(40) % 8
     matrix = (labels[:, None] == labels[None, :]) + 0.3 * rng.normal(size=(40, 40))
     off_gain, alone = without_diagonal(matrix), np.full(40, -np.inf)
-    own = solver.relaxed_upper_bound(off_gain, alone, 5) / 40
-    split = solver.relaxed_upper_bound(off_gain, alone, 5, row_share=0.6) / 40
+    own = bounds.relaxed_upper_bound(off_gain, alone, 5) / 40
+    split = bounds.relaxed_upper_bound(off_gain, alone, 5, row_share=0.6) / 40
     best = select_groups(([f"t{i}" for i in range(40)], matrix), max_groups=5, time_limit=5.0).score
     assert best <= split < own - 0.05
 
@@ -426,15 +428,15 @@ def test_merged_partitions_keep_strong_groups_and_lump_the_rest():
     average-linkage cut (5 sets of blocks merged by noise) does not find."""
     _, matrix, labels = planted(40, 8, 0.05, 1)
     off_gain, alone = without_diagonal(matrix), np.full(40, -np.inf)
-    merged = solver.merged_partitions(off_gain, alone, 5, time.monotonic() + 10)
+    merged = incumbents.merged_partitions(off_gain, alone, 5, time.monotonic() + 10)
     assert [len(p) for p in merged] == [5, 4, 3, 2]
     sizes = sorted(int(c).bit_count() for c in merged[0])
     assert sizes == [5, 5, 5, 5, 20]
     for mask in merged[0]:
         members = np.flatnonzero(mask_members([mask], 40)[0])
         assert len(members) == 20 or len(set(labels[members])) == 1
-    value = lambda sets: solver.column_values(off_gain, alone, sets, 0.0).sum()  # noqa: E731
-    cuts = solver.clustered_partitions(off_gain, 5)
+    value = lambda sets: column_values(off_gain, alone, sets, 0.0).sum()  # noqa: E731
+    cuts = incumbents.clustered_partitions(off_gain, 5)
     assert value(merged[0]) > max(value(c) for c in cuts if len(c) == 5) + 0.1
 
 
@@ -453,7 +455,7 @@ def test_task_upper_bound_holds():
         off_gain = without_diagonal(matrix)
         for alone in (np.full(6, -np.inf), np.diag(matrix).copy()):
             best, _ = brute_force(matrix, 3, True, np.isfinite(alone).all())
-            assert solver.task_upper_bound(off_gain, alone) >= 6 * best - 1e-9
+            assert bounds.task_upper_bound(off_gain, alone) >= 6 * best - 1e-9
 
 
 @pytest.mark.slow
@@ -470,7 +472,10 @@ def test_package_imports_no_deep_learning_framework():
     import subprocess
     import sys
 
-    code = "import sys, selection; print(sorted(m for m in ('jax', 'torch', 'tensorflow') if m in sys.modules))"
+    code = (
+        "import sys, selection; "
+        "print(sorted(m for m in ('jax', 'torch', 'tensorflow', 'tag_jax') if m in sys.modules))"
+    )
     output = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
