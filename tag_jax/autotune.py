@@ -190,7 +190,14 @@ def choose(
     cached = autotune_cache.load_cache().get(key)
     if reusable(cached, candidates, budget):
         logging.info(
-            "autotune %s: %s (cached in %s)", setting, cached["choice"], autotune_cache.cache_path()
+            "autotune %s: %s (cached in %s)%s",
+            setting,
+            cached["choice"],
+            autotune_cache.cache_path(),
+            f"; {', '.join(cached['untimed'])} not timed within the budget of "
+            f"{cached['budget_seconds']:g} s: a larger {BUDGET_KEY} times them"
+            if cached.get("untimed")
+            else "",
         )
         return {**cached, "source": "cache"}
     logging.info(

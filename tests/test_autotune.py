@@ -343,6 +343,7 @@ def test_a_spent_budget_keeps_the_best_timed_so_far_and_says_so(tiny_config, tim
     # The same budget reuses the decision; a larger one times what was left out.
     _, again = resolve_with_budget(tiny_config, timer, autotune.Budget(2.5, clock))
     assert again["model.conv"]["source"] == "cache" and len(taken) == 1
+    assert "im2col not timed within the budget of 2.5 s: a larger config.autotune" in caplog.text
     _, larger = resolve_with_budget(tiny_config, timer, autotune.Budget(100.0, clock))
     assert larger["model.conv"]["source"] == "timed" and larger["model.conv"].get("untimed") is None
     assert taken[("model.conv", "im2col")] == autotune.TIMED_STEPS
