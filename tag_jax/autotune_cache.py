@@ -72,6 +72,20 @@ def host_description() -> str:
     return f"{model or 'unknown cpu'} x{os.cpu_count()}"
 
 
+def machine_fields() -> dict:
+    """The fields of every key that name this machine: backend, device kind, jax version, and on
+    CPU the host (its model and core count)."""
+    device = jax.devices()[0]
+    fields = {
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "jax": jax.__version__,
+    }
+    if device.platform == "cpu":
+        fields["host"] = host_description()
+    return fields
+
+
 def cache_key(
     config,
     setting: str,
@@ -84,13 +98,10 @@ def cache_key(
     """Canonical JSON of everything the decision of `setting` depends on, the candidates timed
     included; depends_on: {config path: value} of the other config values that shape the timed
     step (the setting's key paths, and for a 'mix' decision the later settings')."""
-    device = jax.devices()[0]
     fields = {
         "setting": setting,
         "candidates": list(candidates),
-        "backend": jax.default_backend(),
-        "device_kind": device.device_kind,
-        "jax": jax.__version__,
+        **machine_fields(),
         "method": config.method,
         "tasks": num_tasks,
         "image_shape": list(image_shape),
@@ -100,8 +111,6 @@ def cache_key(
         "num_classes": config.model.num_classes,
         "optimizer": config.optimizer.name,
     }
-    if device.platform == "cpu":
-        fields["host"] = host_description()
     if setting != "model.conv":
         fields["conv"] = config.model.conv
     for path, value in depends_on.items():

@@ -98,7 +98,8 @@ def test_a_cached_decision_gives_seconds_per_pass_for_its_method_and_others(cach
     pass. The TAG stage counts no autotune (cached); MTL on the same shapes uses TAG's 1 ms a
     pass, and counts its own autotune."""
     decisions, tag = cached_tag_decision
-    seconds, own = study_estimate.cached_pass_seconds(tag, 25, WORKLOAD, decisions, {})
+    here = autotune_cache.machine_fields()
+    seconds, own = study_estimate.cached_pass_seconds(tag, 25, WORKLOAD, decisions, here)
     assert (seconds, own) == (pytest.approx(1e-3), True)
     estimate = study_estimate.estimate_stage("tag", tag, WORKLOAD, decisions, autotune_budget=9.0)
     assert (estimate.basis, estimate.autotune_seconds) == (study_estimate.CACHE_BASIS, 0.0)
