@@ -183,6 +183,22 @@ class QuietLibraries(py_logging.Filter):
         )
 
 
+class ConsoleFormatter(py_logging.Formatter):
+    """'20:33:56 message', '20:33:56 WARNING: message': the time and the message, without absl's
+    date, thread and source location (those stay at --verbosity=1)."""
+
+    def __init__(self):
+        super().__init__(datefmt="%H:%M:%S")
+
+    def formatMessage(self, record):
+        level = record.levelname
+        marked = record.levelno < py_logging.WARNING or record.message.startswith(level)
+        return f"{record.asctime} {'' if marked else level + ': '}{record.message}"
+
+    def usesTime(self):
+        return True
+
+
 def initialize_distributed() -> None:
     """jax.distributed.initialize() when the flags ask for a multi-process job."""
     import jax  # pylint: disable=g-import-not-at-top
@@ -240,6 +256,8 @@ def run(job) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.get_absl_handler().addFilter(QuietLibraries())
+        if flags.FLAGS.verbosity < 1:
+            logging.get_absl_handler().setFormatter(ConsoleFormatter())
         if flags.FLAGS.verbosity < 1:  # TensorFlow (behind clu, TensorBoard only) start-up chatter
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

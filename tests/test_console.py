@@ -1,14 +1,16 @@
 """The console of a run: progress and epoch lines, and a quick start that stays short."""
 
 import json
+import logging as py_logging
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 from absl import logging
 
-from tag_jax import console
+from tag_jax import cli, console
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,6 +64,22 @@ def test_epoch_line_best_so_far_is_the_lowest_total_error_and_its_epoch():
     )
     assert console.epoch_line(5, 8, None, 40.0, history) == (
         "epoch 5/8: validation Total Error 40.00 (best 40.00, epoch 5)"
+    )
+
+
+def test_console_log_format_is_the_time_and_the_message():
+    formatter = cli.ConsoleFormatter()
+
+    def formatted(level, message):
+        record = py_logging.LogRecord("absl", level, "/x/train.py", 1, message, (), None)
+        clock, _, text = formatter.format(record).partition(" ")
+        assert re.fullmatch(r"\d\d:\d\d:\d\d", clock)
+        return text
+
+    assert formatted(py_logging.INFO, "epoch 1/8: ...") == "epoch 1/8: ..."
+    assert formatted(py_logging.WARNING, "the budget ran out") == "WARNING: the budget ran out"
+    assert formatted(py_logging.WARNING, "WARNING: the run did not learn") == (
+        "WARNING: the run did not learn"
     )
 
 
@@ -124,14 +142,16 @@ def check_console(proc, workdir):
         trained = json.load(f)["epochs"]
     with open(os.path.join(workdir, "config.json")) as f:
         planned = json.load(f)["num_epochs"]
+    messages = [line.partition(" ")[2] for line in lines]  # after the time, '20:33:56 '
     for epoch in range(1, planned + 1):
-        count = sum(f"] epoch {epoch}/{planned}: train loss " in line for line in lines)
+        count = sum(m.startswith(f"epoch {epoch}/{planned}: train loss ") for m in messages)
         assert count == (epoch <= trained), (epoch, lines)
     assert not any("train/loss" in line or "affinity/" in line for line in lines)
     assert "Compiling the tag measured step" in proc.stdout
     answer = lines[lines.index("") + 1 :]  # after the empty line the answer starts with
     assert answer[0].startswith("tag: test Total Error"), answer
-    assert answer[-1].startswith("results in runs/quickstart: "), answer
+    files = [line.startswith("results in runs/quickstart: ") for line in answer].index(True)
+    assert all(line.startswith("  ") for line in answer[files + 1 :]), answer  # its wrapped rest
 
 
 def test_quick_start_console_shortened_run(tmp_path):
@@ -156,3 +176,19 @@ def test_quick_start_console_as_a_new_user_sees_it(tmp_path):
     proc = run_quick_start(tmp_path, environment=environment)
     check_console(proc, tmp_path / "runs" / "quickstart")
     assert "autotune model.conv" in proc.stdout
+
+
+def test_epoch_train_loss_is_the_mean_summed_loss_of_the_steps_checked():
+    import jax.numpy as jnp
+
+    from tag_jax import divergence
+
+    monitor = divergence.LossMonitor(("a", "b"), "unused")
+    assert monitor.mean_loss() is None
+    losses = {1: [0.5, 1.5], 2: [1.0, 1.0], 3: [0.25, 0.75]}  # sums 2.0, 2.0, 1.0
+    for step, task_losses in losses.items():
+        monitor.add(step, jnp.asarray(task_losses))
+        if step == 2:
+            monitor.check(up_to=2)  # e.g. at a log step; the rest at the epoch's end
+    monitor.check()
+    assert monitor.mean_loss() == pytest.approx(5.0 / 3)
