@@ -200,14 +200,12 @@ def choose(
             else "",
         )
         return {**cached, "source": "cache"}
-    logging.info(
-        "autotune %s: timing %d candidates (%s)%s, up to %d steps each, within the budget "
-        "(%.0f s left of %s = %g); the choice is cached",
+    logging.info(  # one line under 200 characters with the time before it
+        "autotune %s: timing %d candidates (%s)%s; %.0f s of %s = %g left",
         setting,
         len(candidates),
         ", ".join(candidates),
         f" on {what}" if what else "",
-        TIMED_STEPS,
         budget.left(),
         BUDGET_KEY,
         budget.seconds,
