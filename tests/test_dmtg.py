@@ -16,7 +16,7 @@ from conftest import load_config
 from tag_jax import data, models, steps, train
 from tag_jax.data import synthetic
 from tag_jax.errors import UserError
-from tag_jax.methods import dmtg
+from tag_jax.methods import dmtg, dmtg_network, dmtg_outputs, dmtg_step
 
 NUM_TASKS = 3
 
@@ -32,7 +32,7 @@ def tiny_net(strategy="unrolled", shared_stem="none", num_groups=3):
     config.dmtg.num_groups = num_groups
     config.dmtg.branch_strategy = strategy
     config.dmtg.shared_stem = shared_stem
-    return dmtg.create_grouped_net(config, NUM_TASKS)
+    return dmtg_network.create_grouped_net(config, NUM_TASKS)
 
 
 def tiny_batch(batch_size=6, size=8):
@@ -99,7 +99,7 @@ def assigned_variables(initial):
 def test_relaxed_sample_is_softmax_of_noisy_logits_over_tau():
     rng = np.random.default_rng(0)
     theta, noise = rng.normal(size=(4, 3)), rng.gumbel(size=(4, 3))
-    got = dmtg.gumbel_softmax(jnp.asarray(theta), jnp.asarray(noise), 2.5, hard=False)
+    got = dmtg_step.gumbel_softmax(jnp.asarray(theta), jnp.asarray(noise), 2.5, hard=False)
     np.testing.assert_allclose(got, numpy_softmax((theta + noise) / 2.5), rtol=1e-5)
 
 
@@ -107,7 +107,7 @@ def test_sample_is_uniform_at_initialisation(initial):
     theta = initial["params"]["group_logits"]
     np.testing.assert_array_equal(theta, np.ones((NUM_TASKS, 3)))
     np.testing.assert_allclose(
-        dmtg.gumbel_softmax(theta, jnp.zeros_like(theta), 2.5, hard=False), 1 / 3, rtol=1e-6
+        dmtg_step.gumbel_softmax(theta, jnp.zeros_like(theta), 2.5, hard=False), 1 / 3, rtol=1e-6
     )
 
 
@@ -115,11 +115,13 @@ def test_straight_through_is_one_hot_forward_with_the_soft_gradient():
     rng = np.random.default_rng(1)
     theta, noise = jnp.asarray(rng.normal(size=(4, 3))), jnp.asarray(rng.gumbel(size=(4, 3)))
     weights = jnp.asarray(rng.normal(size=(4, 3)))
-    hard = dmtg.gumbel_softmax(theta, noise, 2.0, hard=True)
-    soft = dmtg.gumbel_softmax(theta, noise, 2.0, hard=False)
+    hard = dmtg_step.gumbel_softmax(theta, noise, 2.0, hard=True)
+    soft = dmtg_step.gumbel_softmax(theta, noise, 2.0, hard=False)
     np.testing.assert_array_equal(hard, jax.nn.one_hot(soft.argmax(-1), 3))
     grads = [
-        jax.grad(lambda t, h=h: (weights * dmtg.gumbel_softmax(t, noise, 2.0, hard=h)).sum())(theta)
+        jax.grad(lambda t, h=h: (weights * dmtg_step.gumbel_softmax(t, noise, 2.0, hard=h)).sum())(
+            theta
+        )
         for h in (True, False)
     ]
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
@@ -135,8 +137,8 @@ def test_objective_and_its_logit_gradient_equal_a_hand_computation():
     )
 
     def loss(t):
-        weights = dmtg.gumbel_softmax(t, jnp.asarray(noise), tau, hard=False)
-        return dmtg.grouped_objective(jnp.asarray(pair_losses), weights, t, entropy_weight)
+        weights = dmtg_step.gumbel_softmax(t, jnp.asarray(noise), tau, hard=False)
+        return dmtg_step.grouped_objective(jnp.asarray(pair_losses), weights, t, entropy_weight)
 
     (value, task_losses), grad = jax.value_and_grad(loss, has_aux=True)(jnp.asarray(theta))
     y = numpy_softmax((theta + noise) / tau)
@@ -156,13 +158,13 @@ def test_objective_and_its_logit_gradient_equal_a_hand_computation():
 
 
 def test_branch_imbalance_is_zero_for_even_use_and_log_k_for_one_branch():
-    assert float(dmtg.branch_imbalance(jnp.zeros((4, 3)))) == pytest.approx(0.0, abs=1e-6)
+    assert float(dmtg_step.branch_imbalance(jnp.zeros((4, 3)))) == pytest.approx(0.0, abs=1e-6)
     one_branch = jnp.array([[50.0, 0.0, 0.0]] * 4)
-    assert float(dmtg.branch_imbalance(one_branch)) == pytest.approx(np.log(3), rel=1e-5)
+    assert float(dmtg_step.branch_imbalance(one_branch)) == pytest.approx(np.log(3), rel=1e-5)
     rng = np.random.default_rng(4)
     theta = rng.normal(size=(5, 3))
     mean = numpy_softmax(theta).mean(0)
-    assert float(dmtg.branch_imbalance(jnp.asarray(theta))) == pytest.approx(
+    assert float(dmtg_step.branch_imbalance(jnp.asarray(theta))) == pytest.approx(
         np.log(3) + (mean * np.log(mean)).sum(), rel=1e-5
     )
 
@@ -173,7 +175,7 @@ def test_robust_options_warm_up_own_logits_optimizer_and_averaged_samples(net, i
     (here lr 0: unchanged); the weights average the samples."""
     batch = tiny_batch()
     variables = distinct_branches(initial)  # identical branches would give Θ a zero gradient
-    optimizer = dmtg.with_logits_optimizer(optax.sgd(0.0), "adam", 0.05)
+    optimizer = dmtg_step.with_logits_optimizer(optax.sgd(0.0), "adam", 0.05)
     state = steps.init_train_state(net, optimizer, jax.random.key(0), (8, 8, 3))
     state = state.replace(
         params=variables["params"],
@@ -181,7 +183,7 @@ def test_robust_options_warm_up_own_logits_optimizer_and_averaged_samples(net, i
         opt_state=optimizer.init(variables["params"]),
     )
     step = jax.jit(
-        dmtg.make_dmtg_step(
+        dmtg_step.make_dmtg_step(
             net,
             optimizer,
             seed=3,
@@ -208,7 +210,7 @@ def test_robust_options_warm_up_own_logits_optimizer_and_averaged_samples(net, i
     )
     theta = np.asarray(warm.params["group_logits"])
     averaged = np.mean([numpy_softmax((theta + g) / 2.5) for g in noise], axis=0)
-    pair_losses = dmtg.pair_losses_fn(net, warm.batch_stats, batch)(warm.params)[0]
+    pair_losses = dmtg_step.pair_losses_fn(net, warm.batch_stats, batch)(warm.params)[0]
     _, metrics = jax.jit(step)(warm, batch)
     np.testing.assert_allclose(
         metrics["task_losses"], (averaged * np.asarray(pair_losses).T).sum(-1), rtol=1e-5
@@ -231,7 +233,7 @@ def test_probe_heads_learn_unweighted_while_branches_and_logits_learn_the_weight
         opt_state=optimizer.init(variables["params"]),
     )
     step = jax.jit(
-        dmtg.make_dmtg_step(
+        dmtg_step.make_dmtg_step(
             net,
             optimizer,
             seed=seed,
@@ -305,10 +307,10 @@ def test_lookahead_alignment_is_each_tasks_loss_change_along_each_branch_update(
     trunk_grads = jax.grad(lambda p: (y * pair_losses(p).T).sum())(params)["trunks"]
     step_length = 1e-3
     now = np.asarray(pair_losses(params))
-    moments = dmtg.pair_losses_fn(net, stats, batch)(params)[1]["moments"]
-    lookahead = dmtg.pair_losses_fn(net, stats, batch, moments=moments)
+    moments = dmtg_step.pair_losses_fn(net, stats, batch)(params)[1]["moments"]
+    lookahead = dmtg_step.pair_losses_fn(net, stats, batch, moments=moments)
     alignment = np.asarray(
-        dmtg.lookahead_alignment(lookahead, params, trunk_grads, jnp.asarray(now), step_length)
+        dmtg_step.lookahead_alignment(lookahead, params, trunk_grads, jnp.asarray(now), step_length)
     )
 
     def flat(tree, k):
@@ -330,7 +332,7 @@ def test_lookahead_alignment_is_each_tasks_loss_change_along_each_branch_update(
     np.testing.assert_allclose(alignment, change / np.abs(change).mean(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(alignment, first_order / np.abs(first_order).mean(), atol=0.05)
     # no step, ℓ now from another computation: their rounding is not scaled up to a signal
-    still = dmtg.lookahead_alignment(
+    still = dmtg_step.lookahead_alignment(
         lookahead, params, jax.tree.map(jnp.zeros_like, trunk_grads), jnp.asarray(now), step_length
     )
     assert np.abs(np.asarray(still)).max() < 0.01
@@ -362,7 +364,7 @@ def test_lookahead_adds_its_pull_through_the_relaxed_weights_to_thetas_gradient(
     state = steps.init_train_state(net, optimizer, jax.random.key(0), (8, 8, 3))
     state = state.replace(params=params, batch_stats=stats, opt_state=optimizer.init(params))
     step = jax.jit(
-        dmtg.make_dmtg_step(
+        dmtg_step.make_dmtg_step(
             net,
             optimizer,
             seed=seed,
@@ -389,15 +391,15 @@ def test_lookahead_adds_its_pull_through_the_relaxed_weights_to_thetas_gradient(
         return jax.nn.softmax((theta + noise) / tau, axis=-1)
 
     grads = jax.grad(lambda p: (relaxed(p["group_logits"]) * pair_losses(p).T).sum())(warm.params)
-    moments = dmtg.pair_losses_fn(net, warm.batch_stats, batch)(warm.params)[1]["moments"]
+    moments = dmtg_step.pair_losses_fn(net, warm.batch_stats, batch)(warm.params)[1]["moments"]
     examples = {key: value[::subsample] for key, value in batch.items()}
     assert examples["image"].shape[0] == len(range(0, 6, subsample))
     narrowed = jax.tree_util.tree_map_with_path(  # example rows: (B, C), stacked (K, B, C)
         lambda path, a: a[..., ::subsample, :] if path[-1].key.startswith("example_") else a,
         moments,
     )
-    lookahead = dmtg.pair_losses_fn(net, warm.batch_stats, examples, moments=narrowed)
-    alignment = dmtg.lookahead_alignment(
+    lookahead = dmtg_step.pair_losses_fn(net, warm.batch_stats, examples, moments=narrowed)
+    alignment = dmtg_step.lookahead_alignment(
         lookahead, warm.params, grads["trunks"], lookahead(warm.params)[0], 0.01
     )
     pull = jax.grad(lambda theta: (relaxed(theta) * alignment.T).sum())(params["group_logits"])
@@ -424,12 +426,12 @@ def test_temperature_schedules_run_from_start_to_end_over_the_search_steps():
     config = ml_collections.ConfigDict(
         {"tau_schedule": "constant", "tau": 2.5, "tau_start": 4.0, "tau_end": 1.0}
     )
-    assert float(dmtg.temperature_schedule(config, 100)(57)) == 2.5
+    assert float(dmtg_step.temperature_schedule(config, 100)(57)) == 2.5
     config.tau_schedule = "linear"
-    linear = dmtg.temperature_schedule(config, 100)
+    linear = dmtg_step.temperature_schedule(config, 100)
     np.testing.assert_allclose([linear(0), linear(50), linear(100), linear(150)], [4, 2.5, 1, 1])
     config.tau_schedule = "exponential"
-    exponential = dmtg.temperature_schedule(config, 100)
+    exponential = dmtg_step.temperature_schedule(config, 100)
     np.testing.assert_allclose(
         [exponential(0), exponential(50), exponential(100), exponential(150)],
         [4, 2, 1, 1],
@@ -492,12 +494,16 @@ def test_vmap_and_unrolled_branches_give_equal_losses_gradients_and_statistics(s
     noise = jax.random.gumbel(jax.random.key(1), theta.shape)
     results = []
     for strategy in ("vmap", "unrolled"):
-        losses = dmtg.pair_losses_fn(tiny_net(strategy, "stem"), variables["batch_stats"], batch)
+        losses = dmtg_step.pair_losses_fn(
+            tiny_net(strategy, "stem"), variables["batch_stats"], batch
+        )
 
         def total(params, losses=losses):
             pair_losses, aux = losses(params)
-            weights = dmtg.gumbel_softmax(params["group_logits"], noise, 2.5, hard=False)
-            return dmtg.grouped_objective(pair_losses, weights, params["group_logits"], 0.0)[0], (
+            weights = dmtg_step.gumbel_softmax(params["group_logits"], noise, 2.5, hard=False)
+            return dmtg_step.grouped_objective(pair_losses, weights, params["group_logits"], 0.0)[
+                0
+            ], (
                 pair_losses,
                 aux["batch_stats"],
                 aux["moments"],
@@ -540,7 +546,7 @@ def test_finetune_phase_trains_only_the_arg_max_heads_with_logits_frozen(net, as
         best_batch_stats=None,
         tracker={},
     )
-    step = dmtg.make_dmtg_step(
+    step = dmtg_step.make_dmtg_step(
         net,
         optimizer,
         seed=0,
@@ -551,9 +557,9 @@ def test_finetune_phase_trains_only_the_arg_max_heads_with_logits_frozen(net, as
     )
 
     def step_and_pair_losses(state):
-        return step(state, batch), dmtg.pair_losses_fn(net, state.batch_stats, batch)(state.params)[
-            0
-        ]
+        return step(state, batch), dmtg_step.pair_losses_fn(net, state.batch_stats, batch)(
+            state.params
+        )[0]
 
     (new_state, metrics), pair_losses = jax.jit(step_and_pair_losses)(state)
     chosen = pair_losses[jnp.array(ASSIGNED), jnp.arange(NUM_TASKS)]
@@ -579,7 +585,7 @@ def test_groups_record_drops_empty_groups_and_lists_tasks_in_order():
     theta = np.array(
         [[0.0, 0.0, 2.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0], [2.0, 0.0, 0.0, 0.0]]
     )  # groups 2, 0, 2, 0
-    record = dmtg.groups_record(names, theta, [])
+    record = dmtg_outputs.groups_record(names, theta, [])
     assert record["method"] == "dmtg" and record["tasks"] == list(names)
     (selection,) = record["selections"]
     assert selection["max_groups"] == 4
@@ -602,7 +608,7 @@ def test_reported_grouping_is_the_evaluated_parameters_theta(tmp_path):
     state = types.SimpleNamespace(params={"group_logits": final_theta})
     final = types.SimpleNamespace(params={"group_logits": best_theta})
     context = types.SimpleNamespace(workdir=str(tmp_path), task_names=names)
-    dmtg.write_dmtg_outputs(context, state, {"probabilities_per_epoch": []}, final)
+    dmtg_outputs.write_dmtg_outputs(context, state, {"probabilities_per_epoch": []}, final)
     (selection,) = json.load(open(tmp_path / "groups.json"))["selections"]
     assert selection["groups"] == [["a"], ["b", "c"]]
     method = dmtg.build(load_config("tiny_test"), names, (8, 8, 3), steps_per_epoch=3)
@@ -623,7 +629,7 @@ def test_bad_dmtg_values_are_user_errors(tiny_config):
         ("dmtg.warmup_steps", -5, "warmup_steps must be >= 0"),
         ("dmtg.logits_init_noise", -0.5, "logits_init_noise must be >= 0"),
         ("dmtg.lookahead_weight", -1.0, "lookahead_weight must be >= 0"),
-        ("dmtg.lookahead_subsample", 0, "lookahead_subsample must divide"),
+        ("dmtg.lookahead_subsample", 0, r"lookahead_subsample must be >= 1 \(an integer\), got 0"),
         ("dmtg.lookahead_subsample", 3, "lookahead_subsample must divide"),  # batch 32
         ("dmtg.lookahead_subsample", 8, "leave at least 8 examples"),
         ("dmtg.logits_optimizer", "sgd", "needs config.dmtg.logits_learning_rate > 0"),

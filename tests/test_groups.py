@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from tag_jax import data, grouping, models, optim, sharding, steps, train
 from tag_jax.errors import UserError
-from tag_jax.methods import groups
+from tag_jax.methods import groups, hoa, stacked_networks
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 
@@ -34,15 +34,17 @@ def tiny_problem(config):
 
 @pytest.fixture(scope="module")
 def stacked_runs():
-    """Two steps of the NETWORKS stacked, for each strategy: {strategy: (state, metrics, eval sums)}."""
+    """Two steps of the NETWORKS stacked, per strategy: {strategy: (state, metrics, eval sums)}."""
     config = load_config("tiny_test")
     dataset, batches, model, optimizer = tiny_problem(config)
     runs = {}
     for strategy in ("vmap", "unrolled"):
-        nets = groups.StackedNets(model, len(NETWORKS), strategy)
+        nets = stacked_networks.StackedNets(model, len(NETWORKS), strategy)
         state = steps.init_train_state(nets, optimizer, jax.random.key(0), dataset.image_shape)
         step = jax.jit(
-            groups.make_groups_step(nets, optimizer, groups.membership_masks(NETWORKS, TASKS))
+            stacked_networks.make_groups_step(
+                nets, optimizer, groups.membership_masks(NETWORKS, TASKS)
+            )
         )
         for batch in batches:
             state, metrics = step(state, batch)
@@ -106,7 +108,7 @@ def test_serving_rule_and_uncovered_tasks():
 
 def test_eval_sums_of_every_network_equal_each_network_alone(tiny_config):
     dataset, batches, model, _ = tiny_problem(tiny_config)
-    nets = groups.StackedNets(model, len(NETWORKS), "vmap")
+    nets = stacked_networks.StackedNets(model, len(NETWORKS), "vmap")
     variables = nets.init(jax.random.key(0), batches[0]["image"])
     params = jax.tree.map(
         lambda a: a * jnp.arange(1.0, 3.0).reshape((2,) + (1,) * (a.ndim - 1)), variables["params"]
@@ -204,7 +206,7 @@ def test_pairs_table_orientation_and_hoa_selection(tiny_config, tmp_path, monkey
     )
     context = types.SimpleNamespace(workdir=str(tmp_path), task_names=TASKS)
     final = types.SimpleNamespace(validation=evaluation, test=evaluation)
-    summary = groups.write_pairs_outputs(
+    summary = hoa.write_pairs_outputs(
         context, final, networks=networks, score="validation_loss", max_groups=(2,), time_limit=10.0
     )
     record = json.load(open(tmp_path / "pairs.json"))

@@ -39,24 +39,24 @@ validation/test loss and error % in the selection package's orientation,
 scores[t][u] = value of t in the network trained on {t, u}, diagonal = t
 alone) and `groups.json` (HOA selection for each k of
 config.selection.max_groups, minimising the validation `config.groups.hoa_score`).
+
+This module holds the config, its checks, the builders and which networks serve which tasks;
+the stacked networks and their step are in `stacked_networks`, HOA's outputs in `hoa`.
 """
 
-import dataclasses
 import functools
 import itertools
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from tag_jax import config_checks, grouping, models, optim, reporting, sharding, stacking, steps
+from tag_jax import config_checks, grouping, models, optim, reporting, stacking, steps
 from tag_jax.errors import UserError
 from tag_jax.methods.base import Method
+from tag_jax.methods.hoa import write_pairs_outputs
+from tag_jax.methods.stacked_networks import StackedNets, make_groups_step, network_axis_sharding
 
 HOA_SCORES = ("loss", "error")
 
@@ -217,7 +217,7 @@ def pair_networks(task_names) -> list:
 
 
 def random_partition(task_names, num_groups: int, seed: int) -> list:
-    """A seeded random split into `num_groups` non-empty groups, each in task order, listed by first task.
+    """A seeded random split into `num_groups` non-empty groups (task order, by first task).
 
     np.random.default_rng(seed) permutes the tasks; the first k of the permutation
     open one group each, every other task joins a group drawn uniformly.
@@ -238,7 +238,7 @@ def random_partition(task_names, num_groups: int, seed: int) -> list:
 
 
 def load_selection(path: str, max_groups: int) -> tuple[list, dict]:
-    """(groups, assignment {task: serving group}) of the selection with k = max_groups in groups.json.
+    """(groups, assignment {task: serving group}) of groups.json's selection with k = max_groups.
 
     max_groups 0 takes the file's only selection.
     """
@@ -279,7 +279,8 @@ def check_groups(networks, task_names) -> None:
 
 
 def serving_networks(networks, task_names, assignment=None) -> np.ndarray:
-    """(T,) index of the network serving each task: assignment[t] if given, else the first containing t."""
+    """(T,) index of the network serving each task: assignment[t] if given, else the first
+    network containing t."""
     if assignment:
         return np.array([networks.index(list(assignment[t])) for t in task_names])
     return np.array(
@@ -290,100 +291,6 @@ def serving_networks(networks, task_names, assignment=None) -> np.ndarray:
 def membership_masks(networks, task_names) -> np.ndarray:
     """(G, T) float32: 1 where task t is a member of network g."""
     return np.array([[t in members for t in task_names] for members in networks], np.float32)
-
-
-# --- the stacked networks and their steps ---
-
-
-@dataclasses.dataclass(frozen=True)
-class StackedNets:
-    """G copies of one MultiTaskNet, parameters and batch statistics stacked (G, ...).
-
-    `init` has the Flax signature steps.init_train_state uses; every network starts
-    from the same initialisation. With copy_seeds (S - 1 seeds), the G networks are
-    S seed-major copies of G / S networks: copy 0 starts from init's rng, copy s from
-    jax.random.key(copy_seeds[s - 1]), and training batches carry a leading (S,) axis,
-    copy s training on batch[s]. strategy: resolved (tag_jax.stacking).
-    """
-
-    model: models.MultiTaskNet
-    num_networks: int
-    strategy: str
-    copy_seeds: tuple = ()
-
-    def init(self, rng, image, *, train: bool = False) -> dict:
-        keys = [rng] + [jax.random.key(seed) for seed in self.copy_seeds]
-        per_copy = self.num_networks // len(keys)
-        copies = [stacking.tile(self.model.init(key, image, train=train), per_copy) for key in keys]
-        return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *copies)
-
-    def task_losses(self, params, batch_stats, batch):
-        """Training forward of every network: losses (G, T), updated batch statistics (G, ...)."""
-        if not self.copy_seeds:
-            return stacking.map_stacked(
-                lambda p, s: steps.task_losses(self.model, p, s, batch),
-                params,
-                batch_stats,
-                strategy=self.strategy,
-            )
-        per_copy = self.num_networks // (len(self.copy_seeds) + 1)
-        batches = jax.tree.map(lambda leaf: jnp.repeat(leaf, per_copy, axis=0), batch)
-        return stacking.map_stacked(
-            lambda p, s, b: steps.task_losses(self.model, p, s, b),
-            params,
-            batch_stats,
-            batches,
-            strategy=self.strategy,
-        )
-
-    def eval_sums(self, params, batch_stats, batch) -> dict:
-        """Every network's sums on a padded batch: loss_sum (G, T), correct (G, T), count ()."""
-        sums = stacking.map_stacked(
-            lambda p, s: steps.eval_sums(self.model, p, s, batch),
-            params,
-            batch_stats,
-            strategy=self.strategy,
-        )
-        return {**sums, "count": sums["count"][0]}
-
-
-def member_mean(losses, masks):
-    """(T,) mean of each task's loss over the networks training it; a NaN anywhere shows."""
-    return jnp.where(masks > 0, losses, 0.0).sum(0) / masks.sum(0)
-
-
-def make_groups_step(nets: StackedNets, optimizer, masks):
-    """One step of every network on its members' loss sum.
-
-    metrics: loss () = sum over networks; task_losses (T,) = member_mean (so the
-    loop's finiteness check sees every network).
-    """
-    masks = jnp.asarray(masks)
-
-    def train_step(state: steps.TrainState, batch):
-        def objective(params):
-            losses, batch_stats = nets.task_losses(params, state.batch_stats, batch)
-            return (masks * losses).sum(), (losses, batch_stats)
-
-        grads, (losses, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
-        state = steps.apply_gradients(state, optimizer, grads, batch_stats)
-        return state, {"loss": (masks * losses).sum(), "task_losses": member_mean(losses, masks)}
-
-    return train_step
-
-
-def network_axis_sharding(init_state, num_networks: int, mesh):
-    """Every non-scalar state array (all are stacked (G, ...)) split over 'networks'; scalars replicated."""
-    split = mesh.shape[sharding.NETWORKS]
-    if num_networks % split:
-        raise UserError(
-            f"{num_networks} networks cannot be split evenly over config.mesh.networks="
-            f"{split}; choose a divisor of {num_networks}"
-        )
-    shapes = jax.eval_shape(init_state, jax.random.key(0))
-    return jax.tree.map(
-        lambda leaf: NamedSharding(mesh, P(sharding.NETWORKS) if leaf.ndim else P()), shapes
-    )
 
 
 # --- outputs ---
@@ -399,53 +306,3 @@ def write_groups_trained(workdir, method, task_names, networks, serving, best_ep
     }
     reporting.write_json_atomic(os.path.join(workdir, "groups_trained.json"), record)
     return {"networks": networks}
-
-
-def pairwise_table(task_names, networks, values) -> dict:
-    """{t: {u: values[network {t, u}, t]}}, diagonal from the single-task networks; values (G, T)."""
-    index = {t: i for i, t in enumerate(task_names)}
-    table = {t: {} for t in task_names}
-    for g, members in enumerate(networks):
-        for t in members:
-            partner = next((u for u in members if u != t), t)
-            table[t][partner] = float(values[g][index[t]])
-    return {t: {u: table[t][u] for u in task_names} for t in task_names}
-
-
-def pairs_record(task_names, networks, evaluations: dict) -> dict:
-    """pairs.json from {'validation', 'test'} -> {'task_loss', 'task_accuracy'} (G, T) each."""
-    record = {"tasks": list(task_names)}
-    for split, result in evaluations.items():
-        record[f"{split}_loss"] = pairwise_table(task_names, networks, result["task_loss"])
-        error = 100.0 * (1.0 - np.asarray(result["task_accuracy"]))
-        record[f"{split}_error"] = pairwise_table(task_names, networks, error)
-    record["orientation"] = (
-        "scores[t][u] = value of t in the network trained on {t, u}; diagonal = t alone"
-    )
-    return record
-
-
-def write_pairs_outputs(ctx, final, *, networks, score, max_groups, time_limit) -> dict:
-    """pairs.json, then HOA's groups.json: selection for each k minimising the table `score`."""
-    task_names = ctx.task_names
-    record = pairs_record(
-        task_names, networks, {"validation": final.validation, "test": final.test}
-    )
-    reporting.write_json_atomic(os.path.join(ctx.workdir, "pairs.json"), record)
-    selections = grouping.select_for_each_k(
-        task_names,
-        [[record[score][t][u] for u in task_names] for t in task_names],
-        max_groups,
-        objective="minimize",
-        singletons="diagonal",
-        time_limit=time_limit,
-    )
-    groups = grouping.write_groups(
-        ctx.workdir,
-        "hoa",
-        task_names,
-        selections,
-        objective="minimize",
-        scores=f"pairs.json {score} (scores[t][u] = t trained with u)",
-    )
-    return {"selections": grouping.selection_summary(groups)}
