@@ -41,6 +41,15 @@ TINY_STUDY = [
     "--config.study.max_groups=(2,)",
     "--config.study.seeds=1",
 ]
+# Added to the commands of one config: its 100 tasks take minutes to compile, even tiny; two
+# planted groups of 3 run the same config in seconds (all 100: the slow test of
+# test_affinity_estimators.py).
+TINY_FOR_CONFIG = {
+    "configs/synthetic_many_tasks.py": [
+        "--config.dataset.group_sizes=(3, 3)",
+        "--config.selection.max_groups=(2,)",
+    ],
+}
 # Commands that cannot run here, by prefix, with the reason.
 NOT_RUN = {
     "python3 -m venv": "makes the environment: .ci/run does it on a fresh machine",
@@ -50,6 +59,12 @@ NOT_RUN = {
     "python benchmarks/": "minutes to hours each, run by hand (script and options checked below)",
 }
 SHELL = ("bash", "sh", "shell")
+# Compiling the tiny runs costs far more than running them: these flags cut XLA:CPU compile time
+# by about 40% (the compiled code is slower, which does not matter here).
+FAST_COMPILE_FLAGS = (
+    "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true",
+)
 
 
 def documents() -> list[str]:
@@ -93,8 +108,9 @@ def not_run_reason(command: str):
 def runnable(command: str) -> list[str]:
     """The command's argv on tiny settings."""
     argv = shlex.split(command)
+    config = next((a.removeprefix("--config=") for a in argv if a.startswith("--config=")), None)
     if argv[:3] == ["python", "-m", "tag_jax.main"]:
-        argv += TINY
+        argv += TINY + TINY_FOR_CONFIG.get(config, [])
     elif argv[:3] == ["python", "-m", "tag_jax.study"]:
         argv += TINY + TINY_STUDY
     elif argv[:3] == ["python", "-m", "selection"]:
@@ -192,8 +208,33 @@ def test_every_relative_link_resolves():
     assert not broken, "\n".join(broken)
 
 
+def test_every_citation_of_docs_in_the_code_resolves():
+    """Docstrings and comments cite docs/<page>.md#<heading>: the page and heading must exist."""
+    broken, cited = [], 0
+    for folder in ("tag_jax", "selection", "configs", "benchmarks", "tests"):
+        for path in glob.glob(os.path.join(REPO, folder, "**", "*.py"), recursive=True):
+            text = open(path, encoding="utf-8").read()
+            for page, anchor in re.findall(r"\bdocs/([\w.-]+\.md)#([\w-]+)", text):
+                cited += 1
+                full = os.path.join(REPO, "docs", page)
+                if not os.path.exists(full) or anchor not in heading_anchors(full):
+                    broken.append(f"{os.path.relpath(path, REPO)}: docs/{page}#{anchor}")
+    assert cited >= 10 and not broken, "\n".join(broken)
+
+
+def one_device_fast_compile_flags() -> str:
+    """XLA_FLAGS for the commands: conftest's 8 simulated devices dropped (they run on one),
+    FAST_COMPILE_FLAGS added."""
+    flags = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
+    return " ".join(flags + list(FAST_COMPILE_FLAGS))
+
+
 def write_my_npz(path):
-    """The `my.npz` the README's own-data commands read: 160 synthetic 8x8 examples, 4 tasks."""
+    """The `my.npz` the README's own-data commands read: 160 synthetic 8x8 uint8 images, 4 tasks."""
     images, labels = synthetic.generate(
         160,
         image_size=8,
@@ -204,14 +245,20 @@ def write_my_npz(path):
         seed=0,
         split="train",
     )
-    np.savez(path, images=images, labels=labels, task_names=np.array(["a", "b", "c", "d"]))
+    pixels = np.round(255 * (images - images.min()) / (images.max() - images.min()))
+    np.savez(
+        path,
+        images=pixels.astype(np.uint8),
+        labels=labels,
+        task_names=np.array(["a", "b", "c", "d"]),
+    )
 
 
 def test_every_documented_command_runs_in_order(tmp_path):
     os.symlink(os.path.join(REPO, "configs"), tmp_path / "configs")
     os.symlink(os.path.join(REPO, "docs"), tmp_path / "docs")
     write_my_npz(tmp_path / "my.npz")
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = {**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": one_device_fast_compile_flags()}
     ran = 0
     for command in all_commands():
         if not_run_reason(command):
