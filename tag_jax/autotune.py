@@ -11,11 +11,13 @@ after the first (a candidate far slower than the best so far is not stepped furt
 GIVE_UP_FIRST; nor one whose steps took CANDIDATE_SECONDS, from its second step on). A candidate
 whose compiled step needs more scratch memory than the device has free is skipped, not run.
 
-What is timed, how long it may take and each candidate's time are logged as it goes. All the
-timing of one run shares one budget, config.autotune_budget_seconds: no candidate is started
-once it is spent, or when the candidates timed before took longer on average than what is left
-(the step being run when it runs out finishes), and the setting takes the best candidate timed
-so far, or, when none was, stays 'auto' for its fixed rule; the log says so.
+What is timed, how long it may take and each candidate's time are logged as it goes (for a
+decision made inside another's candidates, TAG's strategy inside each convolution, only at
+--verbosity=1: the console gets its decisions). All the timing of one run shares one budget,
+config.autotune_budget_seconds: no candidate is started once it is spent, or when the
+candidates timed before took longer on average than what is left (the step being run when it
+runs out finishes), and the setting takes the best candidate timed so far, or, when none was,
+stays 'auto' for its fixed rule; the log says so.
 The times and the choice are returned as a JSON-able record (`Method.autotune`, for
 results.json), and the decision is cached (tag_jax.autotune_cache), so later runs skip the
 timing; a decision the budget cut short is timed again by a run with a larger budget.
@@ -28,6 +30,7 @@ timed: 'auto' stays and is resolved by the fixed rules of `models.resolve_conv_i
 import copy
 import dataclasses
 import datetime
+import functools
 import os
 import time
 from typing import Callable, Optional, Sequence
@@ -129,14 +132,16 @@ def reusable(cached: Optional[dict], candidates: Sequence[str], budget: Budget) 
     )
 
 
-def time_candidates(setting: str, candidates: Sequence[str], timer: Callable, budget: Budget):
+def time_candidates(
+    setting: str, candidates: Sequence[str], timer: Callable, budget: Budget, log=logging.info
+):
     """({candidate: ms per step}, {candidate: why skipped}, [candidates not timed]) of
     timer(candidate) -> step seconds, consumed one by one: a candidate whose first step is
     GIVE_UP_FIRST times, or a later step GIVE_UP times, slower than the best so far is not timed
     further, nor one whose steps took CANDIDATE_SECONDS (from its second step on), nor one
     running when the budget is spent; no candidate starts once it is spent or when the ones
-    before took longer on average than the budget has left. Logs each time and how long the
-    rest may take."""
+    before took longer on average than the budget has left. Logs (`log`) each time and how long
+    the rest may take."""
     times, skipped, spent_on = {}, {}, []
     for index, candidate in enumerate(candidates):
         interrupts.raise_if_received()  # a Ctrl-C swallowed while TensorFlow or JAX imported
@@ -162,7 +167,7 @@ def time_candidates(setting: str, candidates: Sequence[str], timer: Callable, bu
             result = f"skipped: {e}"
         spent_on.append(budget.used() - began)
         left = len(candidates) - index - 1
-        logging.info(
+        log(
             "autotune %s: %s %s (%.1f s)%s",
             setting,
             candidate,
@@ -177,7 +182,13 @@ def time_candidates(setting: str, candidates: Sequence[str], timer: Callable, bu
 
 
 def choose(
-    setting: str, candidates: Sequence[str], key: str, timer: Callable, budget: Budget, what=""
+    setting: str,
+    candidates: Sequence[str],
+    key: str,
+    timer: Callable,
+    budget: Budget,
+    what="",
+    log=logging.info,
 ) -> dict:
     """The fastest of `candidates` by timer(candidate) -> step seconds (time_candidates), or the
     cached decision when the cache holds `key` (reusable; then nothing is timed).
@@ -186,7 +197,8 @@ def choose(
     'skipped': {candidate: why}, 'measured': when, and when the budget cut it short 'untimed'
     (candidates not timed) and 'budget_seconds'}; timed decisions are stored in the cache. With
     the budget spent before any candidate was timed: {'choice': 'auto', 'source': 'rule',
-    'reason'}. what: the timed steps' shapes, for the log."""
+    'reason'}. what: the timed steps' shapes, for the log; log: how what is timed is logged (the
+    decision always is, at INFO)."""
     cached = autotune_cache.load_cache().get(key)
     if reusable(cached, candidates, budget):
         logging.info(
@@ -200,7 +212,7 @@ def choose(
             else "",
         )
         return {**cached, "source": "cache"}
-    logging.info(  # one line under 200 characters with the time before it
+    log(  # one line under 200 characters with the time before it
         "autotune %s: timing %d candidates (%s)%s; %.0f s of %s = %g left",
         setting,
         len(candidates),
@@ -210,7 +222,7 @@ def choose(
         BUDGET_KEY,
         budget.seconds,
     )
-    times, skipped, untimed = time_candidates(setting, candidates, timer, budget)
+    times, skipped, untimed = time_candidates(setting, candidates, timer, budget, log)
     if untimed and not times:
         reason = f"the autotune budget ({BUDGET_KEY} = {budget.seconds:g}) was spent first"
         logging.warning(
@@ -258,6 +270,7 @@ def resolve(
     *,
     timer: Optional[Callable] = None,
     budget: Optional[Budget] = None,
+    nested: bool = False,
 ):
     """(config with every 'auto' of `tunables` decided, {setting: record}).
 
@@ -272,6 +285,8 @@ def resolve(
       timer: timer(config, tunable, candidate) -> step seconds replaces the real timing (tests).
       budget: shared by every decision (nested ones too); default: a new one of
         config.autotune_budget_seconds.
+      nested: decided for one candidate of an outer setting: what is timed is logged at
+        --verbosity=1 only (the console gets each outer candidate's line and every decision).
 
     Returns:
       The config, and {setting: record}; record: {'choice', 'source': 'explicit' | 'rule' |
@@ -316,6 +331,7 @@ def resolve(
                     later,
                     timer=timer,
                     budget=budget,
+                    nested=True,
                 )
             if timer is not None:
                 return timer(candidate_config, tunable, candidate)
@@ -334,7 +350,15 @@ def resolve(
         key = autotune_cache.cache_key(
             config, tunable.path, num_tasks, image_shape, batch_size, candidates, depends_on
         )
-        records[tunable.path] = choose(tunable.path, candidates, key, time_candidate, budget, what)
+        records[tunable.path] = choose(
+            tunable.path,
+            candidates,
+            key,
+            time_candidate,
+            budget,
+            what,
+            log=functools.partial(logging.vlog, 1) if nested else logging.info,
+        )
         config = with_value(config, tunable.path, records[tunable.path]["choice"])
         decided.update(inner.get(records[tunable.path]["choice"], {}))
     return config, records

@@ -95,7 +95,7 @@ def compile_step(method, kind: str, batch: dict):
             .lower(state, batch)
             .compile()
         )
-    logging.info("autotune: compiled the %s step in %.1f s", kind, time.perf_counter() - start)
+    logging.vlog(1, "autotune: compiled the %s step in %.1f s", kind, time.perf_counter() - start)
     memory = compiled.memory_analysis()
     scratch = getattr(memory, "temp_size_in_bytes", None) if memory else None
     free = free_memory_bytes(device)

@@ -401,3 +401,17 @@ def resolve_with_budget(config, timer, budget):
         timer=timer,
         budget=budget,
     )
+
+
+def test_a_nested_decision_logs_its_timing_at_verbosity_1_only(tiny_config, timing, caplog):
+    """TAG: the strategy timed inside each conv candidate logs its choice at INFO, what it times
+    only at --verbosity=1 (DEBUG); the conv decision logs both."""
+    caplog.set_level("INFO")
+    tiny_config.method = "tag"
+    timer, _ = clocked_steps(Clock(), lambda config, tunable, candidate: 1.0)
+    resolve_with_budget(tiny_config, timer, autotune.Budget(1e3, Clock()))
+    assert "autotune model.conv: timing 2 candidates" in caplog.text
+    assert "autotune model.conv: xla 1000.0 ms per step" in caplog.text
+    assert caplog.text.count("autotune affinity.strategy: unrolled (ms per step: ") == 2
+    assert "autotune affinity.strategy: timing" not in caplog.text
+    assert "autotune affinity.strategy: vmap 1000.0 ms per step" not in caplog.text
