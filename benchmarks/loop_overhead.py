@@ -14,6 +14,7 @@ no overhead; the target is <= 1.05).
 """
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import statistics
@@ -94,19 +95,20 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as workdir:
         run = train.set_up(config, workdir)
         if args.pixels == "uint8":
-            run.dataset = as_uint8(run.dataset)
+            run = dataclasses.replace(run, dataset=as_uint8(run.dataset))
         try:
-            state, meta = train.restore_or_init(run)
-            progress = lambda step: None  # pylint: disable=unnecessary-lambda-assignment
-            state, meta = train.train_epoch(run, state, meta, progress)  # compiles
+            state, loop = train.restore_or_init(run)
+            progress = lambda step: None  # noqa: E731
+            state, loop = train.train_epoch(run, state, loop, progress)  # compiles
             batch = sharding.global_batch(
-                next(iter(train.training_batches(run, {**meta, "batch": 0}))), run.mesh
+                next(iter(train.training_batches(run, dataclasses.replace(loop, batch=0)))),
+                run.mesh,
             )
             loop, bare = [], []
             for _ in range(args.rounds):
-                meta = {**meta, "epoch": meta["epoch"] + 1, "batch": 0}
+                loop = dataclasses.replace(loop, epoch=loop.epoch + 1, batch=0)
                 start = time.perf_counter()
-                state, meta = train.train_epoch(run, state, meta, progress)
+                state, loop = train.train_epoch(run, state, loop, progress)
                 jax.block_until_ready(state)
                 loop.append((time.perf_counter() - start) / run.steps_per_epoch)
                 start = time.perf_counter()

@@ -15,8 +15,11 @@ import socket
 import sys
 import time
 
+import jax
+import numpy as np
 from absl import logging
 
+from tag_jax import config_checks, reporting
 from tag_jax.errors import UserError
 
 LOCK_FILE = ".lock"
@@ -106,3 +109,86 @@ def clear_outputs(workdir: str) -> list:
             continue
         deleted.append(name)
     return deleted
+
+
+# Config keys that make a run what it is: a workdir holding checkpoints of a run with other values
+# for them is not resumed (changing e.g. num_epochs or max_steps on a resume is fine).
+IDENTITY_KEYS = ("method", "tasks", "seed", "dataset", "image_size", "model", "dtype", "batch_size")
+
+
+def check_same_run(workdir: str, config) -> None:
+    """UserError when `workdir` holds a run (checkpoints, metrics or results) whose identity keys
+    differ from config's."""
+    saved_path = os.path.join(workdir, "config.json")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    holds_a_run = (
+        (os.path.isdir(checkpoints) and os.listdir(checkpoints))
+        or os.path.exists(os.path.join(workdir, "results.json"))
+        or os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+    )
+    if not (os.path.exists(saved_path) and holds_a_run):
+        return
+    try:
+        with open(saved_path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{saved_path} is unreadable ({e}); re-run with --restart to start over, "
+            "or use a new --workdir"
+        ) from e
+    current = json.loads(json.dumps(config.to_dict(), default=list))
+    differ = [k for k in IDENTITY_KEYS if saved.get(k) != current.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
+        raise UserError(
+            f"--workdir {workdir} holds another run ({shown}); use a new --workdir, or "
+            "re-run with --restart to delete it and start over"
+        )
+
+
+def check_workdir(workdir: str) -> None:
+    """UserError for a workdir no run can use: a file, or a path too long for checkpoint files."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir!r} is a file; pick a folder")
+    config_checks.check_workdir_path(workdir)
+
+
+def prepare_workdir(workdir: str, config, *, restart: bool = False):
+    """Locks the workdir (process 0) and checks it holds this run (or, with restart, deletes what
+    it holds); returns the lock (None on other processes)."""
+    if not restart:
+        check_same_run(workdir, config)  # before the lock, too: a refused run leaves no trace
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = acquire(workdir)
+            if restart:
+                deleted = clear_outputs(workdir)
+                if deleted:
+                    logging.info("--restart: deleted %s in %s.", ", ".join(deleted), workdir)
+            else:
+                check_same_run(workdir, config)
+        except OSError as e:
+            error = UserError(
+                f"cannot write to --workdir {workdir!r} ({e.strerror}); pick a writable folder"
+            )
+        except UserError as e:
+            error = e
+        if error and lock:
+            lock.release()
+    if jax.process_count() > 1:  # every process stops if process 0 could not take the workdir
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+        ready = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+        if not ready and error is None:
+            error = UserError(
+                f"process 0 could not prepare --workdir {workdir} (its error says why)"
+            )
+    if error:
+        raise error
+    return lock
+
+
+def write_config(workdir: str, config) -> None:
+    """The run's config as workdir/config.json (written atomically)."""
+    reporting.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())

@@ -7,6 +7,7 @@ command lines turn such an error into `error: <message>` on stderr and its exit
 status (tested with real processes below, with the lock, hangs and kills).
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -17,12 +18,23 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, load_config
 
-from tag_jax import checkpointing, cli, config_checks, data, reporting, train
+from tag_jax import (
+    checkpointing,
+    cli,
+    config_checks,
+    config_help,
+    data,
+    default_config,
+    divergence,
+    reporting,
+    train,
+)
 from tag_jax import workdir as workdirs
 from tag_jax.errors import TrainingDiverged, UserError
 
@@ -266,11 +278,48 @@ def test_bad_config_value(workdir, overrides, match):
     assert_refused(config, workdir, match)
 
 
-def test_the_table_names_only_existing_keys():
-    config = load_config("tiny_test")
-    missing = [key for key in config_checks.VALID if not config_checks.lookup(config, key)[0]]
-    assert not missing
-    config_checks.check_values(config)  # the defaults are valid
+def test_every_config_key_has_one_schema_entry_and_every_entry_a_key():
+    keys = {key for key, _ in config_help.flat_items(default_config.get_base_config())}
+    declared = [block.dotted(key) for block in default_config.blocks() for key in block.values]
+    assert len(declared) == len(set(declared))  # no key declared twice
+    # config.method is checked by the registry (tag_jax.methods), study.methods by the study plan
+    assert keys - set(declared) == {"method", "study.methods"}
+    assert set(declared) <= keys
+
+
+def test_the_defaults_pass_every_value_check_and_rule():
+    config_checks.check(load_config("tiny_test"), default_config.blocks())
+
+
+def test_the_checker_names_key_value_and_what_is_valid_then_runs_the_rules():
+    def no_more_b_than_a(config):
+        if config.x.b > config.x.a:
+            raise UserError("config.x.b must not exceed config.x.a")
+
+    block = config_checks.Block(
+        "x",
+        None,
+        {
+            "a": config_checks.integer(0, 3),
+            "b": config_checks.number(0, low_open=True),
+            "kind": config_checks.Choice(("p", "q")),
+            "absent": config_checks.BOOL,  # keys a config lacks are skipped
+        },
+        rules=(no_more_b_than_a,),
+    )
+    cases = [
+        ({"a": 4}, r"^config.x.a must be in \[0, 3\] \(an integer\), got 4$"),
+        ({"a": True}, r"^config.x.a must be in \[0, 3\] \(an integer\), got True$"),
+        ({"b": 0.0}, r"^config.x.b must be > 0 \(a finite number\), got 0.0$"),
+        ({"b": "1"}, r"^config.x.b must be > 0 \(a finite number\), got '1'$"),
+        ({"kind": "r"}, r"^unknown config.x.kind 'r'; choose one of \('p', 'q'\)$"),
+        ({"a": 1, "b": 2.0}, r"^config.x.b must not exceed config.x.a$"),
+    ]
+    for change, match in cases:
+        config = ml_collections.ConfigDict({"x": {"a": 2, "b": 1.0, "kind": "p", **change}})
+        with pytest.raises(UserError, match=match):
+            config_checks.check(config, (block,))
+    config_checks.check(ml_collections.ConfigDict({"x": {"a": 2, "b": 1.0, "kind": "q"}}), (block,))
 
 
 # --- data files (npz) ---
@@ -654,40 +703,42 @@ def test_a_diverging_resume_keeps_the_results_and_the_config_they_were_made_with
 
 def test_loss_blowup_and_chance_rules():
     config = tiny()
-    train.check_loss_blowup(3.9, 1.0, 20, config)
-    train.check_loss_blowup(1e9, None, 20, config)  # a checkpoint without a starting value
+    divergence.check_loss_blowup(3.9, 1.0, 20, config)
+    divergence.check_loss_blowup(1e9, None, 20, config)  # a checkpoint without a starting value
     with pytest.raises(
         TrainingDiverged,
         match=r"training loss 4.1 at step 20 is 4.1x its value 1 at "
         r"step 1: the run diverged; lower config.optimizer",
     ):
-        train.check_loss_blowup(4.1, 1.0, 20, config)
+        divergence.check_loss_blowup(4.1, 1.0, 20, config)
     uniform = np.log(2)
-    train.check_above_chance([uniform] * 4, 299, config)  # too early to tell
-    train.check_above_chance([uniform, uniform, 0.5, uniform], 1000, config)  # one task learned
+    divergence.check_above_chance([uniform] * 4, 299, config)  # too early to tell
+    divergence.check_above_chance(
+        [uniform, uniform, 0.5, uniform], 1000, config
+    )  # one task learned
     with pytest.raises(
         TrainingDiverged,
         match=r"after 300 steps no task does better on validation "
         r"than a uniform guess",
     ):
-        train.check_above_chance([uniform * 0.99, 0.8, 7.0, 1e3], 300, config)
+        divergence.check_above_chance([uniform * 0.99, 0.8, 7.0, 1e3], 300, config)
     with pytest.raises(TrainingDiverged, match="validation loss became non-finite at step 3"):
-        train.check_above_chance([0.1, np.nan, 0.1, 0.1], 3, config)
+        divergence.check_above_chance([0.1, np.nan, 0.1, 0.1], 3, config)
     config.model.bn_momentum = 0.999  # batch-norm averages settle later: wait longer
-    train.check_above_chance([uniform] * 4, 2999, config)
+    divergence.check_above_chance([uniform] * 4, 2999, config)
 
 
 def test_nan_loss_before_any_checkpoint_says_none_is_kept():
     with pytest.raises(
         TrainingDiverged, match=r"non-finite at step 2; no checkpoint was saved yet"
     ):
-        train.check_finite(np.array([np.nan]), ("a",), 2, "/w", last_saved=None)
+        divergence.check_finite(np.array([np.nan]), ("a",), 2, "/w", last_saved=None)
     with pytest.raises(
         TrainingDiverged,
         match=r"the last checkpoint \(step 3\) in /w/checkpoints is "
         "kept",
     ):
-        train.check_finite(np.array([np.inf]), ("a",), 5, "/w", last_saved=3)
+        divergence.check_finite(np.array([np.inf]), ("a",), 5, "/w", last_saved=3)
     with pytest.raises(
         TrainingDiverged,
         match=r"at step 4; that is the loss of the last "
@@ -695,7 +746,7 @@ def test_nan_loss_before_any_checkpoint_says_none_is_kept():
         r"/w/checkpoints/3 and re-run \(it resumes from an "
         r"earlier checkpoint, if any\), or .*--restart",
     ):
-        train.check_finite(np.array([np.inf]), ("a",), 4, "/w", last_saved=3)
+        divergence.check_finite(np.array([np.inf]), ("a",), 4, "/w", last_saved=3)
 
 
 def test_a_checkpoint_whose_parameters_diverged_is_named_as_the_culprit(tmp_path):
@@ -722,13 +773,15 @@ def test_non_finite_parameters_are_never_saved(tmp_path, monkeypatch):
     def set_up_with_a_step_that_breaks_the_parameters(*args, **kwargs):
         run = set_up(*args, **kwargs)
         step = run.train_step
-        run.train_step = lambda state, batch: (
-            lambda new, metrics: (
-                new.replace(params=jax.tree.map(lambda p: p * np.nan, new.params)),
-                metrics,
-            )
-        )(*step(state, batch))
-        return run
+        return dataclasses.replace(
+            run,
+            train_step=lambda state, batch: (
+                lambda new, metrics: (
+                    new.replace(params=jax.tree.map(lambda p: p * np.nan, new.params)),
+                    metrics,
+                )
+            )(*step(state, batch)),
+        )
 
     monkeypatch.setattr(train, "set_up", set_up_with_a_step_that_breaks_the_parameters)
     config = tiny()

@@ -1,5 +1,6 @@
 """The training loop end to end on tiny configs: outputs, resume, bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +13,8 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, load_config
 
-from tag_jax import checkpointing, data, evaluation, models, steps, train
+from tag_jax import checkpointing, data, divergence, evaluation, models, steps, train
+from tag_jax.results import named_scalars
 from tag_jax.errors import TrainingDiverged, UserError
 
 
@@ -178,7 +180,7 @@ def test_every_metric_leaf_of_a_step_is_logged(tiny_config, tmp_path):
 
 
 def test_named_scalars_by_shape():
-    scalars = train.named_scalars(
+    scalars = named_scalars(
         "train",
         {
             "loss": np.float32(2.0),
@@ -248,12 +250,14 @@ def test_the_loop_never_reads_a_device_value_between_steps(tiny_config, tmp_path
         for field in ("train_step", "measured_step"):
             step = getattr(run, field)
             if step:
-                setattr(
+                run = dataclasses.replace(
                     run,
-                    field,
-                    lambda state, batch, _step=step: (events.append("step"), _step(state, batch))[
-                        1
-                    ],
+                    **{
+                        field: lambda state, batch, _step=step: (
+                            events.append("step"),
+                            _step(state, batch),
+                        )[1]
+                    },
                 )
         return run
 
@@ -277,8 +281,8 @@ def test_the_loop_never_reads_a_device_value_between_steps(tiny_config, tmp_path
 
 def test_check_finite_names_only_the_bad_task():
     with pytest.raises(TrainingDiverged, match=r"\['b'\] became non-finite at step 7"):
-        train.check_finite(np.array([1.0, np.nan, 2.0]), ("a", "b", "c"), 7, "/tmp/w")
-    train.check_finite(np.array([1.0, 2.0]), ("a", "b"), 1, "/tmp/w")
+        divergence.check_finite(np.array([1.0, np.nan, 2.0]), ("a", "b", "c"), 7, "/tmp/w")
+    divergence.check_finite(np.array([1.0, 2.0]), ("a", "b"), 1, "/tmp/w")
 
 
 def test_bad_config_values_and_workdir(tiny_config, tmp_path):

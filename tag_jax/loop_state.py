@@ -1,0 +1,160 @@
+"""What the training loop carries between steps: the checkpointed loop record and the run.
+
+`LoopState` is the loop's record saved with every checkpoint (as JSON, `to_json`) beside the
+train state; it is frozen: the loop makes a new one with `dataclasses.replace`. `Run` is what one
+invocation holds fixed (config, data, method, jitted steps, checkpoint manager, lock), and
+`Session` the few things that change while it runs (metric writer, last checkpoint, timers,
+which steps have compiled).
+"""
+
+import dataclasses
+import time
+from typing import Any, Optional
+
+import ml_collections
+from absl import logging
+from clu import metric_writers
+
+from tag_jax import evaluation
+from tag_jax.methods.base import LoopContext, Method
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopState:
+    """The loop's checkpointed record.
+
+    epoch: finished epochs; batch: batches run of the current epoch; measured_steps: steps that
+    ran the method's measured step; stopped_early: early stopping ended training; history: per
+    epoch {'epoch', 'step', 'val_loss', 'val_total_error'}; method: the method's own JSON record
+    (tag_jax.methods.base); initial_loss: the summed training loss at step 1 (divergence is
+    measured against it); early_stopping: tag_jax.early_stopping's record; train_seconds:
+    training seconds over all invocations up to the checkpoint; metrics_records: lines of
+    metrics.jsonl at the checkpoint (a resume drops those written after it).
+    """
+
+    epoch: int
+    batch: int
+    measured_steps: int
+    stopped_early: bool
+    history: list
+    method: dict
+    initial_loss: Optional[float]
+    early_stopping: dict
+    train_seconds: float = 0.0
+    metrics_records: Optional[int] = None
+
+    @classmethod
+    def fresh(cls, early_stopping_record: dict) -> "LoopState":
+        """The record of a run that has not trained yet."""
+        return cls(
+            epoch=0,
+            batch=0,
+            measured_steps=0,
+            stopped_early=False,
+            history=[],
+            method={},
+            initial_loss=None,
+            early_stopping=early_stopping_record,
+        )
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict) -> "LoopState":
+        """The LoopState a checkpoint's JSON record holds; KeyError for a missing field,
+        TypeError for an unknown one or a value of the wrong type."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(record) - set(fields))
+        if unknown:
+            raise TypeError(f"unknown field(s) {unknown}")
+        for name, field in fields.items():
+            if name not in record and field.default is dataclasses.MISSING:
+                raise KeyError(name)
+        state = cls(**record)
+        for name, kind in (("epoch", int), ("batch", int), ("measured_steps", int)):
+            if not isinstance(getattr(state, name), kind) or getattr(state, name) < 0:
+                raise TypeError(f"{name} must be an integer >= 0, got {getattr(state, name)!r}")
+        for name, kind in (("history", list), ("method", dict), ("early_stopping", dict)):
+            if not isinstance(getattr(state, name), kind):
+                raise TypeError(f"{name} must be a JSON {kind.__name__}")
+        return state
+
+
+@dataclasses.dataclass
+class Session:
+    """What changes while a run lives: the metric writer (opened once the checkpoint is
+    restored), the step of the latest checkpoint (None before the first), the training seconds
+    of earlier invocations and this one's start, and the step kinds compiled so far."""
+
+    started: float = dataclasses.field(default_factory=time.time)
+    writer: Optional[metric_writers.MetricWriter] = None
+    seconds_before: float = 0.0
+    last_saved: Optional[int] = None
+    compiled: set = dataclasses.field(default_factory=set)
+
+    def seconds(self) -> float:
+        """Training seconds of this run over all invocations so far."""
+        return self.seconds_before + time.time() - self.started
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What one invocation holds fixed: inputs, the built method, its jitted steps (compiled on
+    first use), the checkpoint manager and the workdir lock; `session` holds what changes."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    dataset: Any
+    mesh: Any
+    method: Method
+    steps_per_epoch: int
+    state_sharding: Any
+    train_step: Any
+    measured_step: Any
+    eval_step: Any
+    manager: Any
+    lock: Any = None
+    session: Session = dataclasses.field(default_factory=Session)
+
+    @property
+    def task_names(self) -> tuple:
+        return tuple(self.dataset.task_names)
+
+    def context(self, step: int) -> LoopContext:
+        return LoopContext(
+            config=self.config,
+            workdir=self.workdir,
+            dataset=self.dataset,
+            mesh=self.mesh,
+            task_names=self.task_names,
+            steps_per_epoch=self.steps_per_epoch,
+            step=step,
+            evaluate=self.evaluate,
+            writer=self.session.writer,
+        )
+
+    def evaluate(self, params, batch_stats, split: str) -> dict:
+        """Every network on a split: {'task_loss', 'task_accuracy'} (G, T)."""
+        return evaluation.evaluate_networks(
+            self.eval_step,
+            params,
+            batch_stats,
+            self.dataset,
+            split,
+            batch_size=self.config.eval_batch_size,
+            mesh=self.mesh,
+            prefetch=self.config.prefetch_batches,
+        )
+
+    def close(self) -> None:
+        """Flushes the writers, closes the checkpoint manager and releases the workdir lock."""
+        try:
+            if self.session.writer:
+                self.session.writer.flush()
+            self.manager.close()
+        except Exception as e:  # never hide the error that ended the run
+            logging.warning("Closing the run's writers failed: %s", e)
+        finally:
+            if self.lock:
+                self.lock.release()
