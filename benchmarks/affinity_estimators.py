@@ -191,7 +191,8 @@ def main(argv=None):
             if "first_order" in seconds:
                 entry["first_order_over_cs"] = round(seconds["first_order"] / seconds["cs"], 2)
             print(
-                f"\nT = {num_tasks}: step cost (plain {1e3 * plain:.1f} ms, median of {args.repeats})"
+                f"\nT = {num_tasks}: step cost (plain {1e3 * plain:.1f} ms, "
+                f"median of {args.repeats})"
             )
             print(f"| step | ms | over plain | every {every} steps |\n|---|---:|---:|---:|")
             for k, v in seconds.items():

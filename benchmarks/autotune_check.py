@@ -8,7 +8,8 @@ step, `dmtg.branch_strategy` on the DMTG step) it lets tag_jax.autotune decide '
 would (timing on, an empty cache of its own), then compiles the step with every explicit
 candidate (the other tuned settings fixed at auto's choices) and times them in alternating
 rounds, median per candidate (one that is autotune.GIVE_UP times slower than the fastest in
-the first timed round is not timed further). ratio = time of auto's choice / time of the fastest candidate
+the first timed round is not timed further). ratio = time of auto's choice / time of the
+fastest candidate
 (1.0 = auto picked the fastest; the target is <= 1.1). --quick: tiny shapes, to check that
 it runs.
 """

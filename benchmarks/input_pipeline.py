@@ -35,7 +35,8 @@ from tag_jax.default_config import get_base_config
 def pipeline_examples_per_second(
     dataset, *, batch_size: int, num_batches: int, repeats: int, split: str = "train"
 ) -> float:
-    """Median over `repeats` epochs of real (unpadded) examples/s in the first `num_batches` batches.
+    """Median over `repeats` epochs of real (unpadded) examples/s in the first `num_batches`
+    batches.
 
     Each epoch's time starts before its iterator is created, so it includes filling the pipeline.
     """

@@ -1,4 +1,5 @@
-"""tag_jax: which tasks should be trained together? Task grouping (TAG, CS, HOA, DMTG) in JAX/Flax."""
+"""tag_jax: which tasks should be trained together? Task grouping (TAG, CS, HOA, DMTG) in
+JAX/Flax."""
 
 from tag_jax import host_memory
 

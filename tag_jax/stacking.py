@@ -27,7 +27,8 @@ UNROLL_MAX_ON_CPU_DIFFERENTIATED = 4  # slices an outer gradient goes through
 
 
 def resolve(strategy: str, size: int, *, differentiated: bool = False) -> str:
-    """The strategy for mapping over `size` slices ('auto' resolved as the module docstring says)."""
+    """The strategy for mapping over `size` slices
+    ('auto' resolved as the module docstring says)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"stacking strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy != "auto":

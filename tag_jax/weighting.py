@@ -1,4 +1,5 @@
-"""Loss weighting and gradient surgery of the MTL baselines (REFERENCE §4), as pure functions.
+"""Loss weighting and gradient surgery of the MTL baselines, as pure functions
+(docs/reference.md#mtl-baselines).
 
 Uncertainty weighting (Kendall et al. 2018), GradNorm (Chen et al. 2018) and
 PCGrad (Yu et al. 2020) in the form of the TAG CelebA code. Shapes: T tasks,
@@ -33,7 +34,8 @@ def gradnorm_loss(weights, grad_norms, losses, initial_losses, alpha: float) -> 
 
 
 def renormalize_task_weights(weights: jax.Array) -> jax.Array:
-    """GradNorm's step after the update: clip to [0.1, 10], then rescale to sum to T. (T,) -> (T,)."""
+    """GradNorm's step after the update: clip to [0.1, 10], then rescale to sum to T.
+    (T,) -> (T,)."""
     clipped = jnp.clip(weights, *GRADNORM_WEIGHT_CLIP)
     return clipped * (weights.shape[0] / clipped.sum())
 

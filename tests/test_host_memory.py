@@ -1,4 +1,5 @@
-"""import tag_jax keeps freed host memory, so XLA:CPU's scratch buffer is not faulted in per call."""
+"""import tag_jax keeps freed host memory,
+so XLA:CPU's scratch buffer is not faulted in per call."""
 
 import json
 import os

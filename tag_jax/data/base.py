@@ -34,13 +34,15 @@ class Dataset(Protocol):
         process_index: int = 0,
         process_count: int = 1,
     ) -> Iterator[dict]:
-        """Padded batches (see `pipeline`) of one epoch from `start_batch` on, this process's rows."""
+        """Padded batches (see `pipeline`) of one epoch from `start_batch` on,
+        this process's rows."""
         ...
 
 
 @dataclasses.dataclass(frozen=True)
 class ArrayDataset:
-    """A dataset held in memory. splits[name] = (images (N, H, W, C) uint8|float, labels (N, T) int)."""
+    """A dataset held in memory. splits[name] =
+    (images (N, H, W, C) uint8|float, labels (N, T) int)."""
 
     task_names: tuple[str, ...]
     splits: dict
@@ -95,7 +97,8 @@ class ArrayDataset:
 
 
 def task_columns(available: Sequence[str], wanted: Sequence[str]) -> list[int]:
-    """Positions of `wanted` task names in `available`; UserError naming the valid ones otherwise."""
+    """Positions of `wanted` task names in `available`;
+    UserError naming the valid ones otherwise."""
     unknown = [n for n in wanted if n not in available]
     if unknown:
         raise UserError(

@@ -135,7 +135,8 @@ def example_arrays(example: dict, task_names: Sequence[str], image_size: int):
 
 
 def cache_arrays(example: dict, image_size: int):
-    """A decoded example -> (image (S, S, 3) uint8 = round(255 * resize), attributes (40,) uint8)."""
+    """A decoded example -> (image (S, S, 3) uint8 = round(255 * resize), attributes (40,)
+    uint8)."""
     image = np.rint(resize_image(example["image"], image_size) * np.float32(255)).astype(np.uint8)
     return image, np.array([example["attributes"][name] for name in CELEBA_40], np.uint8)
 

@@ -46,7 +46,8 @@ DEFAULT_FOLDER = "tag_jax_cache"  # '' = this folder in the TFDS data_dir
 
 @dataclasses.dataclass(frozen=True)
 class SplitCache:
-    """One split at one size: images (N, S, S, 3) uint8 and attributes (N, 40) uint8, memory-mapped."""
+    """One split at one size: images (N, S, S, 3) uint8 and attributes (N, 40) uint8,
+    memory-mapped."""
 
     path: str
     images: np.ndarray

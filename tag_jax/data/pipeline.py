@@ -56,7 +56,8 @@ def batch_index_lists(
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[np.ndarray]:
-    """For each batch of the epoch from `start_batch` on: this process's example indices, -1 = padding."""
+    """For each batch of the epoch from `start_batch` on:
+    this process's example indices, -1 = padding."""
     order = epoch_order(num_examples, seed=seed, epoch=epoch, shuffle=shuffle)
     rows = process_slice(batch_size, process_index, process_count)
     for b in range(start_batch, num_batches(num_examples, batch_size, drop_remainder)):
