@@ -1,9 +1,10 @@
-"""tag_jax.study_estimate: a study's stage costs from the data size, the model and the cache."""
+"""tag_jax.study.estimate: a study's stage costs from the data size, the model and the cache."""
 
 import pytest
 
-from tag_jax import autotune, autotune_cache, methods, study_estimate
-from tag_jax.study_estimate import StageEstimate, Workload
+from tag_jax import autotune, autotune_cache, methods
+from tag_jax.study import estimate as study_estimate
+from tag_jax.study.estimate import StageEstimate, Workload
 
 WORKLOAD = Workload(
     num_train=100, num_validation=20, num_test=30, num_tasks=4, image_shape=(8, 8, 3)
