@@ -47,13 +47,14 @@ def member_shares(off_gain, row_share):
 
 def relaxed_upper_bound(off_gain, alone, max_sets, time_limit=None, row_share=1.0):
     """An upper bound on the best penalised total, found without pricing
-    (infinite if the linear programme below exceeds ``time_limit`` seconds).
+    (infinite if the linear programme below exceeds ``time_limit`` seconds; HiGHS's interior
+    point solver keeps that limit without presolve, not always with it).
 
     Relaxation: a group of m tasks gives each member u at most a share
     a[u, m] - pi[u] if u is served, h[u, m] if it is a helper
     (``member_shares`` with ``row_share``; the shares sum to the group's
-    total), and has m members. By the Lagrangian bound of the module
-    docstring, any duals pi give sum(pi) + k * max(0, rho) with rho >= max
+    total), and has m members. By the Lagrangian bound (``_solver``'s
+    docstring), any duals pi give sum(pi) + k * max(0, rho) with rho >= max
     over m of the sum of the m largest max(a[u, m] - pi[u], h[u, m], 0) (and
     >= alone[t] - pi[t]). Writing that top-m sum as
     min_{lam >= 0} m * lam + sum_u (max(...) - lam)^+ makes the best such
@@ -62,37 +63,13 @@ def relaxed_upper_bound(off_gain, alone, max_sets, time_limit=None, row_share=1.
     n = len(alone)
     sizes = np.arange(2, n + 1)
     best_mean, helper = member_shares(off_gain, row_share)  # [u, m - 2]
-    helpers = row_share < 1.0
-    count, free = len(sizes), np.isfinite(alone)
-    # variables: pi (n), r (1), lam (count), nu (n * count, [t, m] row-major)
-    nu = n + 1 + count + np.arange(n * count).reshape(n, count)
-    rows, cols, vals, upper = [], [], [], []
-    for j, m in enumerate(sizes):  # m * lam_m + sum_t nu[t, m] - r <= 0
-        rows += [j] * (n + 2)
-        cols += [n, n + 1 + j] + nu[:, j].tolist()
-        vals += [-1.0, float(m)] + [1.0] * n
-        upper.append(0.0)
-    for t in range(n):  # -pi_t - lam_m - nu[t, m] <= -a[t, m], and -lam_m - nu[t, m] <= -h[t, m]
-        for j in range(count):
-            rows += [len(upper)] * 3
-            cols += [t, n + 1 + j, nu[t, j]]
-            vals += [-1.0, -1.0, -1.0]
-            upper.append(-best_mean[t, j])
-            if helpers:
-                rows += [len(upper)] * 2
-                cols += [n + 1 + j, nu[t, j]]
-                vals += [-1.0, -1.0]
-                upper.append(-helper[t, j])
-    for t in np.flatnonzero(free):  # -pi_t - r <= -alone_t
-        rows += [len(upper)] * 2
-        cols += [t, n]
-        vals += [-1.0, -1.0]
-        upper.append(-alone[t])
-    objective = np.zeros(n + 1 + count + n * count)
-    objective[:n], objective[n] = 1.0, max_sets
-    matrix = coo_matrix((vals, (rows, cols)), shape=(len(upper), len(objective)))
-    bounds = [(None, None)] * n + [(0, None)] * (1 + count + n * count)
-    options = LP_OPTIONS if time_limit is None else {**LP_OPTIONS, "time_limit": time_limit}
+    free = np.isfinite(alone)
+    objective, matrix, upper, bounds = _relaxation_programme(
+        best_mean, helper if row_share < 1.0 else None, alone, max_sets
+    )
+    options = {**LP_OPTIONS, "presolve": False}  # HiGHS's presolve ignores the time limit
+    if time_limit is not None:
+        options["time_limit"] = time_limit
     result = linprog(
         objective, A_ub=matrix, b_ub=upper, bounds=bounds, method="highs-ipm", options=options
     )
@@ -101,8 +78,54 @@ def relaxed_upper_bound(off_gain, alone, max_sets, time_limit=None, row_share=1.
     pi = result.x[:n]  # re-evaluate the bound for these duals exactly, not trusting tolerances
     gains = np.sort(np.maximum(np.maximum(best_mean - pi[:, None], helper), 0.0), axis=0)[::-1]
     rho = max(
-        np.cumsum(gains, axis=0)[sizes - 1, np.arange(count)].max(),
+        np.cumsum(gains, axis=0)[sizes - 1, np.arange(n - 1)].max(),
         max((alone - pi)[free], default=0.0),
         0.0,
     )
     return float(pi.sum() + max_sets * rho)
+
+
+def _relaxation_programme(best_mean, helper, alone, max_sets):
+    """(objective, sparse A_ub, b_ub, bounds) of ``relaxed_upper_bound``'s linear programme,
+    minimised. Variables: pi (n), r (1), lam (n - 1: one per group size m = 2..n) and nu
+    (n * (n - 1), [t, m] row-major). Rows: m * lam_m + sum_t nu[t, m] - r <= 0 for each m;
+    -pi_t - lam_m - nu[t, m] <= -best_mean[t, m] and, unless ``helper`` is None,
+    -lam_m - nu[t, m] <= -helper[t, m] for each t and m; -pi_t - r <= -alone_t for each t
+    that may stand alone."""
+    n, count = best_mean.shape[0], best_mean.shape[1]
+    lam = n + 1 + np.arange(count)
+    nu = n + 1 + count + np.arange(n * count).reshape(n, count)
+    tasks, sizes = np.repeat(np.arange(n), count), np.tile(np.arange(count), n)
+    blocks = [  # (row entries, their columns, their values, right-hand sides), row by row
+        (
+            np.column_stack([np.full(count, n), lam, nu.T]),
+            np.column_stack([np.full(count, -1.0), np.arange(2, n + 1), np.ones((count, n))]),
+            np.zeros(count),
+        ),
+        (np.column_stack([tasks, lam[sizes], nu.ravel()]), -np.ones((n * count, 3)), -best_mean),
+    ]
+    if helper is not None:
+        blocks.append(
+            (np.column_stack([lam[sizes], nu.ravel()]), -np.ones((n * count, 2)), -helper)
+        )
+    free = np.flatnonzero(np.isfinite(alone))
+    blocks.append(
+        (np.column_stack([free, np.full(len(free), n)]), -np.ones((len(free), 2)), -alone[free])
+    )
+    rows, cols, vals, upper, start = [], [], [], [], 0
+    for columns, values, rhs in blocks:
+        rhs = np.ravel(rhs)
+        rows.append(np.repeat(np.arange(start, start + len(rhs)), columns.shape[1]))
+        cols.append(columns.ravel())
+        vals.append(values.ravel())
+        upper.append(rhs)
+        start += len(rhs)
+    size = n + 1 + count + n * count
+    matrix = coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(start, size)
+    )
+    objective = np.zeros(size)
+    objective[:n], objective[n] = 1.0, max_sets
+    bounds = np.column_stack([np.full(size, 0.0), np.full(size, np.inf)])
+    bounds[:n, 0] = -np.inf
+    return objective, matrix, np.concatenate(upper), bounds

@@ -16,6 +16,7 @@ from ._pricing import mask_members
 PENALTY = 1e-7  # per served set, gains scaled to max |gain| = 1
 PRUNE_TOLERANCE = 1e-9
 LP_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
+TIME_LIMIT_REACHED = 1  # scipy's linprog status
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,11 @@ class Master:
         values = np.array([self.columns[m] for m in masks])
         return membership, values
 
-    def solve(self, branching):
-        """The linear programme over the columns allowed by ``branching``."""
+    def solve(self, branching, seconds):
+        """The linear programme over the columns allowed by ``branching``, or None if it is
+        not solved within ``seconds``."""
+        if seconds <= 0:
+            return None
         masks = [m for m in self.columns if branching.allows(m)]
         membership, values = self._arrays(masks)
         result = linprog(
@@ -55,8 +59,10 @@ class Master:
             b_ub=[self.max_sets],
             bounds=(0, None),
             method="highs-ds",
-            options=LP_OPTIONS,
+            options={**LP_OPTIONS, "time_limit": seconds},
         )
+        if result.status == TIME_LIMIT_REACHED:
+            return None
         if result.status != 0:
             raise RuntimeError(f"master linear programme failed: {result.message}")
         return LinearSolution(
@@ -64,7 +70,10 @@ class Master:
         )
 
     def best_integer(self, seconds):
-        """The best partition using generated columns only (HiGHS MILP), or None."""
+        """The best partition using generated columns only (HiGHS MILP, at most ``seconds``),
+        or None."""
+        if seconds <= 0:
+            return None
         masks = list(self.columns)
         membership, values = self._arrays(masks)
         result = milp(
@@ -75,7 +84,7 @@ class Master:
                 LinearConstraint(membership, 1, 1),
                 LinearConstraint(np.ones((1, len(masks))), 0, self.max_sets),
             ],
-            options={"time_limit": max(seconds, 0.1), "mip_rel_gap": 0, "presolve": False},
+            options={"time_limit": seconds, "mip_rel_gap": 0, "presolve": False},
         )
         if result.x is None:
             return None

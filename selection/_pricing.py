@@ -7,7 +7,8 @@ duals[t]. ``price`` returns the allowed columns whose reduced cost exceeds
 max(threshold, largest reduced cost of an allowed column), which the caller
 turns into a valid bound on the whole problem even when pricing stops early.
 
-Two pricers: ``EnumeratedPricer`` tabulates V for all 2^n sets once (small n);
+Two pricers: ``EnumeratedPricer`` tabulates V for all 2^n sets once (small n, when the
+table is complete before the deadline);
 ``SearchPricer`` (larger n) first tries a local search and, when that finds
 nothing, runs a depth-first branch and bound over served sets, which either
 returns the first improving column or proves that none exists.
@@ -48,27 +49,36 @@ def column_values(off_gain, alone, masks, penalty):
     return served_values(off_gain, alone, mask_members(masks, len(alone))) - penalty
 
 
+TABLE_LOW_BITS = 15  # column_table is built in blocks sharing their higher bits
+
+
+def column_table(off_gain, alone, penalty, deadline):
+    """(2^n,) values c(S) of every column S (entry 0, the empty set: -inf), or None if the
+    ``time.monotonic()`` deadline passes before the table is complete (a few seconds at n = 20)."""
+    n = len(alone)
+    low_bits = min(n, TABLE_LOW_BITS)
+    low = mask_members(np.arange(1 << low_bits), n)
+    low_sums = low.astype(float) @ off_gain
+    blocks = []
+    for high in range(1 << (n - low_bits)):
+        if time.monotonic() > deadline:
+            return None
+        high_members = mask_members([high << low_bits], n)[0]
+        members = low | high_members
+        sums = low_sums + high_members.astype(float) @ off_gain
+        if high == 0:  # skip the empty set
+            blocks.append(np.array([-np.inf]))
+            members, sums = members[1:], sums[1:]
+        blocks.append(values_from_sums(alone, members, sums) - penalty)
+    return np.concatenate(blocks)
+
+
 class EnumeratedPricer:
-    """Exact pricing by a table of all 2^n column values (n up to about 20)."""
+    """Exact pricing by a table of all 2^n column values (``column_table``, n up to about 20)."""
 
-    LOW_BITS = 15  # the table is built in blocks sharing their higher bits
-
-    def __init__(self, off_gain, alone, penalty):
-        n = self.n = len(alone)
-        self.masks = np.arange(1 << n, dtype=np.int64)
-        low_bits = min(n, self.LOW_BITS)
-        low = mask_members(np.arange(1 << low_bits), n)
-        low_sums = low.astype(float) @ off_gain
-        blocks = []
-        for high in range(1 << (n - low_bits)):
-            high_members = mask_members([high << low_bits], n)[0]
-            members = low | high_members
-            sums = low_sums + high_members.astype(float) @ off_gain
-            if high == 0:  # skip the empty set
-                blocks.append(np.array([-np.inf]))
-                members, sums = members[1:], sums[1:]
-            blocks.append(values_from_sums(alone, members, sums) - penalty)
-        self.values = np.concatenate(blocks)
+    def __init__(self, values):
+        self.values = values
+        self.masks = np.arange(len(values), dtype=np.int64)
         self._allowed_for = None
 
     def _allowed_values(self, branching):

@@ -51,7 +51,7 @@ from ._bounds import relaxed_upper_bound, task_upper_bound
 from ._branching import Branching, feasible_partition
 from ._incumbents import clustered_partitions, improve, merged_partitions
 from ._master import PENALTY, PRUNE_TOLERANCE, Master, fractional_pair
-from ._pricing import EnumeratedPricer, SearchPricer, column_values
+from ._pricing import EnumeratedPricer, SearchPricer, column_table, column_values
 
 REDUCED_COST_TOLERANCE = 1e-10
 ENUMERATION_LIMIT = 20  # at most this many tasks: tabulate every set once
@@ -81,6 +81,9 @@ class _Search:
         0.25  # of the time, at most, for the relaxed bound (beyond ENUMERATION_LIMIT)
     )
     RELAXATION_MIN_SECONDS = 1.0  # its (n^2-variable) programme takes ~10 s at 200 tasks
+    # beyond this many tasks the relaxed bound is not tried: setting up its programme alone
+    # took 2 to 4 s at 500 tasks, and solving it would take far longer than any time limit
+    RELAXATION_MAX_TASKS = 200
     # relaxed_upper_bound's row shares: 1 (own best partners; the quicker programme, first),
     # then 0.6 (gains split between the two tasks; 0.19 -> 0.13 gap at 40 planted tasks, k = 5)
     ROW_SHARES = (1.0, 0.6)
@@ -90,8 +93,13 @@ class _Search:
         self.start, self.final_deadline = time.monotonic(), deadline
         self.deadline = deadline - self.FINAL_SHARE * (deadline - self.start)
         self.n = len(alone)
-        pricer = EnumeratedPricer if self.n <= ENUMERATION_LIMIT else SearchPricer
-        self.pricer = pricer(off_gain, alone, PENALTY)
+        table = None
+        if self.n <= ENUMERATION_LIMIT:
+            table = column_table(off_gain, alone, PENALTY, self.deadline)
+        if table is None:  # many tasks, or no time to tabulate them
+            self.pricer = SearchPricer(off_gain, alone, PENALTY)
+        else:
+            self.pricer = EnumeratedPricer(table)
         self.master = Master(self.n, max_sets)
         self.best_sets, self.best_value = None, -np.inf
         self.upper, self.progress = np.inf, progress
@@ -127,7 +135,12 @@ class _Search:
             self._report()
 
     def _time_left(self):
+        """Seconds until the search's deadline (negative once passed)."""
         return self.deadline - time.monotonic()
+
+    def _final_time_left(self):
+        """Seconds until the caller's deadline, which the last steps keep too."""
+        return self.final_deadline - time.monotonic()
 
     def _tolerance(self):
         """How far a bound may exceed the incumbent and still count as proving it. Beyond
@@ -153,10 +166,14 @@ class _Search:
         return bound - PENALTY
 
     def column_generation(self, branching):
-        """(master solution, proven bound on the node, whether pricing converged)."""
-        bound = np.inf
+        """(master solution, proven bound on the node, whether pricing converged); the
+        solution is None when time ran out before the first."""
+        bound, solution = np.inf, None
         while True:
-            solution = self.master.solve(branching)
+            latest = self.master.solve(branching, self._time_left())
+            if latest is None:  # out of time: what the last solution proved stands
+                return solution, bound, False
+            solution = latest
             threshold = solution.cardinality_dual + REDUCED_COST_TOLERANCE
             in_use = [m for m, w in zip(solution.masks, solution.weights) if w > 1e-9]
             columns, price_bound = self.pricer.price(
@@ -175,26 +192,30 @@ class _Search:
                 return solution, bound, not new and (bool(columns) or price_bound <= threshold)
             self.master.add(new)
 
-    def run(self):
-        """Best-bound-first branch and price; returns the Partition found."""
+    def _start(self):
+        """Incumbents and bounds before branching (at 500 tasks the local search from the
+        one-set partition alone can take the whole time)."""
         self.offer([(1 << self.n) - 1])
         # The relaxations bound the unpenalised total; every partition pays at least one PENALTY.
         self.tighten(task_upper_bound(self.off_gain, self.alone) - PENALTY)
-        if self.n > ENUMERATION_LIMIT:
-            starts = clustered_partitions(self.off_gain, self.max_sets) + merged_partitions(
-                self.off_gain, self.alone, self.max_sets, self.deadline
-            )
-            for sets in starts:
-                if self._time_left() <= 0:
-                    break
-                self.offer(
-                    sets, as_columns=False
-                )  # as columns they steered a 40-task search to worse sets
-            seconds = max(
-                self.RELAXATION_SHARE * (self.final_deadline - self.start),
-                self.RELAXATION_MIN_SECONDS,
-            )
-            self.tighten(self._relaxed_bound(seconds))
+        if self.n <= ENUMERATION_LIMIT or self._time_left() <= 0:
+            return
+        starts = clustered_partitions(self.off_gain, self.max_sets) + merged_partitions(
+            self.off_gain, self.alone, self.max_sets, self.deadline
+        )
+        for sets in starts:
+            if self._time_left() <= 0:
+                break
+            # as columns the starting partitions steered a 40-task search to worse sets
+            self.offer(sets, as_columns=False)
+        if self.n <= self.RELAXATION_MAX_TASKS:
+            share = self.RELAXATION_SHARE * (self.final_deadline - self.start)
+            seconds = max(share, self.RELAXATION_MIN_SECONDS)
+            self.tighten(self._relaxed_bound(min(seconds, self._time_left())))
+
+    def _branch_and_price(self):
+        """Best-bound-first branch and price until proven or the search deadline; returns the
+        open nodes left, as (-bound, counter, Branching)."""
         counter = itertools.count()
         root = Branching()
         open_nodes = [(-np.inf, next(counter), root)]
@@ -205,8 +226,7 @@ class _Search:
         ):
             node_bound, _, branching = heapq.heappop(open_nodes)
             if -node_bound <= self.best_value + self._tolerance():
-                open_nodes = []
-                break
+                return []
             start = feasible_partition(self.n, branching, self.max_sets)
             if start is None:
                 continue
@@ -231,20 +251,29 @@ class _Search:
                     )
             if open_nodes:  # best bound first: the open nodes' largest bound holds everywhere
                 self.tighten(max(self.best_value, -open_nodes[0][0]))
+        return open_nodes
+
+    def _finish(self, open_nodes):
+        """The final bound and, if unproven, a last integer programme over all columns, both
+        within the caller's deadline; returns the Partition found."""
         upper = max([self.best_value] + [-b for b, _, _ in open_nodes])
         if self.upper <= self.best_value + self._tolerance():
             upper = self.best_value  # the anytime bound already proves it
         if upper > self.best_value + self._tolerance():
             if self.n <= ENUMERATION_LIMIT:
-                seconds = max(
-                    (self.final_deadline - time.monotonic()) / 2, self.RELAXATION_MIN_SECONDS
-                )
+                left = self._final_time_left()
+                seconds = min(max(left / 2, self.RELAXATION_MIN_SECONDS), left)
                 upper = min(upper, self._relaxed_bound(seconds))
-            final_sets = self.master.best_integer(self.final_deadline - time.monotonic())
+            final_sets = self.master.best_integer(self._final_time_left())
             if final_sets:
                 self.offer(final_sets)
         self.upper = min(self.upper, max(upper, self.best_value))
         return Partition(self.best_sets, self.best_value, self.upper, self._tolerance())
+
+    def run(self):
+        """Incumbents, then branch and price; returns the Partition found."""
+        self._start()
+        return self._finish(self._branch_and_price())
 
 
 def solve_partition(off_gain, alone, max_sets, deadline, progress=None):

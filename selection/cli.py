@@ -11,22 +11,45 @@ stops: useful at many tasks, where the time limit is reached).
 
 networks: --networks FILE.csv (format in ``selection.networks``), --budget B,
 --hoa (apply the higher-order approximation first), --test FILE.csv (report
-the selection's total on those values too), --time-limit S, --json.
+the selection's total on those values too), --allow-uncovered, --time-limit S,
+--json. Without --allow-uncovered every task must be output by a chosen
+network: a budget that allows no such selection is an error naming the
+smallest one that does. With it, tasks may be left uncovered (each counts
+``UNCOVERED_LOSS``, 99, in the total, as in Standley et al.) and the report
+lists them.
 
+Time limits count from the start of the command (the Python process): groups
+gives each k at most S seconds and k number i stops at the latest i * S seconds
+after the start, so the command takes at most S times the number of ks, plus the
+time to print the answer; networks stops its search S seconds after the start.
 Both report the best selection found within the time limit and its gap: 0
 when proven optimal, otherwise how much the score (groups) or total loss
 (networks) could still improve.
 
-A bad file or value prints one line on stderr and exits with status 2.
+A bad file or value prints one line on stderr and exits with status 2, with
+nothing on stdout.
 """
 
 import argparse
 import json
+import os
 import sys
+import time
 
 from .groups import select_groups
-from .networks import hoa_approximation, load_networks, rescore, select_networks, task_order
+from .networks import (
+    UNCOVERED_LOSS,
+    BudgetTooSmall,
+    hoa_approximation,
+    load_networks,
+    rescore,
+    select_networks,
+    task_order,
+)
 from .scores import DEFAULT_PAIRS_KEY, PAIRS_KEYS, load_scores
+
+SHORTEST_LIMIT = 0.01  # seconds given to a k whose share of the time is already spent
+MAX_START_SECONDS = 60.0  # a process older than this at main() was not just started
 
 
 def _parser():
@@ -51,7 +74,14 @@ def _parser():
         choices=PAIRS_KEYS,
         help=f"table of a pairs.json (default {DEFAULT_PAIRS_KEY})",
     )
-    groups.add_argument("--time-limit", type=float, default=60.0, help="seconds per value of k")
+    groups.add_argument(
+        "--time-limit",
+        type=float,
+        default=60.0,
+        help="seconds per value of k (default 60), counted from the command's start: k number i "
+        "stops at the latest i times this after it, so the whole command takes at most this "
+        "times the number of ks",
+    )
     groups.add_argument("--json", action="store_true", help="machine-readable output")
     groups.add_argument(
         "--progress",
@@ -65,9 +95,36 @@ def _parser():
         "--hoa", action="store_true", help="apply the higher-order approximation first"
     )
     networks.add_argument("--test", help="CSV of the same networks with test values")
-    networks.add_argument("--time-limit", type=float, default=60.0, help="seconds")
+    networks.add_argument(
+        "--allow-uncovered",
+        action="store_true",
+        help="accept a selection that leaves tasks uncovered (no chosen network outputs them; "
+        f"each counts {UNCOVERED_LOSS:g} in the total) and list them; by default a budget "
+        "that cannot cover every task is an error",
+    )
+    networks.add_argument(
+        "--time-limit",
+        type=float,
+        default=60.0,
+        help="seconds (default 60), counted from the command's start",
+    )
     networks.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def process_start():
+    """``time.monotonic()`` at the start of this process (Linux: its start time in
+    /proc/self/stat); elsewhere, now."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()  # after "pid (command name)"
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # seconds after boot
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic()
+    if not 0.0 <= age <= MAX_START_SECONDS:  # clocks that do not compare: count from now
+        return time.monotonic()
+    return time.monotonic() - age
 
 
 def _status(gap):
@@ -101,35 +158,59 @@ def _progress_printer(k):
     return report
 
 
-def _run_groups(args):
+def _run_groups(args, started):
     table = load_scores(args.scores, transpose=args.transpose, pairs_key=args.pairs_key)
     objective = "minimize" if args.minimize else "maximize"
-    results = [
-        (
-            k,
-            select_groups(
-                table,
-                max_groups=k,
-                objective=objective,
-                singletons=args.singletons,
-                time_limit=args.time_limit,
-                progress=_progress_printer(k) if args.progress else None,
-            ),
+    results = []
+    for position, k in enumerate(args.max_groups, start=1):
+        selection = select_groups(
+            table,
+            max_groups=k,
+            objective=objective,
+            singletons=args.singletons,
+            time_limit=_time_limit(args.time_limit, position, started),
+            progress=_progress_printer(k) if args.progress else None,
         )
-        for k in args.max_groups
-    ]
+        results.append((k, selection))
     if args.json:
         return json.dumps([{"max_groups": k, **s.to_dict()} for k, s in results], indent=1)
     return "\n".join(_groups_report(k, s) for k, s in results)
 
 
-def _run_networks(args):
+def _time_limit(limit, position, started):
+    """Seconds for the ``position``-th k (from 1), starting now: ``limit``, cut so that it ends
+    at the latest ``position * limit`` seconds after ``started`` (a ``time.monotonic()``
+    instant), but at least ``SHORTEST_LIMIT``."""
+    if not limit > 0:
+        raise ValueError(f"time_limit must be positive, got {limit!r}")
+    return max(min(limit, started + position * limit - time.monotonic()), SHORTEST_LIMIT)
+
+
+def _what_to_do(error):
+    """A BudgetTooSmall's message followed by the options that get past it."""
+    partial = (
+        "--allow-uncovered to accept a selection that leaves tasks uncovered "
+        f"(each counts {UNCOVERED_LOSS:g} in the total)"
+    )
+    if error.covering_budget is None:
+        return f"{error}; pass {partial}"
+    return f"{error}; raise --budget to {error.covering_budget:g}, or pass {partial}"
+
+
+def _run_networks(args, started):
     networks = load_networks(args.networks)
     tasks = task_order(networks)
     candidates = hoa_approximation(networks) if args.hoa else networks
-    chosen = select_networks(
-        candidates, budget=args.budget, tasks=tasks, time_limit=args.time_limit
-    )
+    try:
+        chosen = select_networks(
+            candidates,
+            budget=args.budget,
+            tasks=tasks,
+            time_limit=_time_limit(args.time_limit, 1, started),
+            cover_all=not args.allow_uncovered,
+        )
+    except BudgetTooSmall as error:
+        raise ValueError(_what_to_do(error)) from None
     result = {"budget": args.budget, **chosen.to_dict()}
     if args.test:
         result["test_total"] = rescore(chosen, load_networks(args.test), tasks)
@@ -140,14 +221,22 @@ def _run_networks(args):
         + (f", test total {result['test_total']:.6g}" if args.test else "")
     ]
     lines += [f"  {'+'.join(n.tasks)} (cost {n.cost:g})" for n in chosen]
+    if chosen.uncovered:
+        lines.append(
+            f"  uncovered: {', '.join(chosen.uncovered)} (no chosen network outputs them; "
+            f"each counts {UNCOVERED_LOSS:g} in the total)"
+        )
     return "\n".join(lines)
 
 
-def main(argv=None):
-    """Run the command line; returns the exit status."""
+def main(argv=None, started=None):
+    """Run the command line; returns the exit status. ``started``: the ``time.monotonic()``
+    instant the time limits count from (default: now)."""
+    started = time.monotonic() if started is None else started
     args = _parser().parse_args(argv)
+    run = _run_groups if args.command == "groups" else _run_networks
     try:
-        output = _run_groups(args) if args.command == "groups" else _run_networks(args)
+        output = run(args, started)
     except (OSError, ValueError) as error:
         message = " ".join(str(error).split())
         print(f"python -m selection {args.command}: error: {message}", file=sys.stderr)

@@ -123,12 +123,22 @@ def explanation(summary: dict, max_alternatives: int = 2, **thresholds) -> str:
     )
 
 
+MIN_WINDOWS = 4  # windows a resample strings together, at least (block_length is clipped)
+
+
+def window_length(num_blocks, block_length) -> int:
+    """The window length used: block_length clipped to [1, num_blocks // MIN_WINDOWS], so that a
+    resample is made of at least MIN_WINDOWS windows (a window as long as the run would draw the
+    run itself every time, and show no variation at all)."""
+    return max(1, min(int(block_length), num_blocks // MIN_WINDOWS))
+
+
 def moving_block_indices(num_blocks, block_length, num_resamples, rng) -> np.ndarray:
-    """(num_resamples, num_blocks) block indices of a moving-block bootstrap:
-    each row strings together windows of ``block_length`` consecutive blocks
-    (clipped to ``num_blocks``) whose starts are drawn uniformly with
-    replacement, cut to ``num_blocks`` entries. rng: a numpy Generator."""
-    length = max(1, min(int(block_length), num_blocks))
+    """(num_resamples, num_blocks) block indices of a moving-block bootstrap: each row strings
+    together windows of ``window_length(num_blocks, block_length)`` consecutive blocks whose
+    starts are drawn uniformly with replacement, cut to ``num_blocks`` entries. rng: a numpy
+    Generator."""
+    length = window_length(num_blocks, block_length)
     windows = -(-num_blocks // length)
     starts = rng.integers(0, num_blocks - length + 1, size=(num_resamples, windows))
     runs = starts[:, :, None] + np.arange(length)

@@ -4,7 +4,11 @@ Each candidate ``Network`` outputs some tasks, with a loss for each, and has a
 cost (1 for a full-size network, 0.5 for a half-size single-task one). A
 selection is a set of networks of total cost <= budget; its total is the SUM
 over tasks of the lowest loss any selected network reaches on the task, a task
-no selected network outputs counting ``UNCOVERED_LOSS`` (99, as in their code).
+no selected network outputs (an *uncovered* task) counting ``UNCOVERED_LOSS``
+(99, as in their code). ``select_networks`` allows uncovered tasks, as their code
+does, and lists them in ``NetworkSelection.uncovered``; with ``cover_all`` it
+chooses among the selections that output every task, or raises ``BudgetTooSmall``
+naming the smallest budget that has one (``covering_budget``).
 Selections are made on validation losses and reported on test losses:
 ``rescore`` looks each selected network up among the test networks (same tasks,
 same cost) and recomputes every task's best loss there.
@@ -26,6 +30,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+import numpy as np
+from scipy.optimize import LinearConstraint, milp
 
 UNCOVERED_LOSS = 99.0
 COST_TOLERANCE = 1e-9
@@ -93,25 +100,108 @@ def _search_order(networks, tasks):
 
 class NetworkSelection(list):
     """The chosen networks (a list, in input order), with ``total`` (their
-    total loss over the tasks) and ``gap`` (how much lower the best total
-    could still be; 0.0 when proven optimal)."""
+    total loss over the tasks), ``gap`` (how much lower the best total
+    could still be; 0.0 when proven optimal) and ``uncovered`` (the tasks, in
+    task order, that no chosen network outputs: each counts UNCOVERED_LOSS in
+    ``total``)."""
 
-    def __init__(self, networks, total, gap=0.0):
+    def __init__(self, networks, total, gap=0.0, uncovered=()):
         super().__init__(networks)
-        self.total, self.gap = total, gap
+        self.total, self.gap, self.uncovered = total, gap, tuple(uncovered)
 
     def to_dict(self):
-        """JSON-ready form: each network's tasks, cost and losses."""
+        """JSON-ready form: each network's tasks, cost and losses; the uncovered tasks and
+        what each of them counts in the total."""
         return {
             "networks": [
                 {"tasks": list(n.tasks), "cost": n.cost, "losses": dict(n.losses)} for n in self
             ],
             "total": self.total,
             "gap": self.gap,
+            "uncovered": list(self.uncovered),
+            "uncovered_loss": UNCOVERED_LOSS,
         }
 
 
-def select_networks(networks, *, budget, tasks=None, time_limit=60.0):
+class BudgetTooSmall(ValueError):
+    """No selection within ``budget`` outputs every task; ``covering_budget`` is the
+    smallest budget that has one (None when some task is output by no network)."""
+
+    def __init__(self, message, budget, covering_budget):
+        super().__init__(message)
+        self.budget, self.covering_budget = budget, covering_budget
+
+
+def uncovered_tasks(networks, tasks):
+    """The ``tasks`` (in their order) that none of ``networks`` outputs."""
+    output = {t for network in networks for t in network.tasks}
+    return tuple(t for t in tasks if t not in output)
+
+
+def _cheapest_cover(networks, tasks, seconds):
+    """Indices of the networks of least total cost that together output every task (exact:
+    a set-cover integer programme, HiGHS), or None when some task is output by none.
+    ValueError if it is not solved within ``seconds``."""
+    if uncovered_tasks(networks, tasks):
+        return None
+    outputs = np.array([[t in n.losses for n in networks] for t in tasks], dtype=float)
+    result = milp(
+        [n.cost for n in networks],
+        integrality=np.ones(len(networks)),
+        bounds=(0, 1),
+        constraints=[LinearConstraint(outputs, 1, np.inf)],
+        options={"time_limit": max(seconds, 1e-3)},
+    )
+    if result.status != 0:
+        raise ValueError(
+            f"the cheapest selection that outputs every task was not found within the time "
+            f"limit of {seconds:.3g} s ({result.message})"
+        )
+    return [i for i, x in enumerate(result.x) if x > 0.5]
+
+
+def covering_budget(networks, tasks=None, time_limit=60.0):
+    """The smallest total cost of networks that together output every task of ``tasks``
+    (default: every task output), or None when some task is output by no network."""
+    networks = list(networks)
+    tasks = task_order(networks) if tasks is None else tuple(tasks)
+    cover = _cheapest_cover(networks, tasks, time_limit)
+    return None if cover is None else sum(networks[i].cost for i in cover)
+
+
+def _checked_cover(networks, tasks, budget, seconds):
+    """The positions (in ``networks``) of a cheapest cover that fits ``budget``, or
+    BudgetTooSmall."""
+    cover = _cheapest_cover(networks, tasks, seconds)
+    if cover is None:
+        missing = ", ".join(uncovered_tasks(networks, tasks))
+        raise BudgetTooSmall(
+            f"no network outputs {missing}, so no budget covers every task", budget, None
+        )
+    cost = sum(networks[i].cost for i in cover)
+    if cost > budget + COST_TOLERANCE:
+        raise BudgetTooSmall(
+            f"no selection of cost at most {budget:g} outputs every task: the smallest "
+            f"budget that covers all {len(tasks)} tasks is {cost:g}",
+            budget,
+            cost,
+        )
+    return cover
+
+
+def _loss_of_uncovered(networks, tasks):
+    """A loss for an uncovered task above what any selection outputting every task totals
+    (those totals lie within +-sum over tasks of their largest |loss|), so that every
+    selection leaving a task uncovered totals more than each one that does not."""
+    largest = {t: 0.0 for t in tasks}
+    for network in networks:
+        for t, loss in network.losses.items():
+            if t in largest:
+                largest[t] = max(largest[t], abs(loss))
+    return 1.0 + 2.0 * sum(largest.values())
+
+
+def select_networks(networks, *, budget, tasks=None, time_limit=60.0, cover_all=False):
     """The networks of total cost <= budget with the lowest total loss over
     ``tasks`` (default: every task output), as a ``NetworkSelection``.
 
@@ -123,6 +213,11 @@ def select_networks(networks, *, budget, tasks=None, time_limit=60.0):
     No selected network is redundant. time_limit: seconds; if the search is
     not over by then, the best selection found is returned with a positive
     ``gap``: the incumbent's total minus the lowest bound of an unexplored branch.
+
+    cover_all: False counts each uncovered task UNCOVERED_LOSS (Standley et al.; the result's
+    ``uncovered`` lists them). True chooses among the selections that output every task only,
+    starting from a cheapest one, so that even a search stopped by the time limit returns one;
+    BudgetTooSmall (a ValueError) when the budget allows none.
     """
     networks = list(networks)
     tasks = task_order(networks) if tasks is None else tuple(tasks)
@@ -132,13 +227,19 @@ def select_networks(networks, *, budget, tasks=None, time_limit=60.0):
         raise ValueError(f"time_limit must be positive, got {time_limit!r}")
     deadline = time.monotonic() + time_limit
     order = _search_order(networks, tasks)
-    losses = [tuple(networks[i].losses.get(t, UNCOVERED_LOSS) for t in tasks) for i in order]
+    uncovered = _loss_of_uncovered(networks, tasks) if cover_all else UNCOVERED_LOSS
+    losses = [tuple(networks[i].losses.get(t, uncovered) for t in tasks) for i in order]
     costs = [networks[i].cost for i in order]
-    still_reachable = [(UNCOVERED_LOSS,) * len(tasks)]
+    still_reachable = [(uncovered,) * len(tasks)]
     for row in reversed(losses):
         still_reachable.insert(0, tuple(map(min, row, still_reachable[0])))
-    best_key, best_chosen = (len(tasks) * UNCOVERED_LOSS, 0), ()
-    stack = [(0, (), (UNCOVERED_LOSS,) * len(tasks), 0.0)]  # depth first, "add" branch first
+    best_key, best_chosen = (len(tasks) * uncovered, 0), ()
+    if cover_all:
+        cover = _checked_cover(networks, tasks, budget, deadline - time.monotonic())
+        best_chosen = tuple(sorted(order.index(i) for i in cover))
+        current = tuple(min(losses[p][j] for p in best_chosen) for j in range(len(tasks)))
+        best_key = (sum(current), len(best_chosen))
+    stack = [(0, (), (uncovered,) * len(tasks), 0.0)]  # depth first, "add" branch first
     nodes = 0
     while stack:
         nodes += 1
@@ -163,7 +264,7 @@ def select_networks(networks, *, budget, tasks=None, time_limit=60.0):
     )
     gap = best_key[0] - lowest if best_key[0] - lowest > TIE_TOLERANCE else 0.0
     chosen = [networks[i] for i in sorted(order[p] for p in best_chosen)]
-    return NetworkSelection(chosen, total_loss(chosen, tasks), gap)
+    return NetworkSelection(chosen, total_loss(chosen, tasks), gap, uncovered_tasks(chosen, tasks))
 
 
 def hoa_approximation(networks):
