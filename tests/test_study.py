@@ -14,6 +14,8 @@ from tag_jax import train
 from tag_jax.errors import UserError
 from tag_jax.study import plan as study_plan
 from tag_jax.study import report as study_report
+from tag_jax.study.estimate import RULE_BASIS, StageEstimate
+from tag_jax.study.progress import StudyProgress
 from tag_jax.study.run import planted_groups, run_study, start_over
 
 TASKS = ("g0_t0", "g0_t1", "g1_t0", "g1_t1")
@@ -119,14 +121,39 @@ def test_bad_override_is_a_user_error_before_any_stage_runs(tmp_path, override, 
     assert not os.path.exists(tmp_path / "mtl")
 
 
-def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch):
+def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch, caplog):
+    """Also: the plan and one line per stage start and end are logged, and after the first stage
+    (hoa) report.md is there, partial, with the row it completes (single, read from hoa)."""
     config = load_config("tiny_study")
     config.study.methods = ("single", "hoa", "random")
     workdir = str(tmp_path / "study")
     config.max_steps = 2  # pauses inside the first stage, 'hoa' (3 steps)
     assert run_study(config, workdir) is None
     config.max_steps = -1
+    reports_seen, train_and_evaluate = {}, train.train_and_evaluate
+
+    def reading_the_report(stage_config, stage_workdir, **kwargs):
+        report = os.path.join(workdir, "report.md")
+        reports_seen[os.path.basename(stage_workdir)] = (
+            open(report).read() if os.path.exists(report) else None
+        )
+        return train_and_evaluate(stage_config, stage_workdir, **kwargs)
+
+    monkeypatch.setattr(train, "train_and_evaluate", reading_the_report)
+    caplog.set_level("INFO")
     report = run_study(config, workdir)
+    assert reports_seen["hoa"] is None  # the first stage (resumed): no report yet
+    partial = reports_seen["hoa_k2"]
+    assert "**Partial report: 1 of 3 stages done.**" in partial
+    assert "| single | 4 |" in partial and "| hoa |" not in partial
+    assert "Partial report" not in open(os.path.join(workdir, "report.md")).read()
+    assert not report["partial"] and report["stages_done"] == report["stages_total"] == 3
+    logged = caplog.text
+    assert "Study plan: 3 stages, about" in logged
+    assert "stage 2/3 hoa_k2 (groups): up to" in logged
+    for line in ("stage 1/3 hoa (pairs) started: ", "stage 1/3 hoa (pairs) done in "):
+        assert line in logged
+    assert "stage 3/3 random_k2 (random) done in " in logged and "left (rough)" in logged
 
     rows = {(r["label"], r["k"]): r for r in report["rows"]}
     assert sorted(rows) == [("hoa", 2), ("random", 2), ("single", 4)]
@@ -384,7 +411,8 @@ def test_report_over_seeds_marks_runs_that_did_not_learn(tmp_path):
     table = "\n".join(study_report.main_table(report["rows"]))
     assert "| random | 2 | did not learn (1/3 seeds) |" in table
     assert (
-        "| mtl | 1 | {g0_t0, g0_t1, g1_t0, g1_t1} (3/3) | 21.00 ± 1.00 (95% CI ± 2.48) |" in table
+        "| mtl | 1 | {g0_t0, g0_t1, g1_t0, g1_t1} (3/3) | – | 21.00 ± 1.00 (95% CI ± 2.48) |"
+        in table
     )
     fake_results(
         workdir,
@@ -424,10 +452,135 @@ def test_multi_seed_study_paused_resumed_equals_uninterrupted(tmp_path):
     assert "Groupings across seeds" in open(os.path.join(paused, "report.md")).read()
 
 
+def fake_groups(workdir, stage, confidences):
+    """groups.json of a grouping run: a selection per k with its confidence and verdict."""
+    selections = [
+        {"max_groups": k, "groups": [list(TASKS)], "confidence": c, "verdict": v}
+        for k, (c, v) in confidences.items()
+    ]
+    with open(os.path.join(workdir, stage, "groups.json"), "w") as f:
+        json.dump({"tasks": list(TASKS), "selections": selections}, f)
+
+
+def test_grouping_rows_show_single_run_confidence_next_to_seed_stability(tmp_path):
+    """Hand-made runs of 3 seeds: TAG's runs say 'clear' at k = 2 but the seeds choose two
+    groupings (a disagreement); at k = 3 no run is clear but every seed chooses one grouping (the
+    other disagreement); random rows have no confidence ('–')."""
+    config = load_config("tiny_study")
+    config.study.methods, config.study.seeds = ("tag", "random"), 3
+    config.study.max_groups = (2, 3)
+    workdir = str(tmp_path)
+    plan = study_plan.build_plan(config, TASKS, workdir)
+    split, other = [list(TASKS[:2]), list(TASKS[2:])], [[TASKS[0]], list(TASKS[1:])]
+    three = [[TASKS[0]], [TASKS[1]], list(TASKS[2:])]
+    verdicts = [("clear", "uncertain"), ("clear", "no preferred grouping"), ("uncertain", "clear")]
+    for i, (at_2, at_3) in enumerate(verdicts):
+        fake_results(workdir, f"seed_{i}/tag", 20, [list(TASKS)])
+        fake_groups(workdir, f"seed_{i}/tag", {2: (0.9 - i / 10, at_2), 3: (0.3, at_3)})
+        fake_results(workdir, f"seed_{i}/tag_k2", 15, split if i < 2 else other)
+        fake_results(workdir, f"seed_{i}/tag_k3", 16, three)
+    for k in (2, 3):
+        fake_results(workdir, f"random_k{k}", 18, split, seed_results=[(18, split, True)] * 3)
+    report = study_report.build_report(config, TASKS, plan, workdir)
+    rows = {(r["label"], r["k"]): r for r in report["rows"]}
+    tag2, tag3 = rows[("tag", 2)], rows[("tag", 3)]
+    assert tag2["confidence"]["values"] == pytest.approx([0.9, 0.8, 0.7])
+    assert tag2["confidence"]["mean"] == pytest.approx(0.8) and tag2["confidence"]["clear"] == 2
+    assert tag2["runs"][2]["confidence"] == {"confidence": 0.7, "verdict": "uncertain"}
+    assert "seeds chose 2 different groupings (the most frequent in 2/3)" in tag2["disagreement"]
+    assert tag3["confidence"]["clear"] == 1 and tag3["groupings"][0]["seeds"] == 3
+    assert "every seed chose the same grouping" in tag3["disagreement"]
+    assert rows[("random", 2)]["confidence"] is None and rows[("random", 2)]["disagreement"] is None
+    table = study_report.main_table(report["rows"])
+    assert any(
+        line.startswith("| tag | 2 | {g0_t0, g0_t1} {g1_t0, g1_t1} (2/3) | 0.80 (clear 2/3) |")
+        for line in table
+    )
+    assert any(
+        line.startswith("| random | 2 | {g0_t0, g0_t1} {g1_t0, g1_t1} (3/3) | – |")
+        for line in table
+    )
+    text = study_report.markdown(report)
+    assert "## Single-run confidence and seed stability" in text
+    assert "Where they disagree (2 of 2 grouping rows):" in text
+    assert "- tag, k = 2: single runs were confident (clear in 2/3 seeds)" in text
+
+
+def test_single_run_confidence_of_one_seed_and_rows_without_it(tmp_path):
+    """One seed: the cell shows the run's confidence and verdict, no disagreement is claimed;
+    a groups.json without confidence fields (an older run) shows '–'."""
+    config = load_config("tiny_study")
+    config.study.methods = ("tag", "cs")
+    workdir = str(tmp_path)
+    plan = study_plan.build_plan(config, TASKS, workdir)
+    for stage in ("tag", "tag_k2", "cs", "cs_k2"):
+        fake_results(workdir, stage, 15, [list(TASKS)])
+    fake_groups(workdir, "tag", {2: (0.95, "clear")})
+    with open(os.path.join(workdir, "cs", "groups.json"), "w") as f:
+        json.dump({"selections": [{"max_groups": 2, "groups": [list(TASKS)]}]}, f)
+    report = study_report.build_report(config, TASKS, plan, workdir)
+    tag, cs = report["rows"]
+    assert study_report.single_run.format_confidence(tag) == "0.95 clear"
+    assert tag["disagreement"] is None
+    assert cs["confidence"] is None and study_report.single_run.format_confidence(cs) == "–"
+    assert "One seed: seed stability is not measured" in study_report.markdown(report)
+
+
+def test_a_partial_report_holds_the_rows_whose_stages_are_done(tmp_path):
+    config = load_config("tiny_study")
+    config.study.methods = ("tag", "mtl")  # stages tag, tag_k2, mtl
+    workdir = str(tmp_path)
+    plan = study_plan.build_plan(config, TASKS, workdir)
+    os.makedirs(os.path.join(workdir, "tag"))  # running: no results.json yet
+    assert study_report.build_report(config, TASKS, plan, workdir)["rows"] == []
+    text = study_report.markdown(study_report.build_report(config, TASKS, plan, workdir))
+    assert "**Partial report: 0 of 3 stages done.**" in text and "No row has all" in text
+    fake_results(workdir, "tag", 20, [list(TASKS)])
+    fake_results(workdir, "mtl", 21, [list(TASKS)])
+    report = study_report.build_report(config, TASKS, plan, workdir)
+    assert (report["partial"], report["stages_done"], report["stages_total"]) == (True, 2, 3)
+    assert [r["label"] for r in report["rows"]] == ["mtl"]  # tag's row needs tag_k2 too
+    assert sorted(report["stages"]) == ["mtl", "tag"]
+    assert "**Partial report: 2 of 3 stages done.**" in study_report.markdown(report)
+    fake_results(workdir, "tag_k2", 15, [list(TASKS)])
+    report = study_report.build_report(config, TASKS, plan, workdir)
+    assert not report["partial"] and [r["label"] for r in report["rows"]] == ["tag", "mtl"]
+    assert "Partial report" not in study_report.markdown(report)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_lines_count_stages_elapsed_and_time_left():
+    """Estimates 60, 120, 60 s; the first stage is skipped (done before), the second takes 240 s,
+    twice its estimate: the last one's 60 s become 120 s."""
+    estimates = [
+        StageEstimate(name, "mtl", 10, seconds, RULE_BASIS)
+        for name, seconds in (("a", 60.0), ("b", 120.0), ("c", 60.0))
+    ]
+    clock = Clock()
+    progress = StudyProgress(estimates, clock)
+    assert progress.skipped(0) == "stage 1/3 a (mtl): done before, skipped"
+    clock.now += 5
+    assert progress.started(1) == "stage 2/3 b (mtl) started: 5s elapsed, about 3m 00s left (rough)"
+    clock.now += 240
+    assert progress.finished(1) == (
+        "stage 2/3 b (mtl) done in 4m 00s: 4m 05s elapsed, about 2m 00s left (rough)"
+    )
+    progress.started(2)
+    clock.now += 100
+    assert progress.finished(2).endswith("done in 1m 40s: 5m 45s elapsed, about 0s left (rough)")
+
+
 def test_report_imports_without_jax():
     """The report and its statistics need neither JAX nor the training code."""
     code = (
-        "import sys; import tag_jax.study.report, tag_jax.study.plan; "
+        "import sys; import tag_jax.study.report, tag_jax.study.plan, tag_jax.study.progress; "
         "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -150,6 +150,7 @@ def test_time_left_scales_the_stages_left_by_the_stages_run():
     assert study_estimate.time_left(estimates, {"a": 20.0}) == pytest.approx((20 + 30) * 2.0)
     assert study_estimate.time_left(estimates, {"a": 5.0, "b": 10.0}) == pytest.approx(30 * 0.5)
     assert study_estimate.time_left(estimates, {"a": 5.0, "b": 10.0, "c": 1.0}) == 0.0
+    assert study_estimate.time_left(estimates, {"b": 10.0}, skipped={"a"}) == pytest.approx(15.0)
 
 
 def test_plan_lines_give_the_total_and_every_stage_marked_rough():

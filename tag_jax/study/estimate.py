@@ -202,16 +202,16 @@ def estimate_stages(named_configs, workload: Workload, decisions: dict, **kwargs
     return estimates
 
 
-def time_left(estimates: list, done: dict) -> float:
-    """Seconds the stages not in `done` will take: their estimates, scaled by how long the stages
-    run so far took against theirs. done: {stage name: seconds it took} of the stages run (not
-    the ones read back from an earlier run)."""
+def time_left(estimates: list, took: dict, skipped=()) -> float:
+    """Seconds the stages neither run nor skipped will take: their estimates, scaled by how long
+    the stages run so far took against theirs. took: {stage name: seconds it took} of the stages
+    this study ran; skipped: names of the stages done before (read back, not timed)."""
     estimated = {e.name: e.seconds for e in estimates}
-    left = sum(s for name, s in estimated.items() if name not in done)
-    ran = [name for name in done if name in estimated]
+    left = sum(s for name, s in estimated.items() if name not in took and name not in skipped)
+    ran = [name for name in took if name in estimated]
     if not ran:
         return left
-    return left * sum(done[name] for name in ran) / max(sum(estimated[n] for n in ran), 1e-9)
+    return left * sum(took[name] for name in ran) / max(sum(estimated[n] for n in ran), 1e-9)
 
 
 def plan_lines(estimates: list) -> list:

@@ -1,8 +1,9 @@
 """The study's report: rows over seeds with statistics, and its Markdown.
 
-Reads only the stages' results.json files; importable and testable without JAX.
-`build_report` -> report.json's content; `markdown(report)` -> report.md; `main_table(rows)` ->
-the table printed at the end of a study.
+Reads only the stages' results.json files (and the grouping runs' groups.json, for their
+confidence); importable and testable without JAX. `build_report` -> report.json's content, with
+the rows whose stages are done (partial until every stage is); `markdown(report)` -> report.md;
+`main_table(rows)` -> the table printed at the end of a study.
 """
 
 import json
@@ -12,6 +13,7 @@ import os
 import numpy as np
 import scipy.stats
 
+from tag_jax.study import confidence as single_run
 from tag_jax.study.plan import GROUPING_LABELS, Entry, Plan
 
 
@@ -64,9 +66,10 @@ def grouping_counts(groupings) -> list:
     return [{"groups": g, "seeds": n} for g, n in sorted(counts.values(), key=lambda c: -c[1])]
 
 
-def seed_run(entry: Entry, results: dict, planted) -> dict:
+def seed_run(entry: Entry, results: dict, planted, groups_records: dict) -> dict:
     """One seed's run of a row, from its stages' results.json (its own entry of 'seed_results' in
-    a run that trained the seeds side by side)."""
+    a run that trained the seeds side by side) and, for a grouping row, its grouping run's
+    confidence at k (groups_records: {stage: groups.json or None})."""
 
     def of_seed(run):
         return run["seed_results"][entry.seed] if "seed_results" in run else run
@@ -77,6 +80,7 @@ def seed_run(entry: Entry, results: dict, planted) -> dict:
         "seed": entry.seed,
         "stages": list(entry.stages),
         "groups": groups,
+        "confidence": single_run.run_confidence(groups_records.get(entry.stages[0]), entry.k),
         "recovers_planted": (
             None
             if planted is None or entry.label not in GROUPING_LABELS
@@ -96,7 +100,8 @@ def seed_run(entry: Entry, results: dict, planted) -> dict:
 
 def summary_row(label: str, k: int, runs: list, mtl_runs) -> dict:
     """A report row over its seeds' runs: means (and statistics) of Total Error and compute, the
-    most frequent grouping and how often each was chosen, the comparison with MTL."""
+    most frequent grouping and how often each was chosen, its runs' confidence and where that
+    disagrees with the seeds (tag_jax.study.confidence), the comparison with MTL."""
     test = seed_statistics([r["test_total_error"] for r in runs])
     planted = [r["recovers_planted"] for r in runs]
     groupings = grouping_counts([r["groups"] for r in runs])
@@ -111,6 +116,10 @@ def summary_row(label: str, k: int, runs: list, mtl_runs) -> dict:
         "seeds": len(runs),
         "groups": groupings[0]["groups"],
         "groupings": groupings,
+        "confidence": single_run.row_confidence(runs),
+        "disagreement": single_run.disagreement(
+            single_run.row_confidence(runs), groupings, len(runs)
+        ),
         "learned_seeds": learned,
         "recovers_planted": None if planted[0] is None else sum(planted) / len(planted),
         "test_total_error": test["mean"],
@@ -133,24 +142,42 @@ def summary_row(label: str, k: int, runs: list, mtl_runs) -> dict:
 
 def build_report(config, task_names, study_plan: Plan, workdir, planted=None) -> dict:
     """report.json's content: one row per method and k over its seeds, with groups, test metrics
-    and compute, all read from the stages' results.json."""
+    and compute, all read from the stages' results.json; only the rows whose stages are all done
+    ('partial' until every stage of the plan is)."""
+
+    def path(stage, name):
+        return os.path.join(workdir, stage, name)
+
     results = {
-        stage: read_json(os.path.join(workdir, stage, "results.json"))
+        stage: read_json(path(stage, "results.json"))
         for stage in dict.fromkeys(s for e in study_plan.entries for s in e.stages)
+        if os.path.exists(path(stage, "results.json"))
+    }
+    entries = [e for e in study_plan.entries if all(s in results for s in e.stages)]
+    searches = {e.stages[0] for e in entries if e.label in single_run.SEARCH_LABELS}
+    groups_records = {
+        s: read_json(path(s, "groups.json")) if os.path.exists(path(s, "groups.json")) else None
+        for s in searches
     }
     runs = {}
-    for entry in study_plan.entries:
-        runs.setdefault((entry.label, entry.k), []).append(seed_run(entry, results, planted))
+    for entry in entries:
+        runs.setdefault((entry.label, entry.k), []).append(
+            seed_run(entry, results, planted, groups_records)
+        )
     mtl_runs = next((r for (label, _), r in runs.items() if label == "mtl"), None)
     rows = [summary_row(label, k, seed_runs, mtl_runs) for (label, k), seed_runs in runs.items()]
     compute = {
         name: {"method": r["method"], "steps": r["steps"], **r["compute"]}
         for name, r in results.items()
     }
+    done = sum(os.path.exists(path(s.name, "results.json")) for s in study_plan.stages)
     return {
         "tasks": list(task_names),
         "planted_groups": planted,
         "seeds": config.study.seeds,
+        "partial": done < len(study_plan.stages),
+        "stages_done": done,
+        "stages_total": len(study_plan.stages),
         "rows": rows,
         "notes": study_plan.notes,
         "stages": compute,
@@ -184,11 +211,12 @@ def format_vs_mtl(row) -> str:
 
 def main_table(rows) -> list[str]:
     """The report's main table (markdown lines): a row per method and k, mean ± std over seeds; the
-    groups column shows the most frequent grouping and in how many seeds it was chosen."""
+    groups column shows the most frequent grouping and in how many seeds it was chosen, the
+    confidence column its grouping runs' own confidence (single_run.format_confidence)."""
     lines = [
-        "| method | k | groups (seeds) | Total Error (test) | vs MTL | val | planted? | "
-        "seconds | trunk passes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | k | groups (seeds) | single-run confidence | Total Error (test) | vs MTL | "
+        "val | planted? | seconds | trunk passes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         seeds = r["seeds"]
@@ -206,19 +234,65 @@ def main_table(rows) -> list[str]:
             else ("yes" if r["recovers_planted"] else "no")
         )
         lines.append(
-            f"| {r['label']} | {r['k']} | {groups} | {format_total_error(r)} | "
+            f"| {r['label']} | {r['k']} | {groups} | {single_run.format_confidence(r)} | "
+            f"{format_total_error(r)} | "
             f"{format_vs_mtl(r)} | {r['validation_total_error']:.2f} | {planted} | "
             f"{r['seconds']:.0f} | {r['trunk_passes']:,} |"
         )
     return lines
 
 
+def confidence_section(rows, seeds: int) -> list[str]:
+    """Markdown lines on the grouping rows' single-run confidence next to their seed stability:
+    where the two disagree (single_run.disagreement); none without a row with a confidence."""
+    rated = [r for r in rows if r["confidence"] is not None]
+    if not rated:
+        return []
+    lines = [
+        "",
+        "## Single-run confidence and seed stability",
+        "",
+        "'single-run confidence' is each grouping run's own confidence in its grouping at k "
+        "(groups.json: the share of resamples of the run's measurements that choose it, and "
+        "its verdict), as one run would report it; 'groups (seeds)' is how many seeds chose "
+        "the grouping. A row without a confidence shows "
+        f"{single_run.MISSING}.",
+        "",
+    ]
+    if seeds == 1:
+        return lines + [
+            "One seed: seed stability is not measured; with config.study.seeds of 3 or more "
+            "the report compares the two."
+        ]
+    disagreeing = [r for r in rated if r["disagreement"]]
+    if not disagreeing:
+        return lines + ["They agree on every grouping row."]
+    return (
+        lines
+        + [
+            f"Where they disagree ({len(disagreeing)} of {len(rated)} grouping rows):",
+            "",
+        ]
+        + [f"- {r['label']}, k = {r['k']}: {r['disagreement']}." for r in disagreeing]
+    )
+
+
 def markdown(report: dict) -> str:
     """report.md: the main table, groupings per seed, per-task test accuracy, formulas and notes."""
     tasks, rows, seeds = report["tasks"], report["rows"], report["seeds"]
-    lines = ["# Grouping study", "", f"Tasks ({len(tasks)}): {', '.join(tasks)}."]
+    lines = ["# Grouping study", ""]
+    if report["partial"]:
+        lines += [
+            f"**Partial report: {report['stages_done']} of {report['stages_total']} stages "
+            "done.** Rows appear as their stages finish; this file is rewritten after every "
+            "stage.",
+            "",
+        ]
+    lines.append(f"Tasks ({len(tasks)}): {', '.join(tasks)}.")
     if report["planted_groups"] is not None:
         lines.append(f"Planted groups: {format_groups(report['planted_groups'])}.")
+    if not rows:
+        return "\n".join(lines + ["", "No row has all its stages done yet."]) + "\n"
     baseline = np.mean([r["baseline_test_total_error"] for r in rows])
     lines += [
         "",
@@ -239,7 +313,7 @@ def markdown(report: dict) -> str:
         "baseline in some seed: its groups and numbers are not findings.",
         "",
     ]
-    lines += main_table(rows)
+    lines += main_table(rows) + confidence_section(rows, seeds)
     if seeds > 1:
         lines += [
             "",

@@ -1,6 +1,10 @@
 """Running a study: every stage of the plan as a training run, resumably, then the report.
 
-`run_study(config, workdir)` is the entry point of `python -m tag_jax.study`.
+`run_study(config, workdir)` is the entry point of `python -m tag_jax.study`. Before the first
+stage it logs the plan with each stage's rough cost (tag_jax.study.estimate); as each stage
+starts and ends, a line with its number, the time elapsed and the time left
+(tag_jax.study.progress); after every finished stage it rewrites report.md, report.json and the
+plot with the rows done so far, marked partial until the last stage.
 """
 
 import os
@@ -8,22 +12,24 @@ import os
 import jax
 from absl import logging
 
-from tag_jax import config_checks, data, plots, reporting
+from tag_jax import autotune, autotune_cache, config_checks, data, plots, reporting, step_timing
 from tag_jax import workdir as workdirs
 from tag_jax.data import synthetic
 from tag_jax.errors import UserError
+from tag_jax.study.estimate import Workload, estimate_stages, plan_lines
 from tag_jax.study.plan import Plan, Stage, build_plan, stage_config, validate
-from tag_jax.study.report import build_report, main_table, markdown, read_json
+from tag_jax.study.progress import StudyProgress
+from tag_jax.study.report import build_report, main_table, markdown
+
+
+def done_before(workdir: str, stage: Stage) -> bool:
+    """Whether the stage finished (its results.json, written last, is its only record of that)."""
+    return os.path.exists(os.path.join(workdir, stage.name, "results.json"))
 
 
 def run_stage(config, stage: Stage, workdir: str):
-    """The stage's results (read back if it already finished), or None if it stopped at
-    max_steps."""
-    path = os.path.join(workdir, stage.name, "results.json")
-    if os.path.exists(path):
-        logging.info("Stage %s: done before, skipped.", stage.name)
-        return read_json(path)
-    logging.info("Stage %s: %s", stage.name, stage.settings)
+    """Trains the stage; its results, or None if it stopped at max_steps."""
+    logging.vlog(1, "Stage %s: %s", stage.name, stage.settings)
     from tag_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow, behind clu: slow)
 
     results = train.train_and_evaluate(
@@ -43,7 +49,8 @@ def run_study(config, workdir: str, restart: bool = False):
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"--workdir {workdir!r} is a file; pick a folder")
     config_checks.check_workdir_path(os.path.join(workdir, "a_stage_name"))
-    task_names = data.load_dataset(config).task_names
+    dataset = data.load_dataset(config)
+    task_names = dataset.task_names
     study_plan = build_plan(config, task_names, workdir)
     from tag_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow, behind clu: slow)
 
@@ -54,7 +61,8 @@ def run_study(config, workdir: str, restart: bool = False):
     try:
         if restart and lock:
             start_over(workdir, study_plan)
-        return run_stages(config, task_names, study_plan, workdir)
+        estimates = stage_estimates(config, dataset, study_plan)
+        return run_stages(config, task_names, study_plan, workdir, estimates)
     finally:
         if lock:
             lock.release()
@@ -71,16 +79,48 @@ def start_over(workdir: str, study_plan: Plan) -> None:
             logging.info("--restart: deleted %s in %s.", ", ".join(deleted), stage.name)
 
 
-def run_stages(config, task_names, study_plan: Plan, workdir: str):
-    """Runs the stages not done yet, then writes the report; returns it (None if paused)."""
-    for stage in study_plan.stages:
+def stage_estimates(config, dataset, study_plan: Plan) -> list:
+    """Each stage's rough cost (tag_jax.study.estimate) on this dataset and machine."""
+    workload = Workload(
+        *(dataset.num_examples(split) for split in ("train", "validation", "test")),
+        len(dataset.task_names),
+        tuple(dataset.image_shape),
+    )
+    timing = autotune.mode() == "time"
+    return estimate_stages(
+        [(stage.name, stage_config(config, stage)) for stage in study_plan.stages],
+        workload,
+        autotune_cache.load_cache() if timing else {},
+        where=autotune_cache.machine_fields(),
+        device_batch=step_timing.per_device_batch,
+        autotune_budget=config.autotune_budget_seconds if timing else 0.0,
+    )
+
+
+def run_stages(config, task_names, study_plan: Plan, workdir: str, estimates: list):
+    """Runs the stages not done yet, saying where it is, with a partial report after each; then
+    writes the whole report and returns it (None if paused)."""
+    progress, writer = StudyProgress(estimates), jax.process_index() == 0
+    for line in plan_lines(estimates):
+        logging.info("%s", line)
+    for index, stage in enumerate(study_plan.stages):
+        if done_before(workdir, stage):
+            logging.info("%s", progress.skipped(index))
+            continue
+        logging.info("%s", progress.started(index))
         if run_stage(config, stage, workdir) is None:
             logging.info("Stage %s stopped at config.max_steps; re-run to continue.", stage.name)
             return None
+        logging.info("%s", progress.finished(index))
+        if writer and index + 1 < len(study_plan.stages):
+            partial = build_report(
+                config, task_names, study_plan, workdir, planted_groups(config, task_names)
+            )
+            write_report(partial, workdir)
     report = build_report(
         config, task_names, study_plan, workdir, planted_groups(config, task_names)
     )
-    if jax.process_index() == 0:
+    if writer:
         write_report(report, workdir)
         print(
             "\n".join(
@@ -105,9 +145,11 @@ def planted_groups(config, task_names):
 
 
 def write_report(report: dict, workdir: str) -> None:
+    """report.json, report.md and, once it has a row, the plot."""
     reporting.write_json_atomic(os.path.join(workdir, "report.json"), report)
     reporting.write_text_atomic(os.path.join(workdir, "report.md"), markdown(report))
-    plots.save(
-        plots.total_error_vs_compute(report["rows"]),
-        os.path.join(workdir, "total_error_vs_compute.png"),
-    )
+    if report["rows"]:
+        plots.save(
+            plots.total_error_vs_compute(report["rows"]),
+            os.path.join(workdir, "total_error_vs_compute.png"),
+        )
