@@ -1,5 +1,8 @@
 """How sure is the grouping: resampling summaries, verdicts and the block bootstrap."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +10,7 @@ import pytest
 
 import selection
 from selection import confidence
-from tag_jax import steps
+from tag_jax import grouping, steps, train
 
 TASKS = ["a", "b", "c", "d"]
 
@@ -88,15 +91,14 @@ def test_resampled_means_against_hand_computation():
 
 def test_moving_blocks_are_runs_of_consecutive_blocks():
     rng = np.random.default_rng(0)
-    indices = confidence.moving_block_indices(10, 3, 50, rng)
-    assert indices.shape == (50, 10)
-    assert indices.min() >= 0 and indices.max() <= 9
+    indices = confidence.moving_block_indices(12, 3, 50, rng)
+    assert indices.shape == (50, 12)
+    assert indices.min() >= 0 and indices.max() <= 11
     for row in indices:
-        for start in range(0, 10, 3):
-            run = row[start : start + 3]
-            np.testing.assert_array_equal(run, run[0] + np.arange(len(run)))
-    # every window start is drawn: with 50 x 4 draws all 8 starts appear
-    assert set(indices[:, ::3].ravel()) == set(range(8))
+        for start in range(0, 12, 3):
+            np.testing.assert_array_equal(row[start : start + 3], row[start] + np.arange(3))
+    # every window start is drawn: with 50 x 4 draws all 10 starts appear
+    assert set(indices[:, ::3].ravel()) == set(range(10))
 
 
 def test_block_bootstrap_on_two_blocks_takes_the_four_hand_values():
@@ -115,9 +117,10 @@ def test_block_bootstrap_is_deterministic_for_a_seed_and_skips_empty_blocks():
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     assert np.isfinite(first).all()
-    # a window as long as the run can only draw the run itself
-    whole = confidence.block_bootstrap_means(sums, counts, 3, 99, seed=0)
-    np.testing.assert_allclose(whole, np.broadcast_to(sums[:11].sum(0) / 44, (3, 3, 3)))
+    # a window is clipped to a quarter of the blocks: 11 blocks, windows of 2, never 99
+    assert confidence.window_length(11, 99) == 2 and confidence.window_length(3, 4) == 1
+    rows = confidence.moving_block_indices(11, 99, 200, np.random.default_rng(0))
+    assert len({tuple(r) for r in rows}) > 100
 
 
 def planted_table(rng, noise, tasks=9):
@@ -203,3 +206,48 @@ def test_tracker_memory_is_bounded_at_100_tasks():
     np.testing.assert_allclose(
         np.asarray(tracker["block_sums"])[:250, 0, 0], np.arange(1000).reshape(250, 4).sum(1)
     )
+
+
+def test_resumed_run_keeps_the_blocks_and_writes_each_confidence(tiny_config, tmp_path):
+    tiny_config.method = "tag"
+    tiny_config.affinity.every_n_steps = 1  # 6 steps (3 an epoch), 6 blocks of one measured step
+    tiny_config.affinity.confidence.num_resamples = 20
+    tiny_config.early_stopping.patience = 0
+    workdir = str(tmp_path)
+    tiny_config.max_steps = 4  # pauses in the middle of epoch 2
+    assert train.train_and_evaluate(tiny_config, workdir) == {"stopped_at_step": 4}
+    tiny_config.max_steps = -1
+    results = train.train_and_evaluate(tiny_config, workdir)
+
+    blocks = np.load(os.path.join(workdir, "affinity_blocks.npz"))
+    np.testing.assert_array_equal(blocks["block_counts"], [1] * 6)
+    affinity = json.load(open(os.path.join(workdir, "affinity.json")))
+    # the blocks recorded before the pause are kept: each epoch's three steps sum to its mean
+    for epoch, mean in enumerate(affinity["per_epoch"]):
+        np.testing.assert_allclose(
+            blocks["block_sums"][3 * epoch : 3 * epoch + 3].sum(axis=0) / 3, mean, rtol=1e-5
+        )
+    record = json.load(open(os.path.join(workdir, "groups.json")))
+    assert record["resampling"]["num_resamples"] == 20 and record["resampling"]["blocks"] == 6
+    for s in record["selections"]:
+        assert 0.0 <= s["confidence"] <= 1.0 and s["num_samples"] == 20
+        assert s["verdict"] == confidence.verdict(s["confidence"])
+        assert np.shape(s["co_membership"]) == (4, 4)
+        shares = [a["share"] for a in s["alternatives"]]
+        assert shares == sorted(shares, reverse=True)
+        assert s["confidence"] + sum(shares) == pytest.approx(1.0)
+    assert os.path.getsize(os.path.join(workdir, "grouping_confidence.png")) > 1000
+    summary = results["outputs"]["selections"]
+    assert [s["confidence"] for s in summary] == [s["confidence"] for s in record["selections"]]
+
+    # the same blocks and seed give the same confidences again
+    plain = [{key: s[key] for key in ("max_groups", "groups")} for s in record["selections"]]
+    again, _ = grouping.resampled_confidence(
+        record["tasks"],
+        plain,
+        {"sums": blocks["block_sums"], "counts": blocks["block_counts"]},
+        tiny_config.affinity.confidence,
+        time_limit=60.0,
+    )
+    for s, t in zip(again, record["selections"]):
+        assert (s["confidence"], s["alternatives"]) == (t["confidence"], t["alternatives"])

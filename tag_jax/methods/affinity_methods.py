@@ -3,7 +3,10 @@
 Outputs: `affinity.json` ({method, tasks, orientation 'matrix[source][target]',
 matrix (T, T), per_epoch, steps_recorded}, TAG's `estimator` {name, its parameters}, plus
 `sources` / `source_matrix` when config.affinity.order adds multi-task sources), `affinity.png`,
-`affinity_over_time.png`; then `groups.json` and `groups.png` (tag_jax.grouping).
+`affinity_over_time.png`, `affinity_blocks.npz` (the task rows summed over blocks of consecutive
+measured steps, steps.record_affinity: tasks, block_sums (B, T, T) source x target,
+block_counts (B,)); then `groups.json`, `groups.png` and, resampling those blocks for each
+grouping's confidence (config.affinity.confidence), `grouping_confidence.png` (tag_jax.grouping).
 """
 
 import functools
@@ -46,6 +49,8 @@ def default_config() -> ml_collections.ConfigDict:
     # CS ignores it.
     cfg.estimator = "exact"
     cfg.sketch_size = 32  # 'sketched': random directions (forward-mode products) per measured step
+    # How sure is the grouping: a block bootstrap over time of the recorded affinity.
+    cfg.confidence = grouping.confidence_config()
     return cfg
 
 
@@ -232,6 +237,7 @@ def _affinity_method(
         source_names=source_names,
         max_groups=tuple(config.selection.max_groups),
         time_limit=config.selection.time_limit,
+        confidence_config=config.affinity.confidence,
         estimator=estimator,
     )
     return Method(
@@ -286,9 +292,20 @@ def close_affinity_epoch(ctx, state, record):
 
 
 def write_outputs(
-    ctx, state, record, final, *, name, source_names, max_groups, time_limit, estimator=None
+    ctx,
+    state,
+    record,
+    final,
+    *,
+    name,
+    source_names,
+    max_groups,
+    time_limit,
+    confidence_config,
+    estimator=None,
 ) -> dict:
-    """affinity.json and plots, then groups.json for each k in max_groups; returns their summary."""
+    """affinity.json, affinity_blocks.npz and plots, then groups.json for each k in max_groups
+    with each grouping's confidence; returns their summary."""
     del final  # the affinity is a record of training, not of the reported parameters
     affinity_record = affinity_json(
         name,
@@ -304,10 +321,32 @@ def write_outputs(
         plots.affinity_over_time(affinity_record),
         os.path.join(ctx.workdir, "affinity_over_time.png"),
     )
-    groups = grouping.groups_from_affinity(ctx.workdir, affinity_record, max_groups, time_limit)
+    blocks = affinity_blocks(state.tracker)
+    reporting.write_npz_atomic(
+        os.path.join(ctx.workdir, "affinity_blocks.npz"),
+        tasks=np.asarray(ctx.task_names),
+        block_sums=blocks["sums"],
+        block_counts=blocks["counts"],
+        steps_per_block=blocks["steps_per_block"],
+    )
+    groups = grouping.groups_from_affinity(
+        ctx.workdir, affinity_record, max_groups, time_limit, blocks, confidence_config
+    )
     return {
         "steps_recorded": affinity_record["steps_recorded"],
         "selections": grouping.selection_summary(groups),
+    }
+
+
+def affinity_blocks(tracker) -> dict:
+    """The tracker's non-empty blocks, in time order: {'sums': (B, T, T) source x target,
+    'counts': (B,), 'steps_per_block': measured steps in each full block}."""
+    counts = np.asarray(tracker["block_counts"])
+    kept = counts > 0
+    return {
+        "sums": np.asarray(tracker["block_sums"], np.float64)[kept],
+        "counts": counts[kept],
+        "steps_per_block": int(tracker["block_length"]),
     }
 
 
