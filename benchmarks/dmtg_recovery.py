@@ -21,7 +21,7 @@ import tempfile
 
 from dmtg_step import compiled_step, median_step_ms
 
-from tag_jax import autotune, train
+from tag_jax import step_timing, train
 from tag_jax.data import synthetic
 from tag_jax.study import plan as study_plan
 
@@ -105,7 +105,7 @@ def step_ratios(preset: str, variants, repeats: int) -> dict:
     """variant -> its bare train step's median time over the faithful step's, on the preset's
     shapes (random batch; every variant compiled here and timed in turn)."""
     config = PRESETS[preset]()
-    batch = autotune.random_batch(
+    batch = step_timing.random_batch(
         config.batch_size,
         (config.image_size, config.image_size, 3),
         sum(config.dataset.group_sizes),

@@ -45,6 +45,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.num_classes = 2  # logits per task head
     # Compute dtype: 'float32' or 'bfloat16' (parameters, optimizer state and losses stay float32).
     config.dtype = "float32"
+    # Most seconds timing the 'auto' settings may take in one run (tag_jax/autotune.py); once
+    # spent, a setting takes the best candidate timed so far, or its rule when none was timed.
+    config.autotune_budget_seconds = 180.0
 
     config.batch_size = 256  # global batch
     config.eval_batch_size = 256
