@@ -56,7 +56,8 @@ ESTIMATORS = ("exact", "first_order", "sketched")
 
 
 def sources_for_order(num_tasks: int, order: str) -> list[tuple[int, ...]]:
-    """REFERENCE 'order': 'singles' -> T single tasks; '1' -> singles + all tasks; '-1' -> every subset."""
+    """Sources of config.affinity.order (docs/reference.md#tag-lookahead-affinity): 'singles' -> T
+    single tasks; '1' -> singles + all tasks; '-1' -> every non-empty subset."""
     singles = [(t,) for t in range(num_tasks)]
     if order == "singles":
         return singles

@@ -1,17 +1,23 @@
-"""Valid values of the config keys, checked before any data is read or file written.
+"""What a valid config is, and the one checker that walks it.
 
-`VALID` is the table: dotted key -> (what a valid value is, predicate). Keys a
-config lacks are skipped (a method's own block may be absent from old configs);
-choices among names (method, optimizer, strategies) and rules that tie keys
-together are checked by tag_jax.train.validate_config and the methods'
-validators. `check_groups_file` reads a groups.json given to the 'groups'
-method and checks its shape.
+Each config block declares its schema next to the function that makes its defaults: a `Block`
+names the block (`config.<name>`; '' = the top-level keys), what a valid value of each of its
+keys is (`Valid`, made with `integer`, `number`, `choice`, ...) and its cross-key rules (small
+named functions of the whole config that raise UserError). The common blocks (top-level keys,
+dataset, model, optimizer, early stopping, study, mesh) are in tag_jax.default_config; each
+method's block is in its module, and its registry entry (tag_jax.methods) names the blocks the
+method reads and its own rules. `check` walks them before any data is read or file written.
+
+Besides, `check_groups_file` reads a groups.json given to the 'groups' method and checks its
+shape, and `check_workdir_path` the length of a workdir's paths.
 """
 
+import dataclasses
 import json
 import math
 import numbers
 import os
+from typing import Callable, Collection, Optional
 
 from tag_jax.errors import UserError
 
@@ -24,17 +30,48 @@ def _number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def integer(low=None, high=None):
-    """(text, predicate) of an integer in [low, high] (None: unbounded)."""
+@dataclasses.dataclass(frozen=True)
+class Valid:
+    """A valid value of one key: `ok(value)` holds; `text` says what it is ('>= 1 (an integer)')."""
+
+    text: str
+    ok: Callable[[object], bool]
+
+    def message(self, key: str, value) -> str:
+        return f"config.{key} must be {self.text}, got {value!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """A name among `options` (a tuple, or a dict whose keys are the names, read when checked)."""
+
+    options: Collection[str]
+
+    @property
+    def text(self) -> str:
+        return f"one of {tuple(self.options)}"
+
+    def ok(self, value) -> bool:
+        return isinstance(value, str) and value in self.options
+
+    def message(self, key: str, value) -> str:
+        return f"unknown config.{key} {value!r}; choose {self.text}"
+
+
+def integer(low=None, high=None) -> Valid:
+    """An integer in [low, high] (None: unbounded)."""
     if low is not None and high is not None:
         text = f"in [{low}, {high}] (an integer)"
     else:
         text = f">= {low} (an integer)" if low is not None else "an integer"
-    return text, lambda v: _integer(v) and (low is None or v >= low) and (high is None or v <= high)
+    return Valid(
+        text,
+        lambda v: _integer(v) and (low is None or v >= low) and (high is None or v <= high),
+    )
 
 
-def number(low=None, high=None, *, low_open=False, high_open=False):
-    """(text, predicate) of a finite number in the interval (open or closed ends)."""
+def number(low=None, high=None, *, low_open=False, high_open=False) -> Valid:
+    """A finite number in the interval from low to high (None: unbounded; open or closed ends)."""
     if low is not None and high is not None:
         text = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'} (a number)"
     elif low is not None:
@@ -49,7 +86,7 @@ def number(low=None, high=None, *, low_open=False, high_open=False):
             return False
         return high is None or (v < high if high_open else v <= high)
 
-    return text, ok
+    return Valid(text, ok)
 
 
 def _distinct_names(v) -> bool:
@@ -60,7 +97,7 @@ def _distinct_names(v) -> bool:
     )
 
 
-def _ks(v) -> bool:
+def _positive_integers(v) -> bool:
     return isinstance(v, (tuple, list)) and bool(v) and all(_integer(k) and k >= 1 for k in v)
 
 
@@ -70,89 +107,41 @@ def _task_groups(v) -> bool:
     )
 
 
-BOOL = ("True or False", lambda v: isinstance(v, bool))
+BOOL = Valid("True or False", lambda v: isinstance(v, bool))
+PATH = Valid("a path (text)", lambda v: isinstance(v, str))
 POSITIVE = integer(1)
 NON_NEGATIVE = integer(0)
 SEED = integer(0, 2**32 - 1)
+TASK_NAMES = Valid("distinct non-empty task names", _distinct_names)
+TASK_GROUPS = Valid("a tuple of non-empty tuples of task names", _task_groups)
+KS = Valid("a non-empty tuple of k values >= 1", _positive_integers)
+GROUP_SIZES = Valid("a non-empty tuple of group sizes >= 1", _positive_integers)
 
-VALID = {
-    "seed": SEED,
-    "tasks": ("distinct non-empty task names", _distinct_names),
-    "dataset.path": ("a path (text)", lambda v: isinstance(v, str)),
-    "dataset.data_dir": ("a path (text)", lambda v: isinstance(v, str)),
-    "dataset.num_train": POSITIVE,
-    "dataset.num_validation": POSITIVE,
-    "dataset.num_test": POSITIVE,
-    "dataset.group_sizes": ("a non-empty tuple of group sizes >= 1", _ks),
-    "dataset.noise": number(0),
-    "dataset.task_noise": number(0),
-    "dataset.label_noise": number(0, 1),
-    "dataset.data_seed": SEED,
-    "dataset.num_workers": POSITIVE,
-    "dataset.cache_dir": (
-        "a path (text), '' (next to the TFDS data) or 'none'",
-        lambda v: isinstance(v, str),
-    ),
-    "image_size": integer(5, 4096),  # the trunk needs 5x5 pixels (tag_jax.models.MIN_IMAGE_SIZE)
-    "model.width": integer(1, 4096),
-    "model.bn_epsilon": number(0, low_open=True),
-    "model.bn_momentum": number(0, 1, high_open=True),
-    "model.num_classes": integer(2),
-    "batch_size": POSITIVE,
-    "eval_batch_size": POSITIVE,
-    "drop_remainder": BOOL,
-    "prefetch_batches": NON_NEGATIVE,
-    "num_epochs": POSITIVE,
-    "min_train_steps": NON_NEGATIVE,
-    "max_steps": (
-        "-1 (no limit) or an integer >= 1",
-        lambda v: _integer(v) and (v == -1 or v >= 1),
-    ),
-    "optimizer.learning_rate": number(0, low_open=True),
-    "optimizer.momentum": number(0, 1, high_open=True),
-    "optimizer.weight_decay": number(0),
-    "optimizer.decay_every_epochs": number(0, low_open=True),
-    "optimizer.decay_factor": number(0, 1, low_open=True),
-    "optimizer.warmup_steps": NON_NEGATIVE,
-    "early_stopping.patience": NON_NEGATIVE,
-    "early_stopping.restore_best": BOOL,
-    "early_stopping.min_steps": NON_NEGATIVE,
-    "affinity.every_n_steps": POSITIVE,
-    "affinity.momentum": number(),
-    "affinity.weight_decay": number(0),
-    "affinity.scale_by_lr": BOOL,
-    "affinity.chunk_size": NON_NEGATIVE,
-    "affinity.kernels_only": BOOL,
-    "selection.max_groups": ("a non-empty tuple of k values >= 1", _ks),
-    "selection.time_limit": number(0, low_open=True),
-    "baselines.gradnorm_alpha": number(0),
-    "baselines.pcgrad_uncertainty": BOOL,
-    "groups.groups": ("a tuple of non-empty tuples of task names", _task_groups),
-    "groups.groups_file": ("a path (text)", lambda v: isinstance(v, str)),
-    "groups.max_groups": NON_NEGATIVE,
-    "groups.num_random_groups": POSITIVE,
-    "groups.random_seed": SEED,
-    "groups.seeds": POSITIVE,
-    "dmtg.num_groups": POSITIVE,
-    "dmtg.tau": number(0, low_open=True),
-    "dmtg.tau_start": number(0, low_open=True),
-    "dmtg.tau_end": number(0, low_open=True),
-    "dmtg.hard": BOOL,
-    "dmtg.entropy_weight": number(),
-    "dmtg.finetune_epochs": NON_NEGATIVE,
-    "mesh.data": (
-        "-1 (all devices) or an integer >= 1",
-        lambda v: _integer(v) and (v == -1 or v >= 1),
-    ),
-    "mesh.networks": POSITIVE,
-    "log_every_steps": POSITIVE,
-    "checkpoint_every_steps": NON_NEGATIVE,
-    "keep_checkpoints": POSITIVE,
-    "study.max_groups": ("a non-empty tuple of k values >= 1", _ks),
-    "study.epochs_search": NON_NEGATIVE,
-    "study.epochs_train": NON_NEGATIVE,
-    "study.seeds": POSITIVE,
-}
+
+def minus_one_or_positive(meaning: str) -> Valid:
+    """-1 (which means `meaning`) or an integer >= 1."""
+    return Valid(
+        f"-1 ({meaning}) or an integer >= 1", lambda v: _integer(v) and (v == -1 or v >= 1)
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Block:
+    """The schema of config.<name> ('' = the top-level keys).
+
+    defaults() makes the block (None for the top-level keys, set in
+    tag_jax.default_config.get_base_config); values: {key in the block: Valid or Choice};
+    rules: functions rule(config) -> None that raise UserError when keys disagree with each
+    other (run after every block's values are valid).
+    """
+
+    name: str
+    defaults: Optional[Callable]
+    values: dict
+    rules: tuple = ()
+
+    def dotted(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
 
 
 def lookup(config, key: str):
@@ -166,12 +155,18 @@ def lookup(config, key: str):
     return True, node
 
 
-def check_values(config) -> None:
-    """UserError naming the first key whose value is outside VALID."""
-    for key, (text, ok) in VALID.items():
-        found, value = lookup(config, key)
-        if found and not ok(value):
-            raise UserError(f"config.{key} must be {text}, got {value!r}")
+def check(config, blocks, rules=()) -> None:
+    """UserError naming the first key of `blocks` whose value is not valid, else the first broken
+    rule: the blocks' rules, then `rules`. Keys a config lacks are skipped (an old config may
+    lack a block)."""
+    for block in blocks:
+        for key, valid in block.values.items():
+            dotted = block.dotted(key)
+            found, value = lookup(config, dotted)
+            if found and not valid.ok(value):
+                raise UserError(valid.message(dotted, value))
+    for rule in [rule for block in blocks for rule in block.rules] + list(rules):
+        rule(config)
 
 
 def check_groups_file(path: str, max_groups: int) -> None:
@@ -238,3 +233,10 @@ def check_workdir_path(workdir: str, flag: str = "--workdir") -> None:
                 f"{flag} has a folder name of {len(part)} characters (at most 255): use a "
                 "shorter name"
             )
+
+
+def check_values(config) -> None:
+    """The common blocks' values and rules (tag_jax.default_config.COMMON_BLOCKS)."""
+    from tag_jax import default_config  # pylint: disable=g-import-not-at-top (it imports methods)
+
+    check(config, default_config.COMMON_BLOCKS)

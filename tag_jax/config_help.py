@@ -1,15 +1,15 @@
 """Config keys with their defaults and one-line meanings, for `--help`.
 
 Meanings come from the comments where the keys are defined: the trailing
-comment of `config.<key> = ...` in tag_jax/default_config.py and of
-`cfg.<key> = ...` in each method-owned block (tag_jax.methods.CONFIG_BLOCKS),
+comment of `config.<key> = ...` in tag_jax/default_config.get_base_config and of
+`cfg.<key> = ...` in each block's defaults function (tag_jax.default_config.blocks()),
 or the full-line comments just above it.
 """
 
 import inspect
 import re
 
-from tag_jax import default_config, methods
+from tag_jax import default_config
 
 _ASSIGNMENT = re.compile(r"^\s*(config|cfg)\.([\w.]+)\s*=\s*(.*?)(?:\s+#\s*(.*))?$")
 
@@ -34,8 +34,9 @@ def meanings_in(source: str, block: str = "") -> dict:
 
 def all_meanings() -> dict:
     meanings = meanings_in(inspect.getsource(default_config.get_base_config))
-    for block, make in methods.CONFIG_BLOCKS.items():
-        meanings.update(meanings_in(inspect.getsource(make), block))
+    for block in default_config.blocks():
+        if block.defaults:
+            meanings.update(meanings_in(inspect.getsource(block.defaults), block.name))
     return meanings
 
 

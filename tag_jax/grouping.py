@@ -18,8 +18,7 @@ import numpy as np
 
 import selection
 from selection import confidence
-from tag_jax import plots, reporting
-from tag_jax.errors import UserError
+from tag_jax import config_checks, plots, reporting
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -43,15 +42,24 @@ def confidence_config() -> ml_collections.ConfigDict:
     return cfg
 
 
-def validate_selection(selection_config) -> None:
-    """UserError for k < 1, no k, or a time limit that is not positive."""
-    ks = tuple(selection_config.max_groups)
-    if not ks or min(ks) < 1:
-        raise UserError(f"config.selection.max_groups must be k values >= 1, got {ks}")
-    if not selection_config.time_limit > 0:
-        raise UserError(
-            f"config.selection.time_limit must be > 0 seconds, got {selection_config.time_limit}"
-        )
+BLOCK = config_checks.Block(
+    "selection",
+    default_config,
+    {"max_groups": config_checks.KS, "time_limit": config_checks.number(0, low_open=True)},
+)
+
+
+def confidence_config() -> ml_collections.ConfigDict:
+    """config.affinity.confidence: the block bootstrap over time behind each grouping's
+    confidence (docs/confidence.md)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.num_resamples = 100  # resamples of the run's affinity (0 = no confidence)
+    cfg.block_length = 4  # consecutive blocks of measured steps drawn together
+    cfg.seed = 0  # the resamples drawn; results are deterministic for a seed
+    # Seconds for all resamples and k: tables are solved exactly while time is left, then the
+    # rest take the best grouping found so far (groups.json 'resampling' says how many).
+    cfg.time_budget = 30.0
+    return cfg
 
 
 def select_for_each_k(

@@ -20,6 +20,7 @@ os.environ.setdefault("TAG_JAX_AUTOTUNE", "rule")
 os.environ["TAG_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="tag_jax_test_cache_")
 atexit.register(shutil.rmtree, os.environ["TAG_JAX_CACHE_DIR"], True)
 
+import jax
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,3 +40,11 @@ def tiny_config():
     config = load_config("tiny_test")
     config.mesh.data = 1
     return config
+
+
+@pytest.fixture
+def highest_precision():
+    """float32 matmuls at full precision (no TF32 / bfloat16 passes on accelerators) for the tests
+    that compare against a reference computed another way; scoped to the test, not the session."""
+    with jax.default_matmul_precision("highest"):
+        yield

@@ -5,18 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import mlp_problem, trunk_problem
 
 from tag_jax import affinity, models, stacking, steps
 
 STRATEGIES = ("unrolled", "vmap", "map")
-
-
-@pytest.fixture
-def highest_precision():
-    """float32 matmuls at full precision (no TF32 / bfloat16 passes on accelerators) for the tests
-    that compare against a reference computed another way; scoped to the test, not the session."""
-    with jax.default_matmul_precision("highest"):
-        yield
 
 
 def naive_lookahead(
@@ -46,27 +39,6 @@ def naive_lookahead(
         ratio = 1.0 - np.asarray(losses_fn(new, batch)) / base
         rows.append(ratio / learning_rate if scale_by_lr else ratio)
     return np.stack(rows)
-
-
-def mlp_problem(num_tasks=4):
-    keys = jax.random.split(jax.random.key(0), 6)
-    params = {
-        "w1": jax.random.normal(keys[0], (5, 8)) * 0.5,
-        "b1": jnp.zeros(8),
-        "w2": jax.random.normal(keys[1], (8, 6)) * 0.4,
-    }
-    heads = jax.random.normal(keys[2], (num_tasks, 6))
-    batch = {
-        "x": jax.random.normal(keys[3], (16, 5)),
-        "y": jax.random.normal(keys[4], (16, num_tasks)),
-    }
-
-    def losses_fn(p, batch):
-        features = jnp.tanh(batch["x"] @ p["w1"] + p["b1"]) @ p["w2"]
-        return ((features @ heads.T - batch["y"]) ** 2).mean(0)
-
-    trace = jax.tree.map(lambda x: 0.1 * jnp.ones_like(x), params)
-    return losses_fn, params, batch, trace
 
 
 VARIANTS = {
@@ -110,18 +82,6 @@ def test_closed_form_quadratic():
         losses_fn, {"theta": jnp.array(0.0)}, None, learning_rate=0.25
     )
     np.testing.assert_allclose(scaled, want / 0.25, rtol=1e-6)
-
-
-def trunk_problem(num_tasks=3):
-    model = models.MultiTaskNet(num_tasks=num_tasks, width=4, conv="im2col")
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": jnp.asarray(rng.normal(size=(6, 8, 8, 3)), jnp.float32),
-        "labels": jnp.asarray(rng.integers(0, 2, (6, num_tasks)), jnp.int32),
-        "mask": jnp.array([1, 1, 1, 1, 1, 0], jnp.float32),
-    }
-    variables = model.init(jax.random.key(1), batch["image"], train=False)
-    return model, variables, batch
 
 
 TRUNK_KW = dict(

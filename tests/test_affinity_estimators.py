@@ -9,17 +9,13 @@ import numpy as np
 import optax
 import pytest
 from conftest import load_config
-from test_affinity import mlp_problem, trunk_problem
+from helpers import mlp_problem, trunk_problem
 
 from tag_jax import affinity, methods, steps, train
 from tag_jax.data import synthetic
 from tag_jax.errors import UserError
 
-
-@pytest.fixture(autouse=True)
-def highest_precision():
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 
 def least_squares_problem(num_tasks=3, dim=4, rows=5):
@@ -230,7 +226,7 @@ def test_trunk_passes_per_measured_step(tiny_config, estimator, lookahead, passe
     "key, value, message",
     [
         ("estimator", "fast", "unknown config.affinity.estimator 'fast'"),
-        ("sketch_size", 0, "sketch_size must be >= 1, got 0"),
+        ("sketch_size", 0, r"sketch_size must be >= 1 \(an integer\), got 0"),
     ],
 )
 def test_bad_estimator_settings_are_user_errors(tiny_config, key, value, message):

@@ -4,11 +4,14 @@ import importlib.util
 import json
 import os
 import re
+import types
 
 import numpy as np
-from conftest import REPO
+import pytest
+from conftest import REPO, load_config
 
 from tag_jax import methods, train
+from tag_jax.errors import UserError
 from tag_jax.methods import base
 
 
@@ -38,25 +41,37 @@ def test_no_method_name_comparison_outside_the_registry():
                 assert not re.search(r"config\.method\s*(==|!=|in\b)", source), f"{folder}/{name}"
 
 
-def example_method_module(tmp_path):
-    """The example of docs/adding_a_method.md, imported from its code block."""
+def register_the_example(tmp_path, monkeypatch):
+    """Imports the example of docs/adding_a_method.md from its code block and registers it with
+    the doc's registry line; returns the module."""
     doc = open(os.path.join(REPO, "docs", "adding_a_method.md")).read()
     code = re.search(r"```python\n(\"\"\"'weighted'.*?)```", doc, re.S).group(1)
-    assert len(code.splitlines()) <= 40
+    assert len(code.splitlines()) <= 52
     path = tmp_path / "weighted.py"
     path.write_text(code)
     spec = importlib.util.spec_from_file_location("weighted_example", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    line = re.search(r"```python\n( +\"weighted\": Registered\(.*\),)\n```", doc).group(1)
+    entry = eval(f"{{{line}}}", {"Registered": methods.Registered, "weighted": module})
+    for name, registered in entry.items():
+        monkeypatch.setitem(methods.REGISTRY, name, registered)
     return module
 
 
-def test_the_documented_example_method_builds_and_trains(tiny_config, tmp_path, monkeypatch):
-    weighted = example_method_module(tmp_path)
-    monkeypatch.setitem(methods.REGISTRY, "weighted", methods.Registered(weighted.build))
-    tiny_config.method = "weighted"
+def example_config():
+    """The tiny config made after the example is registered (so it holds config.weighted)."""
+    config = load_config("tiny_test")
+    config.mesh.data = 1
+    config.method = "weighted"
+    return config
+
+
+def test_the_documented_example_method_builds_and_trains(tmp_path, monkeypatch):
+    register_the_example(tmp_path, monkeypatch)
+    config = example_config()
     workdir = str(tmp_path / "run")
-    results = train.train_and_evaluate(tiny_config, workdir)
+    results = train.train_and_evaluate(config, workdir)
     assert results["steps"] == 6 and results["compute"]["trunk_passes"] == 6
     assert results["groups"] == [list(results["tasks"])]
     weights = json.load(open(os.path.join(workdir, "weights.json")))
@@ -67,6 +82,23 @@ def test_the_documented_example_method_builds_and_trains(tiny_config, tmp_path, 
     assert logged and all(
         r["train/loss"] > sum(r[f"train/loss/{t}"] for t in results["tasks"]) for r in logged
     )  # weights >= 1, some > 1
+
+
+def test_the_documented_example_setting_is_checked_and_read(tmp_path, monkeypatch):
+    register_the_example(tmp_path, monkeypatch)
+    config = example_config()
+    assert config.weighted.growth == 1.0
+    for bad in (-1.0, 10.5, float("nan")):
+        config.weighted.growth = bad
+        with pytest.raises(UserError, match=r"^config.weighted.growth must be in \[0, 10\]"):
+            train.validate_config(config)
+    config.weighted.growth = 2.0
+    train.validate_config(config)
+    tasks = ("a", "b", "c", "d")
+    method = methods.build(config, tasks, (8, 8, 3), steps_per_epoch=3)
+    ctx = types.SimpleNamespace(workdir=str(tmp_path), task_names=tasks)
+    expected = [1 + 2.0 * t / 4 for t in range(4)]
+    np.testing.assert_allclose(method.finish(ctx, None, None, None)["weights"], expected)
 
 
 def test_every_registered_method_declares_its_networks(tiny_config):

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from helpers import trunk_problem
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from test_affinity import trunk_problem
 
 from tag_jax import affinity, sharding, steps, train
 

@@ -1,71 +1,73 @@
 """Training methods behind `config.method`, and the registry the loop builds them from.
 
 Each entry names a builder `build(config, task_names, image_shape,
-steps_per_epoch) -> Method` (tag_jax.methods.base), a `validate(config)` that
-raises UserError before any data is read, and the settings whose 'auto' is decided
-by timing (tag_jax.autotune; `model.conv` is tuned for every method). Builders read their config values and
-pass them down as plain arguments; nothing outside this registry compares
-config.method. Adding a method is one module and one line here
-(docs/adding_a_method.md). Config blocks owned by methods are listed in
-CONFIG_BLOCKS and assembled into the base config by tag_jax.default_config.
+steps_per_epoch) -> Method` (tag_jax.methods.base), the config blocks the method reads
+(`config_checks.Block`: defaults and schema, next to each other in the method's module; the
+base config holds every registered block), the method's own cross-key rules, and the settings
+whose 'auto' is decided by timing (tag_jax.autotune; `model.conv` is tuned for every method).
+Builders read their config values and pass them down as plain arguments; nothing outside this
+registry compares config.method. Adding a method, settings included, is one module and one line
+here (docs/adding_a_method.md).
 """
 
 import dataclasses
 from typing import Callable
 
-from tag_jax import autotune, grouping, models
+from tag_jax import autotune, config_checks, grouping, models
 from tag_jax.errors import UserError
 from tag_jax.methods import affinity_methods, baselines, dmtg, groups, mtl
 from tag_jax.methods.base import Method
 
 
-def _no_settings(config) -> None:
-    del config
-
-
 @dataclasses.dataclass(frozen=True)
 class Registered:
     build: Callable
-    validate: Callable = _no_settings
+    blocks: tuple = ()  # config_checks.Block of every config block the method reads
+    rules: tuple = ()  # the method's own cross-key rules: rule(config) raises UserError
     tuned: tuple = ()  # autotune.Tunable settings of this method, after model.conv
 
 
+AFFINITY = (affinity_methods.BLOCK, grouping.BLOCK)
 REGISTRY = {
     "mtl": Registered(mtl.build),
     "tag": Registered(
-        affinity_methods.build_tag, affinity_methods.validate_tag, (affinity_methods.TAG_STRATEGY,)
+        affinity_methods.build_tag,
+        AFFINITY,
+        (affinity_methods.momentum_lookahead_needs_sgd,),
+        (affinity_methods.TAG_STRATEGY,),
     ),
-    "cs": Registered(
-        affinity_methods.build_cs, affinity_methods.validate_cs, (affinity_methods.CS_STRATEGY,)
+    "cs": Registered(affinity_methods.build_cs, AFFINITY, tuned=(affinity_methods.CS_STRATEGY,)),
+    "uw": Registered(baselines.build_uw, (baselines.BLOCK,)),
+    "gradnorm": Registered(baselines.build_gradnorm, (baselines.BLOCK,)),
+    "pcgrad": Registered(baselines.build_pcgrad, (baselines.BLOCK,)),
+    "dmtg": Registered(dmtg.build, (dmtg.BLOCK,), tuned=(dmtg.BRANCH_STRATEGY,)),
+    "groups": Registered(groups.build_groups, (groups.BLOCK,), (groups.one_source_of_groups,)),
+    "pairs": Registered(
+        groups.build_pairs,
+        (groups.BLOCK, grouping.BLOCK),
+        (groups.pairs_train_one_seed,),
     ),
-    "uw": Registered(baselines.build_uw, baselines.validate),
-    "gradnorm": Registered(baselines.build_gradnorm, baselines.validate),
-    "pcgrad": Registered(baselines.build_pcgrad, baselines.validate),
-    "dmtg": Registered(dmtg.build, dmtg.validate, (dmtg.BRANCH_STRATEGY,)),
-    "groups": Registered(groups.build_groups, groups.validate_groups),
-    "pairs": Registered(groups.build_pairs, groups.validate_pairs),
-    "random": Registered(groups.build_random, groups.validate_random),
+    "random": Registered(groups.build_random, (groups.BLOCK,)),
 }
 METHODS = tuple(REGISTRY)
 
-# config.<key> blocks and the functions that make their defaults.
-CONFIG_BLOCKS = {
-    "affinity": affinity_methods.default_config,
-    "selection": grouping.default_config,
-    "baselines": baselines.default_config,
-    "groups": groups.default_config,
-    "dmtg": dmtg.default_config,
-}
+
+def config_blocks() -> tuple:
+    """The config blocks of every registered method, each once, in registry order."""
+    return tuple(dict.fromkeys(b for entry in REGISTRY.values() for b in entry.blocks))
 
 
 def _registered(name: str) -> Registered:
     if name not in REGISTRY:
-        raise UserError(f"unknown config.method {name!r}; choose one of {METHODS}")
+        raise UserError(f"unknown config.method {name!r}; choose one of {tuple(REGISTRY)}")
     return REGISTRY[name]
 
 
 def validate(config) -> None:
-    _registered(config.method).validate(config)
+    """UserError for a value of the method's blocks that is not valid, or a broken rule of the
+    blocks or the method (tag_jax.config_checks)."""
+    registered = _registered(config.method)
+    config_checks.check(config, registered.blocks, registered.rules)
 
 
 def build(config, task_names, image_shape, steps_per_epoch: int) -> Method:

@@ -17,7 +17,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tag_jax import affinity, autotune, grouping, models, optim, plots, reporting, stacking, steps
+from tag_jax import (
+    affinity,
+    autotune,
+    config_checks,
+    grouping,
+    models,
+    optim,
+    plots,
+    reporting,
+    stacking,
+    steps,
+)
 from tag_jax.errors import UserError
 from tag_jax.methods.base import Method, one_network
 
@@ -86,37 +97,32 @@ CS_STRATEGY = autotune.Tunable(
 )
 
 
-def validate_cs(config) -> None:
-    aff = config.affinity
-    if aff.strategy not in stacking.STRATEGIES:
-        raise UserError(
-            f"unknown config.affinity.strategy {aff.strategy!r}; "
-            f"choose one of {stacking.STRATEGIES}"
-        )
-    if aff.every_n_steps < 1:
-        raise UserError(f"config.affinity.every_n_steps must be >= 1, got {aff.every_n_steps}")
-    if aff.estimator not in affinity.ESTIMATORS:
-        raise UserError(
-            f"unknown config.affinity.estimator {aff.estimator!r}; "
-            f"choose one of {affinity.ESTIMATORS}"
-        )
-    if aff.sketch_size < 1:
-        raise UserError(f"config.affinity.sketch_size must be >= 1, got {aff.sketch_size}")
-    grouping.validate_selection(config.selection)
+BLOCK = config_checks.Block(
+    "affinity",
+    default_config,
+    {
+        "every_n_steps": config_checks.POSITIVE,
+        "order": config_checks.Choice(affinity.ORDERS),
+        "lookahead": config_checks.Choice(LOOKAHEADS),
+        "momentum": config_checks.number(),
+        "weight_decay": config_checks.number(0),
+        "scale_by_lr": config_checks.BOOL,
+        "strategy": config_checks.Choice(stacking.STRATEGIES),
+        "chunk_size": config_checks.NON_NEGATIVE,
+        "kernels_only": config_checks.BOOL,
+        "estimator": config_checks.Choice(affinity.ESTIMATORS),
+        "sketch_size": config_checks.POSITIVE,
+        "confidence.num_resamples": config_checks.NON_NEGATIVE,
+        "confidence.block_length": config_checks.POSITIVE,
+        "confidence.seed": config_checks.SEED,
+        "confidence.time_budget": config_checks.number(0, low_open=True),
+    },
+)
 
 
-def validate_tag(config) -> None:
-    validate_cs(config)
-    aff = config.affinity
-    if aff.order not in affinity.ORDERS:
-        raise UserError(
-            f"unknown config.affinity.order {aff.order!r}; choose one of {affinity.ORDERS}"
-        )
-    if aff.lookahead not in LOOKAHEADS:
-        raise UserError(
-            f"unknown config.affinity.lookahead {aff.lookahead!r}; choose one of {LOOKAHEADS}"
-        )
-    if aff.lookahead == "momentum" and not (
+def momentum_lookahead_needs_sgd(config) -> None:
+    """TAG's lookahead='momentum' takes the next step of SGD with momentum."""
+    if config.affinity.lookahead == "momentum" and not (
         config.optimizer.name == "sgd" and config.optimizer.momentum
     ):
         raise UserError(

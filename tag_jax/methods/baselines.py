@@ -1,4 +1,5 @@
-"""'uw', 'gradnorm', 'pcgrad': the MTL baselines of the TAG CelebA code (REFERENCE §4).
+"""'uw', 'gradnorm', 'pcgrad': the MTL baselines of the TAG CelebA code
+(docs/reference.md#mtl-baselines).
 
 All tasks share one network, as in 'mtl'; the baselines reweight the task
 losses or alter the task gradients (formulas in tag_jax/weighting.py):
@@ -27,8 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from tag_jax import affinity, models, optim, stacking, steps, weighting
-from tag_jax.errors import UserError
+from tag_jax import affinity, config_checks, models, optim, stacking, steps, weighting
 from tag_jax.methods.base import Method, one_network
 
 LOG_SIGMA = "uw_log_sigma"  # params subtree of the uncertainty weights, beside 'shared', 'heads'
@@ -43,16 +43,15 @@ def default_config() -> ml_collections.ConfigDict:
     return cfg
 
 
-def validate(config) -> None:
-    if config.baselines.strategy not in stacking.STRATEGIES:
-        raise UserError(
-            f"unknown config.baselines.strategy {config.baselines.strategy!r}; "
-            f"choose one of {stacking.STRATEGIES}"
-        )
-    if not config.baselines.gradnorm_alpha >= 0:
-        raise UserError(
-            f"config.baselines.gradnorm_alpha must be >= 0, got {config.baselines.gradnorm_alpha}"
-        )
+BLOCK = config_checks.Block(
+    "baselines",
+    default_config,
+    {
+        "gradnorm_alpha": config_checks.number(0),
+        "pcgrad_uncertainty": config_checks.BOOL,
+        "strategy": config_checks.Choice(stacking.STRATEGIES),
+    },
+)
 
 
 def build_uw(config, task_names, image_shape, steps_per_epoch) -> Method:

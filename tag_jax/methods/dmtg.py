@@ -1,4 +1,5 @@
-"""'dmtg': one-shot differentiable task grouping (Gao et al., ICML 2024; REFERENCE §6).
+"""'dmtg': one-shot differentiable task grouping (Gao et al., ICML 2024;
+docs/reference.md#dmtg-differentiable-grouping).
 
 The network has K group branches (each a full `models.Trunk`, or a
 `models.ResidualTail` after one `models.Stem` they share) and K x N heads, plus
@@ -64,7 +65,7 @@ outputs in `dmtg_outputs`.
 
 import ml_collections
 
-from tag_jax import autotune, optim, stacking, steps
+from tag_jax import autotune, config_checks, optim, stacking, steps
 from tag_jax.errors import UserError
 from tag_jax.methods.base import Method, one_network
 from tag_jax.methods.dmtg_network import create_grouped_net
@@ -142,57 +143,67 @@ BRANCH_STRATEGY = autotune.Tunable(
 )
 
 
-def validate(config) -> None:
+def finetune_before_the_end(config) -> None:
+    if not config.dmtg.finetune_epochs < config.num_epochs:
+        raise UserError(
+            f"config.dmtg.finetune_epochs must be in [0, config.num_epochs) = "
+            f"[0, {config.num_epochs}), got {config.dmtg.finetune_epochs}"
+        )
+
+
+def lookahead_subsample_divides_the_batch(config) -> None:
+    subsample, batch = config.dmtg.lookahead_subsample, config.batch_size
+    if batch % subsample or batch // subsample < min(MIN_LOOKAHEAD_EXAMPLES, batch):
+        raise UserError(
+            f"config.dmtg.lookahead_subsample must divide config.batch_size = {batch} and leave "
+            f"at least {MIN_LOOKAHEAD_EXAMPLES} examples (the lookahead uses every n-th example), "
+            f"got {subsample}"
+        )
+
+
+def own_logits_optimizer_needs_a_rate(config) -> None:
     cfg = config.dmtg
-    for key, allowed in (
-        ("branch_strategy", stacking.STRATEGIES),
-        ("shared_stem", SHARED_STEMS),
-        ("tau_schedule", TAU_SCHEDULES),
-        ("logits_optimizer", LOGITS_OPTIMIZERS),
-    ):
-        if cfg[key] not in allowed:
-            raise UserError(f"unknown config.dmtg.{key} {cfg[key]!r}; choose one of {allowed}")
-    if cfg.num_groups < 1:
-        raise UserError(f"config.dmtg.num_groups must be >= 1, got {cfg.num_groups}")
-    taus = ("tau",) if cfg.tau_schedule == "constant" else ("tau_start", "tau_end")
-    for key in taus:
-        if not cfg[key] > 0:
-            raise UserError(f"config.dmtg.{key} must be > 0, got {cfg[key]}")
-    for key, low in (
-        ("warmup_steps", 0),
-        ("balance_weight", 0.0),
-        ("num_samples", 1),
-        ("logits_init_noise", 0.0),
-        ("lookahead_weight", 0.0),
-    ):
-        if not cfg[key] >= low:
-            raise UserError(f"config.dmtg.{key} must be >= {low}, got {cfg[key]}")
-    if cfg.lookahead_weight > 0 and not 0 < cfg.lookahead_step < 1:
-        raise UserError(
-            f"config.dmtg.lookahead_step must be in (0, 1) (a step's length relative "
-            f"to the branch's parameter norm), got {cfg.lookahead_step}"
-        )
-    subsample = cfg.lookahead_subsample
-    if not (
-        subsample >= 1
-        and config.batch_size % subsample == 0
-        and config.batch_size // subsample >= min(MIN_LOOKAHEAD_EXAMPLES, config.batch_size)
-    ):
-        raise UserError(
-            f"config.dmtg.lookahead_subsample must divide config.batch_size = "
-            f"{config.batch_size} and leave at least {MIN_LOOKAHEAD_EXAMPLES} examples "
-            f"(the lookahead uses every n-th example), got {subsample}"
-        )
     if cfg.logits_optimizer != "shared" and not cfg.logits_learning_rate > 0:
         raise UserError(
             f"config.dmtg.logits_optimizer={cfg.logits_optimizer!r} needs "
             f"config.dmtg.logits_learning_rate > 0, got {cfg.logits_learning_rate}"
         )
-    if not 0 <= cfg.finetune_epochs < config.num_epochs:
-        raise UserError(
-            f"config.dmtg.finetune_epochs must be in [0, config.num_epochs) = "
-            f"[0, {config.num_epochs}), got {cfg.finetune_epochs}"
-        )
+
+
+BLOCK = config_checks.Block(
+    "dmtg",
+    default_config,
+    {
+        "num_groups": config_checks.POSITIVE,
+        "tau_schedule": config_checks.Choice(TAU_SCHEDULES),
+        "tau": config_checks.number(0, low_open=True),
+        "tau_start": config_checks.number(0, low_open=True),
+        "tau_end": config_checks.number(0, low_open=True),
+        "hard": config_checks.BOOL,
+        "entropy_weight": config_checks.number(),
+        "shared_stem": config_checks.Choice(SHARED_STEMS),
+        "branch_strategy": config_checks.Choice(stacking.STRATEGIES),
+        "finetune_epochs": config_checks.NON_NEGATIVE,
+        "warmup_steps": config_checks.NON_NEGATIVE,
+        "logits_optimizer": config_checks.Choice(LOGITS_OPTIMIZERS),
+        "logits_learning_rate": config_checks.number(0),
+        "balance_weight": config_checks.number(0),
+        "num_samples": config_checks.POSITIVE,
+        "probe_heads": config_checks.BOOL,
+        "logits_init_noise": config_checks.number(0),
+        "lookahead_weight": config_checks.number(0),
+        "lookahead_step": config_checks.number(0, 1, low_open=True, high_open=True),
+        "lookahead_subsample": config_checks.POSITIVE,
+        "confidence.num_samples": config_checks.NON_NEGATIVE,
+        "confidence.epochs": config_checks.NON_NEGATIVE,
+        "confidence.seed": config_checks.SEED,
+    },
+    rules=(
+        finetune_before_the_end,
+        lookahead_subsample_divides_the_batch,
+        own_logits_optimizer_needs_a_rate,
+    ),
+)
 
 
 def build(config, task_names, image_shape, steps_per_epoch) -> Method:

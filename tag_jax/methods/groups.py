@@ -52,7 +52,7 @@ import os
 import ml_collections
 import numpy as np
 
-from tag_jax import config_checks, grouping, models, optim, reporting, stacking, steps
+from tag_jax import config_checks, models, optim, reporting, stacking, steps
 from tag_jax.errors import UserError
 from tag_jax.methods.base import Method
 from tag_jax.methods.hoa import write_pairs_outputs
@@ -77,9 +77,28 @@ def default_config() -> ml_collections.ConfigDict:
     return cfg
 
 
-def validate_groups(config) -> None:
+BLOCK = config_checks.Block(
+    "groups",
+    default_config,
+    {
+        "groups": config_checks.TASK_GROUPS,
+        "groups_file": config_checks.PATH,
+        "max_groups": config_checks.NON_NEGATIVE,
+        "num_random_groups": config_checks.POSITIVE,
+        "random_seed": config_checks.SEED,
+        "hoa_score": config_checks.Choice(HOA_SCORES),
+        "network_strategy": config_checks.Choice(stacking.STRATEGIES),
+        "seeds": config_checks.POSITIVE,
+        "confidence.num_resamples": config_checks.NON_NEGATIVE,
+        "confidence.seed": config_checks.SEED,
+        "confidence.time_budget": config_checks.number(0, low_open=True),
+    },
+)
+
+
+def one_source_of_groups(config) -> None:
+    """'groups' takes its groups from exactly one of groups.groups and a readable groups_file."""
     cfg = config.groups
-    _validate_strategy(cfg)
     if bool(cfg.groups) == bool(cfg.groups_file):
         raise UserError(
             "config.method='groups' needs exactly one of config.groups.groups (task-name "
@@ -91,34 +110,11 @@ def validate_groups(config) -> None:
         config_checks.check_groups_file(cfg.groups_file, cfg.max_groups)
 
 
-def validate_random(config) -> None:
-    _validate_strategy(config.groups)
-    if config.groups.num_random_groups < 1:
-        raise UserError(
-            f"config.groups.num_random_groups must be >= 1, got {config.groups.num_random_groups}"
-        )
-
-
-def validate_pairs(config) -> None:
-    _validate_strategy(config.groups)
+def pairs_train_one_seed(config) -> None:
     if config.groups.seeds != 1:
         raise UserError(
             f"config.groups.seeds={config.groups.seeds} is for 'groups' and 'random'; "
             "'pairs' trains one seed (run it once per seed)"
-        )
-    if config.groups.hoa_score not in HOA_SCORES:
-        raise UserError(
-            f"unknown config.groups.hoa_score {config.groups.hoa_score!r}; "
-            f"choose one of {HOA_SCORES}"
-        )
-    grouping.validate_selection(config.selection)
-
-
-def _validate_strategy(cfg) -> None:
-    if cfg.network_strategy not in stacking.STRATEGIES:
-        raise UserError(
-            f"unknown config.groups.network_strategy {cfg.network_strategy!r}; "
-            f"choose one of {stacking.STRATEGIES}"
         )
 
 
