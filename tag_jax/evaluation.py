@@ -11,17 +11,14 @@ import contextlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from tag_jax import sharding
 
 
-def evaluate_networks(
-    eval_step, params, batch_stats, dataset, split: str, *, batch_size: int, mesh, prefetch: int = 2
-) -> dict:
-    """{'task_loss', 'task_accuracy'}: (G, T) numpy means over the split's examples.
-
-    Batches are read and copied to the devices `prefetch` ahead (sharding.device_batches); the
-    sums stay on the device until the split's end (one transfer)."""
+def split_batches(dataset, split: str, *, batch_size: int, mesh, prefetch: int):
+    """The split's padded batches in order, on the devices: read and copied `prefetch` ahead
+    (sharding.device_batches); close the generator to stop it."""
     batches = dataset.batches(
         split,
         batch_size=batch_size,
@@ -32,14 +29,51 @@ def evaluate_networks(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    return sharding.device_batches(batches, mesh, ahead=prefetch)
+
+
+def evaluate_networks(
+    eval_step, params, batch_stats, dataset, split: str, *, batch_size: int, mesh, prefetch: int = 2
+) -> dict:
+    """{'task_loss', 'task_accuracy'}: (G, T) numpy means over the split's examples.
+
+    The sums stay on the device until the split's end (one transfer)."""
     sums = None
-    with contextlib.closing(sharding.device_batches(batches, mesh, ahead=prefetch)) as on_device:
+    on_device = split_batches(dataset, split, batch_size=batch_size, mesh=mesh, prefetch=prefetch)
+    with contextlib.closing(on_device):
         for batch in on_device:
             out = eval_step(params, batch_stats, batch)
             sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
     count = max(float(sums["count"]), 1.0)
     return {"task_loss": sums["loss_sum"] / count, "task_accuracy": sums["correct"] / count}
+
+
+def per_example_values(
+    example_step,
+    params,
+    batch_stats,
+    dataset,
+    split: str,
+    *,
+    batch_size: int,
+    mesh,
+    prefetch: int = 2,
+) -> dict:
+    """{name: (E, ...) numpy}: what example_step(params, batch_stats, batch) -> {name: (B, ...)}
+    returns for each of the split's E real examples, in the split's order (padding dropped).
+
+    For what needs every example (a bootstrap over validation examples), run once at the end; a
+    transfer per batch (on several processes, every process gets every example)."""
+    gather = jax.device_get if jax.process_count() == 1 else multihost_utils.process_allgather
+    parts = []
+    on_device = split_batches(dataset, split, batch_size=batch_size, mesh=mesh, prefetch=prefetch)
+    with contextlib.closing(on_device):
+        for batch in on_device:
+            values, mask = gather((example_step(params, batch_stats, batch), batch["mask"]))
+            real = np.asarray(mask) > 0
+            parts.append({name: np.asarray(v)[real] for name, v in values.items()})
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def serving_summary(networks: dict, serving: np.ndarray) -> dict:

@@ -113,6 +113,15 @@ def eval_sums(model: nn.Module, params, batch_stats, batch) -> dict:
     return losses.eval_sums(logits, batch["labels"], batch["mask"])
 
 
+def example_values(model: nn.Module, params, batch_stats, batch) -> dict:
+    """Inference values of one network on every example of a batch: loss (B, T), correct (B, T)
+    (padded rows included: batch['mask'] says which are real)."""
+    logits = model.apply(
+        {"params": params, "batch_stats": batch_stats}, batch["image"], train=False
+    )
+    return losses.example_values(logits, batch["labels"])
+
+
 def make_eval_step(model: nn.Module):
     """The loop's eval_step of a single network: loss_sum (1, T), correct (1, T), count ()."""
 

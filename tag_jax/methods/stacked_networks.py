@@ -63,6 +63,16 @@ class StackedNets:
         )
         return {**sums, "count": sums["count"][0]}
 
+    def example_values(self, params, batch_stats, batch) -> dict:
+        """Every network's values on every example of a padded batch: loss (G, B, T), correct
+        (G, B, T) (steps.example_values)."""
+        return stacking.map_stacked(
+            lambda p, s: steps.example_values(self.model, p, s, batch),
+            params,
+            batch_stats,
+            strategy=self.strategy,
+        )
+
 
 def member_mean(losses, masks):
     """(T,) mean of each task's loss over the networks training it; a NaN anywhere shows."""
