@@ -49,19 +49,6 @@ BLOCK = config_checks.Block(
 )
 
 
-def confidence_config() -> ml_collections.ConfigDict:
-    """config.affinity.confidence: the block bootstrap over time behind each grouping's
-    confidence (docs/confidence.md)."""
-    cfg = ml_collections.ConfigDict()
-    cfg.num_resamples = 100  # resamples of the run's affinity (0 = no confidence)
-    cfg.block_length = 4  # consecutive blocks of measured steps drawn together
-    cfg.seed = 0  # the resamples drawn; results are deterministic for a seed
-    # Seconds for all resamples and k: tables are solved exactly while time is left, then the
-    # rest take the best grouping found so far (groups.json 'resampling' says how many).
-    cfg.time_budget = 30.0
-    return cfg
-
-
 def select_for_each_k(
     tasks,
     scores_onto_from: np.ndarray,

@@ -194,9 +194,6 @@ BLOCK = config_checks.Block(
         "lookahead_weight": config_checks.number(0),
         "lookahead_step": config_checks.number(0, 1, low_open=True, high_open=True),
         "lookahead_subsample": config_checks.POSITIVE,
-        "confidence.num_samples": config_checks.NON_NEGATIVE,
-        "confidence.epochs": config_checks.NON_NEGATIVE,
-        "confidence.seed": config_checks.SEED,
     },
     rules=(
         finetune_before_the_end,

@@ -89,9 +89,6 @@ BLOCK = config_checks.Block(
         "hoa_score": config_checks.Choice(HOA_SCORES),
         "network_strategy": config_checks.Choice(stacking.STRATEGIES),
         "seeds": config_checks.POSITIVE,
-        "confidence.num_resamples": config_checks.NON_NEGATIVE,
-        "confidence.seed": config_checks.SEED,
-        "confidence.time_budget": config_checks.number(0, low_open=True),
     },
 )
 
