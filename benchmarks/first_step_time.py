@@ -5,9 +5,10 @@
 Runs the quick start command (configs/synthetic_tag.py) with the given interpreter from the
 repository root, in a fresh temporary workdir, with the autotuned settings given explicitly (as
 a run whose autotune decisions are cached; nothing is timed), and stops it once the log says the
-first step compiled and ran ('Compiled and ran the first ... step'). Prints each time and the
-median: the cost of starting (imports, data, compiling the first step), which a heavy import
-such as TensorFlow adds to.
+first step compiled and ran ('Compiled and ran the first ... step'). Prints each run's wall
+seconds and the CPU seconds its process used by then (Linux: /proc; less sensitive than the wall
+time to other jobs on the machine), and their medians: the cost of starting (imports, data,
+compiling the first step), which a heavy import such as TensorFlow adds to.
 """
 
 import argparse
@@ -24,8 +25,16 @@ FIRST_STEP = "Compiled and ran the first"
 SETTINGS = ("--config.model.conv=xla_threaded", "--config.affinity.strategy=unrolled")
 
 
-def first_step_seconds(python: str, repo: str) -> float:
-    """Seconds until the quick start run by `python` in `repo` logs its first step's end."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds process `pid` has used (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def first_step_seconds(python: str, repo: str) -> tuple:
+    """(wall, CPU) seconds until the quick start run by `python` in `repo` logs its first step's
+    end."""
     with tempfile.TemporaryDirectory(prefix="first_step_") as workdir:
         command = [
             python,
@@ -42,7 +51,7 @@ def first_step_seconds(python: str, repo: str) -> float:
         try:
             for line in process.stderr:
                 if FIRST_STEP in line:
-                    return time.perf_counter() - start
+                    return time.perf_counter() - start, cpu_seconds(process.pid)
             raise RuntimeError(f"{' '.join(command)} ended (status {process.wait()}) before a step")
         finally:
             process.kill()
@@ -55,9 +64,13 @@ def main():
     parser.add_argument("--repo", default=REPO, help="the checkout that interpreter runs")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    times = [first_step_seconds(args.python, args.repo) for _ in range(args.repeats)]
-    print(f"{args.python}: first step after " + ", ".join(f"{t:.1f}" for t in times) + " s")
-    print(f"median {statistics.median(times):.1f} s; load {os.getloadavg()[0]:.1f}")
+    runs = [first_step_seconds(args.python, args.repo) for _ in range(args.repeats)]
+    print(
+        f"{args.python}: first step after "
+        + ", ".join(f"{wall:.1f} s ({cpu:.1f} s CPU)" for wall, cpu in runs)
+    )
+    wall, cpu = (statistics.median(column) for column in zip(*runs))
+    print(f"median {wall:.1f} s, {cpu:.1f} s CPU; load {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

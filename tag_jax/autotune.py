@@ -144,7 +144,7 @@ def time_candidates(
     the rest may take."""
     times, skipped, spent_on = {}, {}, []
     for index, candidate in enumerate(candidates):
-        interrupts.raise_if_received()  # a Ctrl-C swallowed while TensorFlow or JAX imported
+        interrupts.raise_if_received()  # a Ctrl-C swallowed while JAX imported
         expected = sum(spent_on) / len(spent_on) if spent_on else 0.0
         if budget.spent() or expected > budget.left():
             return times, skipped, list(candidates[index:])

@@ -258,9 +258,6 @@ def run(job) -> None:
         logging.get_absl_handler().addFilter(QuietLibraries())
         if flags.FLAGS.verbosity < 1:
             logging.get_absl_handler().setFormatter(ConsoleFormatter())
-        if flags.FLAGS.verbosity < 1:  # TensorFlow (behind clu, TensorBoard only) start-up chatter
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
         initialize_distributed()
         try:
             job(CONFIG.value, WORKDIR.value, restart=RESTART.value)

@@ -72,13 +72,13 @@ def epoch_line(
     epoch: int, num_epochs: int, train_loss: Optional[float], total_error: float, history
 ) -> str:
     """'epoch 3/8: train loss 1.234, validation Total Error 45.67 (best 44.10, epoch 2)':
-    `train_loss` the summed task loss of the epoch's last logged step (None: none logged),
-    `history` the earlier epochs' records {'epoch', 'val_total_error', ...}."""
+    `train_loss` the mean summed task loss of the epoch's steps (those this process ran; None:
+    none), `history` the earlier epochs' records {'epoch', 'val_total_error', ...}."""
     best_epoch, best = min(
         [(r["epoch"], r["val_total_error"]) for r in history] + [(epoch, total_error)],
         key=lambda entry: entry[1],
     )
-    loss = "" if train_loss is None else f"train loss {train_loss:.4g}, "
+    loss = "" if train_loss is None else f"train loss {train_loss:.3f}, "
     return (
         f"epoch {epoch}/{num_epochs}: {loss}validation Total Error {total_error:.2f} "
         f"(best {best:.2f}, epoch {best_epoch})"

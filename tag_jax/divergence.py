@@ -3,7 +3,8 @@ nothing. Each raises tag_jax.errors.TrainingDiverged (exit status 3) with what t
 
 `LossMonitor` watches every step's task losses without making the host wait on the device:
 the loop hands it each step's losses (still on the device) and checks them in one transfer at
-log steps, before checkpoints and at epoch ends.
+log steps, before checkpoints and at epoch ends. Every step's loss is checked, in step order,
+whenever the check runs, so no verdict depends on config.log_every_steps.
 """
 
 import dataclasses
@@ -15,11 +16,14 @@ import numpy as np
 
 from tag_jax.errors import TrainingDiverged
 
-# Divergence beyond NaN, checked where the loop has the numbers on the host: the summed training
-# loss at a log step above LOSS_BLOWUP x its value at step 1; or, at an epoch end after
-# max(CHANCE_MIN_STEPS, 3 / (1 - bn_momentum)) steps (batch-norm averages settled), every task's
-# validation loss at least CHANCE_FRACTION x log(num_classes), no better than a uniform guess.
+# Divergence beyond NaN, checked where the loop has the numbers on the host: the median summed
+# training loss of the last BLOWUP_WINDOW steps above LOSS_BLOWUP x its median over the first
+# BLOWUP_WINDOW steps (medians: a spike shorter than half the window is no blow-up, LossTrend);
+# or, at an epoch end after max(CHANCE_MIN_STEPS, 3 / (1 - bn_momentum)) steps (batch-norm
+# averages settled), every task's validation loss at least CHANCE_FRACTION x log(num_classes), no
+# better than a uniform guess.
 LOSS_BLOWUP = 4.0
+BLOWUP_WINDOW = 20
 CHANCE_MIN_STEPS = 300
 CHANCE_FRACTION = 0.98
 RESTART_HINT = "lower config.optimizer.learning_rate (now {lr:g}) and start over with --restart"
@@ -54,13 +58,54 @@ def check_finite(
         raise TrainingDiverged(f"loss of task(s) {bad} became non-finite at step {step}; {kept}")
 
 
-def check_loss_blowup(loss: float, initial, step: int, config) -> None:
-    """TrainingDiverged when the summed training loss is LOSS_BLOWUP times its step-1 value."""
-    if initial and initial > 0 and loss > LOSS_BLOWUP * initial:
+@dataclasses.dataclass(frozen=True)
+class LossTrend:
+    """The summed training losses of the first BLOWUP_WINDOW steps (`start`) and of the last
+    BLOWUP_WINDOW steps (`recent`), in step order; checkpointed with the loop (to_json)."""
+
+    start: tuple = ()
+    recent: tuple = ()
+
+    def add(self, loss: float) -> "LossTrend":
+        """The trend with the next step's summed loss."""
+        start = self.start if len(self.start) == BLOWUP_WINDOW else self.start + (loss,)
+        return LossTrend(start, (self.recent + (loss,))[-BLOWUP_WINDOW:])
+
+    def medians(self):
+        """(median of the last BLOWUP_WINDOW losses, median of the first), or None before
+        BLOWUP_WINDOW steps."""
+        if len(self.start) < BLOWUP_WINDOW:
+            return None
+        return float(np.median(self.recent)), float(np.median(self.start))
+
+    def to_json(self) -> dict:
+        return {"start": list(self.start), "recent": list(self.recent)}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "LossTrend":
+        """The trend a checkpoint's loop record holds ({} for none); TypeError when it is not
+        one."""
+        lists = [record.get(key, []) for key in ("start", "recent")]
+        if set(record) - {"start", "recent"} or not all(
+            isinstance(v, list)
+            and len(v) <= BLOWUP_WINDOW
+            and all(isinstance(x, (int, float)) for x in v)
+            for v in lists
+        ):
+            raise TypeError(f"loss_trend must hold lists of at most {BLOWUP_WINDOW} numbers")
+        return cls(*(tuple(float(x) for x in v) for v in lists))
+
+
+def check_loss_blowup(trend: LossTrend, step: int, learning_rate: float) -> None:
+    """TrainingDiverged when the median summed training loss of the last BLOWUP_WINDOW steps (up
+    to `step`) is LOSS_BLOWUP times its median over the first BLOWUP_WINDOW steps."""
+    medians = trend.medians()
+    if medians and medians[1] > 0 and medians[0] > LOSS_BLOWUP * medians[1]:
+        recent, start = medians
         raise TrainingDiverged(
-            f"training loss {loss:.4g} at step {step} is {loss / initial:.3g}x its value "
-            f"{initial:.4g} at step 1: the run diverged; "
-            + RESTART_HINT.format(lr=config.optimizer.learning_rate)
+            f"training loss {recent:.4g} (median of the {BLOWUP_WINDOW} steps to step {step}) is "
+            f"{recent / start:.3g}x its median {start:.4g} over steps 1-{BLOWUP_WINDOW}: the run "
+            "diverged; " + RESTART_HINT.format(lr=learning_rate)
         )
 
 
@@ -87,26 +132,38 @@ def check_above_chance(task_loss, step: int, config) -> None:
 @dataclasses.dataclass
 class LossMonitor:
     """The task losses (T,) of the steps run since the last check, still on the device, in step
-    order; initial_loss: the summed training loss at step 1 (None until step 1 is checked)."""
+    order; trend: the LossTrend of the steps checked so far (learning_rate: for its message);
+    checked_sum, checked_steps: the summed training losses of the steps checked so far, added
+    up, and how many (mean_loss)."""
 
     task_names: tuple
     workdir: str
-    initial_loss: float = None
+    trend: LossTrend = LossTrend()
+    learning_rate: float = 0.0
     pending: list = dataclasses.field(default_factory=list)
+    checked_sum: float = 0.0
+    checked_steps: int = 0
 
     def add(self, step: int, task_losses) -> None:
         self.pending.append((step, task_losses))
 
     def check(self, last_saved=None, up_to: float = math.inf) -> None:
         """Fetches the losses of the pending steps up to step `up_to` (one transfer, not one per
-        step), raises TrainingDiverged at the first non-finite one (check_finite; last_saved: the
-        step of the latest checkpoint) and records the step-1 loss."""
+        step), and in step order raises TrainingDiverged at the first non-finite one
+        (check_finite; last_saved: the step of the latest checkpoint) or blow-up
+        (check_loss_blowup)."""
         checked = [entry for entry in self.pending if entry[0] <= up_to]
         if not checked:
             return
         values = jax.device_get([losses for _, losses in checked])
         for (step, _), task_loss in zip(checked, values):
             check_finite(np.asarray(task_loss), self.task_names, step, self.workdir, last_saved)
-        if checked[0][0] == 1:  # the starting value divergence is measured against
-            self.initial_loss = float(np.sum(values[0]))
+            self.trend = self.trend.add(float(np.sum(task_loss)))
+            check_loss_blowup(self.trend, step, self.learning_rate)
+        self.checked_sum += float(np.sum(values))
+        self.checked_steps += len(values)
         del self.pending[: len(checked)]
+
+    def mean_loss(self):
+        """The mean summed training loss of the steps checked so far (None before one)."""
+        return self.checked_sum / self.checked_steps if self.checked_steps else None

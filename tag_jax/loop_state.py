@@ -13,7 +13,6 @@ from typing import Any, Optional
 
 import ml_collections
 from absl import logging
-from clu import metric_writers
 
 from tag_jax import evaluation
 from tag_jax.methods.base import LoopContext, Method
@@ -26,10 +25,10 @@ class LoopState:
     epoch: finished epochs; batch: batches run of the current epoch; measured_steps: steps that
     ran the method's measured step; stopped_early: early stopping ended training; history: per
     epoch {'epoch', 'step', 'val_loss', 'val_total_error'}; method: the method's own JSON record
-    (tag_jax.methods.base); initial_loss: the summed training loss at step 1 (divergence is
-    measured against it); early_stopping: tag_jax.early_stopping's record; train_seconds:
+    (tag_jax.methods.base); early_stopping: tag_jax.early_stopping's record; train_seconds:
     training seconds over all invocations up to the checkpoint; metrics_records: lines of
-    metrics.jsonl at the checkpoint (a resume drops those written after it).
+    metrics.jsonl at the checkpoint (a resume drops those written after it); loss_trend: the
+    summed training losses divergence is judged on (tag_jax.divergence.LossTrend.to_json).
     """
 
     epoch: int
@@ -38,10 +37,10 @@ class LoopState:
     stopped_early: bool
     history: list
     method: dict
-    initial_loss: Optional[float]
     early_stopping: dict
     train_seconds: float = 0.0
     metrics_records: Optional[int] = None
+    loss_trend: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def fresh(cls, early_stopping_record: dict) -> "LoopState":
@@ -53,7 +52,6 @@ class LoopState:
             stopped_early=False,
             history=[],
             method={},
-            initial_loss=None,
             early_stopping=early_stopping_record,
         )
 
@@ -63,19 +61,27 @@ class LoopState:
     @classmethod
     def from_json(cls, record: dict) -> "LoopState":
         """The LoopState a checkpoint's JSON record holds; KeyError for a missing field,
-        TypeError for an unknown one or a value of the wrong type."""
+        TypeError for an unknown one or a value of the wrong type. The step-1 loss that records
+        of earlier versions hold ('initial_loss') is dropped: the trend starts anew."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        record = {k: v for k, v in record.items() if k != "initial_loss"}
         unknown = sorted(set(record) - set(fields))
         if unknown:
             raise TypeError(f"unknown field(s) {unknown}")
         for name, field in fields.items():
-            if name not in record and field.default is dataclasses.MISSING:
+            required = field.default is field.default_factory is dataclasses.MISSING
+            if name not in record and required:
                 raise KeyError(name)
         state = cls(**record)
         for name, kind in (("epoch", int), ("batch", int), ("measured_steps", int)):
             if not isinstance(getattr(state, name), kind) or getattr(state, name) < 0:
                 raise TypeError(f"{name} must be an integer >= 0, got {getattr(state, name)!r}")
-        for name, kind in (("history", list), ("method", dict), ("early_stopping", dict)):
+        for name, kind in (
+            ("history", list),
+            ("method", dict),
+            ("early_stopping", dict),
+            ("loss_trend", dict),
+        ):
             if not isinstance(getattr(state, name), kind):
                 raise TypeError(f"{name} must be a JSON {kind.__name__}")
         return state
@@ -83,15 +89,19 @@ class LoopState:
 
 @dataclasses.dataclass
 class Session:
-    """What changes while a run lives: the metric writer (opened once the checkpoint is
-    restored), the step of the latest checkpoint (None before the first), the training seconds
-    of earlier invocations and this one's start, and the step kinds compiled so far."""
+    """What changes while a run lives: the metric writer (tag_jax.metric_writing, opened once
+    the checkpoint is restored), the step of the latest checkpoint (None before the first), the
+    training seconds of earlier invocations and this one's start, the step kinds compiled so far,
+    the mean summed task loss of the steps of the latest train_epoch (the epoch line), and the
+    settings resumes changed (tag_jax.workdir.resume_changes, for config.json and results.json)."""
 
     started: float = dataclasses.field(default_factory=time.time)
-    writer: Optional[metric_writers.MetricWriter] = None
+    writer: Any = None
     seconds_before: float = 0.0
     last_saved: Optional[int] = None
     compiled: set = dataclasses.field(default_factory=set)
+    train_loss: Optional[float] = None
+    changed_on_resume: list = dataclasses.field(default_factory=list)
 
     def seconds(self) -> float:
         """Training seconds of this run over all invocations so far."""
@@ -148,10 +158,11 @@ class Run:
         )
 
     def close(self) -> None:
-        """Flushes the writers, closes the checkpoint manager and releases the workdir lock."""
+        """Closes the writers (flushing them) and the checkpoint manager, releases the workdir
+        lock."""
         try:
             if self.session.writer:
-                self.session.writer.flush()
+                self.session.writer.close()
             self.manager.close()
         except Exception as e:  # never hide the error that ended the run
             logging.warning("Closing the run's writers failed: %s", e)

@@ -4,7 +4,7 @@ from tag_jax import cli
 
 
 def train_and_evaluate(config, workdir, restart=False):
-    from tag_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow, behind clu: slow)
+    from tag_jax import train  # pylint: disable=g-import-not-at-top (JAX, the methods: slow)
 
     return train.train_and_evaluate(config, workdir, restart=restart)
 

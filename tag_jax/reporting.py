@@ -1,8 +1,9 @@
-"""Atomic JSON outputs and metrics.jsonl upkeep (light: no TensorFlow, no clu)."""
+"""Atomic JSON outputs, metrics.jsonl upkeep and the lines of a run's answer."""
 
 import json
 import os
 import tempfile
+import textwrap
 
 import jax
 import numpy as np
@@ -97,6 +98,9 @@ def did_not_learn_line(results: dict) -> str:
     )
 
 
+FILES_WIDTH = 100  # characters of a line naming the files written (a longer folder stays whole)
+
+
 def answer_lines(results: dict, workdir: str) -> list[str]:
     """What a run found, for the console: test Total Error next to the majority baseline's, a
     warning when the run did not learn, the groups that served the tasks, each selection (k,
@@ -120,12 +124,18 @@ def answer_lines(results: dict, workdir: str) -> list[str]:
         lines.append("served by: " + " ".join("{" + ", ".join(g) + "}" for g in results["groups"]))
     selections = results.get("outputs", {}).get("selections", [])
     lines.extend(selection_lines(selections))
-    files = sorted(name for name in os.listdir(workdir) if name.endswith((".json", ".png")))
-    lines.append(
-        f"results in {workdir}: {', '.join(files)} (and metrics.jsonl, TensorBoard "
-        "events, checkpoints/)"
+    files = sorted(
+        name
+        for name in os.listdir(workdir)
+        if name.endswith((".json", ".png")) and not name.startswith(".")  # the manifest
     )
-    return lines
+    written = (
+        f"results in {workdir}: {', '.join(files)} (and metrics.jsonl, TensorBoard events, "
+        "checkpoints/)"
+    )
+    return lines + textwrap.wrap(
+        written, FILES_WIDTH, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    )
 
 
 EXPLANATION_WIDTH = 200  # characters of a verdict's explanation line, at most

@@ -19,11 +19,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import periodic_actions
 
 from tag_jax import (
     checkpointing,
     config_checks,
+    console,
     data,
     divergence,
     early_stopping,
@@ -33,6 +33,7 @@ from tag_jax import (
     metric_writing,
     models,
     optim,
+    preflight,
     reporting,
     sharding,
 )
@@ -126,11 +127,14 @@ def load_checked_data(config):
 
 
 def set_up(config, workdir: str, *, restart: bool = False) -> Run:
-    """Validates the config, reads and checks the data, builds the method and its jitted steps
-    (compiled on first use), then (only then) locks and prepares the workdir."""
+    """Validates the config, checks the memory it needs (tag_jax.preflight), reads and checks the
+    data, builds the method and its jitted steps (compiled on first use), then (only then) locks
+    and prepares the workdir."""
     validate_config(config)
     workdirs.check_workdir(workdir)
+    preflight.check_dataset_memory(config)
     dataset, steps_per_epoch = load_checked_data(config)
+    preflight.check_run_memory(config, dataset)
     config = with_training_length(config, steps_per_epoch)
     mesh = sharding.create_mesh(config.mesh)
     sharding.check_divisible(config.batch_size, mesh, "batch_size")
@@ -178,9 +182,9 @@ def set_up(config, workdir: str, *, restart: bool = False) -> Run:
 
 def restore_or_init(run: Run):
     """(state, LoopState): the latest checkpoint's, or a fresh state and loop record. Only then
-    are config.json written (unless the workdir holds results and their config.json: those stay
-    until new results replace both) and the metric writers opened (metrics.jsonl cut back to the
-    checkpoint), so a checkpoint that fails to restore leaves the workdir as it was."""
+    does the run write (tag_jax.workdir.begin_writing: config.json, metrics.jsonl cut back to the
+    checkpoint, the manifest) and open the metric writers, so a checkpoint that fails to restore
+    leaves the workdir as it was."""
     state = jax.jit(
         run.method.init_state,
         out_shardings=run.state_sharding,
@@ -203,17 +207,16 @@ def restore_or_init(run: Run):
         )
     run.session.seconds_before = loop.train_seconds
     if jax.process_index() == 0:
-        if not (
-            os.path.exists(os.path.join(run.workdir, "results.json"))  # else: with new results
-            and os.path.exists(os.path.join(run.workdir, "config.json"))
-        ):
-            workdirs.write_config(run.workdir, run.config)
-        reporting.truncate_jsonl(
-            os.path.join(run.workdir, "metrics.jsonl"),
+        run.session.changed_on_resume = workdirs.begin_writing(
+            run.workdir,
+            run.config,
             int(state.step),
-            keep_records=loop.metrics_records,
+            resumed=restored is not None,
+            metrics_records=loop.metrics_records,
         )
     run.session.writer = metric_writing.create_writer(run.workdir)
+    if jax.process_index() == 0:
+        workdirs.claim_event_files(run.workdir)
     return state, loop
 
 
@@ -252,14 +255,11 @@ def fetch_later(metrics: dict) -> dict:
 
 
 def write_log(run: Run, step: int, metrics: dict, monitor: divergence.LossMonitor) -> None:
-    """Checks the losses up to log step `step`, then writes its metrics and checks them for a
-    blow-up."""
+    """Checks the losses up to log step `step` (divergence.LossMonitor), then writes its
+    metrics."""
     monitor.check(run.session.last_saved, up_to=step)
     logged = jax.device_get(metrics)
     run.session.writer.write_scalars(step, named_scalars("train", logged, run.task_names))
-    divergence.check_loss_blowup(
-        float(np.sum(logged["task_losses"])), monitor.initial_loss, step, run.config
-    )
 
 
 def run_step(run: Run, kind: str, state, batch):
@@ -318,7 +318,12 @@ def train_epoch(run: Run, state, loop: LoopState, report_progress):
     a diverged run keeps its last good checkpoint."""
     config, method = run.config, run.method
     step = int(state.step)
-    monitor = divergence.LossMonitor(run.task_names, run.workdir, loop.initial_loss)
+    monitor = divergence.LossMonitor(
+        run.task_names,
+        run.workdir,
+        divergence.LossTrend.from_json(loop.loss_trend),
+        config.optimizer.learning_rate,
+    )
     to_log = None
     batches = sharding.device_batches(
         training_batches(run, loop),
@@ -329,6 +334,10 @@ def train_epoch(run: Run, state, loop: LoopState, report_progress):
     with contextlib.closing(batches):
         for batch in batches:
             interrupts.raise_if_received()  # a Ctrl-C that a garbage-collection callback swallowed
+            if interrupts.termination_requested():  # SIGTERM: save this step, then stop
+                if to_log:
+                    write_log(run, *to_log, monitor)
+                stop_terminated(run, state, loop, monitor)
             measure_now = bool(run.measured_step) and step % method.measure_every == 0
             state, metrics = run_step(run, "measured" if measure_now else "training", state, batch)
             step += 1
@@ -353,11 +362,28 @@ def train_epoch(run: Run, state, loop: LoopState, report_progress):
                     write_log(run, *to_log, monitor)
                     to_log = None
                 monitor.check(run.session.last_saved)
-                save(run, state, dataclasses.replace(loop, initial_loss=monitor.initial_loss))
+                save(run, state, dataclasses.replace(loop, loss_trend=monitor.trend.to_json()))
     if to_log:
         write_log(run, *to_log, monitor)
     monitor.check(run.session.last_saved)
-    return state, dataclasses.replace(loop, initial_loss=monitor.initial_loss)
+    run.session.train_loss = monitor.mean_loss()
+    return state, dataclasses.replace(loop, loss_trend=monitor.trend.to_json())
+
+
+def stop_terminated(run: Run, state, loop: LoopState, monitor=None) -> None:
+    """After a SIGTERM (tag_jax.interrupts): the losses so far checked (monitor, inside an
+    epoch), a checkpoint of this step (unless it has one), then interrupts.Terminated with the
+    line the command prints."""
+    if monitor:
+        monitor.check(run.session.last_saved)
+        loop = dataclasses.replace(loop, loss_trend=monitor.trend.to_json())
+    step = int(state.step)
+    if run.session.last_saved != step:
+        save(run, state, loop)
+    raise interrupts.Terminated(
+        f"terminated (SIGTERM): saved a checkpoint at step {step}; re-run the same command to "
+        "resume from it"
+    )
 
 
 def end_epoch(run: Run, state, loop: LoopState):
@@ -393,7 +419,10 @@ def end_epoch(run: Run, state, loop: LoopState):
         },
     )
     logging.info(
-        "epoch %d: validation loss %.4f, total error %.2f", epoch, val["loss"], val["total_error"]
+        "%s",
+        console.epoch_line(
+            epoch, config.num_epochs, run.session.train_loss, val["total_error"], loop.history
+        ),
     )
     divergence.check_above_chance(val["task_loss"], step, config)
     if stopped:
@@ -450,19 +479,26 @@ def train_loop(run: Run) -> dict:
     """Restores or initialises the state, trains to the end (or config.max_steps), reports."""
     config = run.config
     state, loop = restore_or_init(run)
-    report_progress = periodic_actions.ReportProgress(
-        num_train_steps=config.num_epochs * run.steps_per_epoch,
+    report_progress = console.Progress(
+        total_steps=config.num_epochs * run.steps_per_epoch,
         writer=run.session.writer,
         every_steps=config.log_every_steps,
     )
-    while loop.epoch < config.num_epochs and not loop.stopped_early:
-        state, loop = train_epoch(run, state, loop, report_progress)
-        if loop.batch == run.steps_per_epoch:
-            state, loop = end_epoch(run, state, loop)
-        else:
-            save(run, state, loop)  # paused inside the epoch at config.max_steps
-        if int(state.step) == config.max_steps:
-            run.session.writer.flush()
-            logging.info("Stopped at config.max_steps=%d; re-run to continue.", config.max_steps)
-            return {"stopped_at_step": config.max_steps}
+    # One process: a SIGTERM checkpoints at the next step (several would not agree on which).
+    saving = interrupts.saving_on_termination() if jax.process_count() == 1 else None
+    with saving or contextlib.nullcontext():
+        while loop.epoch < config.num_epochs and not loop.stopped_early:
+            state, loop = train_epoch(run, state, loop, report_progress)
+            if loop.batch == run.steps_per_epoch:
+                state, loop = end_epoch(run, state, loop)
+            else:
+                save(run, state, loop)  # paused inside the epoch at config.max_steps
+            if int(state.step) == config.max_steps:
+                run.session.writer.flush()
+                logging.info(
+                    "Stopped at config.max_steps=%d; re-run to continue.", config.max_steps
+                )
+                return {"stopped_at_step": config.max_steps}
+        if interrupts.termination_requested():  # during the last evaluation, which saved
+            stop_terminated(run, state, loop)
     return final_results(run, state, loop)

@@ -31,7 +31,8 @@ class LoopContext:
 
     evaluate(params, batch_stats, split) -> {'task_loss', 'task_accuracy'}: (G, T)
     numpy arrays, the method's eval_step run over a whole split.
-    writer: the run's clu MetricWriter (TensorBoard and metrics.jsonl; process 0 writes files).
+    writer: the run's metric writer (tag_jax.metric_writing: write_scalars, write_images;
+        TensorBoard and metrics.jsonl, written by process 0).
     """
 
     config: Any

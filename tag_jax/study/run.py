@@ -12,10 +12,21 @@ import os
 import jax
 from absl import logging
 
-from tag_jax import autotune, autotune_cache, config_checks, data, plots, reporting, step_timing
+from tag_jax import (
+    autotune,
+    autotune_cache,
+    config_checks,
+    data,
+    manifest,
+    methods,
+    plots,
+    reporting,
+    step_timing,
+)
 from tag_jax import workdir as workdirs
 from tag_jax.data import synthetic
 from tag_jax.errors import UserError
+from tag_jax.study import resume
 from tag_jax.study.estimate import Workload, estimate_stages, plan_lines
 from tag_jax.study.plan import Plan, Stage, build_plan, stage_config, validate
 from tag_jax.study.progress import StudyProgress
@@ -30,15 +41,12 @@ def done_before(workdir: str, stage: Stage) -> bool:
 def run_stage(config, stage: Stage, workdir: str):
     """Trains the stage; its results, or None if it stopped at max_steps."""
     logging.vlog(1, "Stage %s: %s", stage.name, stage.settings)
-    from tag_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow, behind clu: slow)
+    from tag_jax import train  # pylint: disable=g-import-not-at-top (JAX, the methods: slow)
 
     results = train.train_and_evaluate(
         stage_config(config, stage), os.path.join(workdir, stage.name)
     )
     return results if "test" in results else None
-
-
-REPORT_FILES = ("report.json", "report.md", "total_error_vs_compute.png")
 
 
 def run_study(config, workdir: str, restart: bool = False):
@@ -52,15 +60,23 @@ def run_study(config, workdir: str, restart: bool = False):
     dataset = data.load_dataset(config)
     task_names = dataset.task_names
     study_plan = build_plan(config, task_names, workdir)
-    from tag_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow, behind clu: slow)
+    from tag_jax import train  # pylint: disable=g-import-not-at-top (JAX, the methods: slow)
 
     for stage in study_plan.stages:
+        methods.check_task_count(stage_config(config, stage), task_names)
         if "groups.groups_file" not in stage.settings:  # the others' groups.json is written later
             train.validate_config(stage_config(config, stage))
+    resume.check_outputs_are_ours(workdir, restart=restart)  # before the lock, too
+    if not restart:
+        resume.check_stages(config, study_plan, workdir, dataset.num_examples("train"))
     lock = workdirs.acquire(workdir) if jax.process_index() == 0 else None
     try:
-        if restart and lock:
-            start_over(workdir, study_plan)
+        if lock:
+            resume.check_outputs_are_ours(workdir, restart=restart)
+            if restart:
+                start_over(workdir)
+            manifest.remove_temporaries(workdir)
+            resume.claim_outputs(workdir, study_plan)
         estimates = stage_estimates(config, dataset, study_plan)
         return run_stages(config, task_names, study_plan, workdir, estimates)
     finally:
@@ -68,15 +84,12 @@ def run_study(config, workdir: str, restart: bool = False):
             lock.release()
 
 
-def start_over(workdir: str, study_plan: Plan) -> None:
-    """--restart: deletes the report and each stage's checkpoints and outputs."""
-    for name in REPORT_FILES:
-        if os.path.exists(os.path.join(workdir, name)):
-            os.remove(os.path.join(workdir, name))
-    for stage in study_plan.stages:
-        deleted = workdirs.clear_outputs(os.path.join(workdir, stage.name))
-        if deleted:
-            logging.info("--restart: deleted %s in %s.", ", ".join(deleted), stage.name)
+def start_over(workdir: str) -> None:
+    """--restart: deletes what the study wrote: the report and every stage's outputs (exactly
+    those: tag_jax.manifest)."""
+    deleted = manifest.remove_written(workdir)
+    if deleted:
+        logging.info("--restart: deleted %s in %s.", ", ".join(deleted), workdir)
 
 
 def stage_estimates(config, dataset, study_plan: Plan) -> list:
