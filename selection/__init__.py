@@ -5,17 +5,21 @@ ONTO one task FROM another (TAG / CS affinities, maximised; HOA pairwise errors
 or losses, minimised). tag_jax's affinity.json stores rows as sources: read it
 with ``load_scores`` or transpose it with ``from_affinity_matrix``.
 ``select_networks`` is Standley et al.'s budgeted choice among trained
-networks (a ``NetworkSelection``: the list of chosen networks, its total and
-proof gap) and ``hoa_approximation`` their higher-order approximation.
+networks (a ``NetworkSelection``: the list of chosen networks, its total, proof
+gap and the tasks it leaves uncovered; ``cover_all=True`` admits only selections
+that cover every task, ``covering_budget`` is the least budget that has one) and
+``hoa_approximation`` their higher-order approximation.
 ``python -m selection`` is the command line (``selection.cli``).
 """
 
 from .groups import Progress, Selection, select_groups
 from .networks import (
     UNCOVERED_LOSS,
+    BudgetTooSmall,
     Network,
     NetworkSelection,
     best_losses,
+    covering_budget,
     hoa_approximation,
     load_networks,
     matching_networks,
@@ -28,11 +32,13 @@ from .scores import from_affinity_matrix, load_scores, parse_scores, score_table
 
 __all__ = [
     "UNCOVERED_LOSS",
+    "BudgetTooSmall",
     "Network",
     "NetworkSelection",
     "Progress",
     "Selection",
     "best_losses",
+    "covering_budget",
     "from_affinity_matrix",
     "hoa_approximation",
     "load_networks",

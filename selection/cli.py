@@ -18,10 +18,11 @@ smallest one that does. With it, tasks may be left uncovered (each counts
 ``UNCOVERED_LOSS``, 99, in the total, as in Standley et al.) and the report
 lists them.
 
-Time limits count from the start of the command (the Python process): groups
-gives each k at most S seconds and k number i stops at the latest i * S seconds
-after the start, so the command takes at most S times the number of ks, plus the
-time to print the answer; networks stops its search S seconds after the start.
+Time limits count from the start of the command (the Python process, so its
+start-up and reading the file count too): groups gives the ks, in turn, an equal
+share of what is left of S times the number of ks, at most S each, so the command
+takes at most S per k and S times the number of ks in all, plus the time to print
+the answer; networks stops its search S seconds after the start.
 Both report the best selection found within the time limit and its gap: 0
 when proven optimal, otherwise how much the score (groups) or total loss
 (networks) could still improve.
@@ -78,9 +79,9 @@ def _parser():
         "--time-limit",
         type=float,
         default=60.0,
-        help="seconds per value of k (default 60), counted from the command's start: k number i "
-        "stops at the latest i times this after it, so the whole command takes at most this "
-        "times the number of ks",
+        help="seconds per value of k (default 60), counted from the command's start: the ks "
+        "share this times their number equally, at most this each, so the whole command takes "
+        "at most this times the number of ks",
     )
     groups.add_argument("--json", action="store_true", help="machine-readable output")
     groups.add_argument(
@@ -161,14 +162,14 @@ def _progress_printer(k):
 def _run_groups(args, started):
     table = load_scores(args.scores, transpose=args.transpose, pairs_key=args.pairs_key)
     objective = "minimize" if args.minimize else "maximize"
-    results = []
-    for position, k in enumerate(args.max_groups, start=1):
+    results, runs = [], len(args.max_groups)
+    for done, k in enumerate(args.max_groups):
         selection = select_groups(
             table,
             max_groups=k,
             objective=objective,
             singletons=args.singletons,
-            time_limit=_time_limit(args.time_limit, position, started),
+            time_limit=_time_limit(args.time_limit, runs - done, runs, started),
             progress=_progress_printer(k) if args.progress else None,
         )
         results.append((k, selection))
@@ -177,13 +178,15 @@ def _run_groups(args, started):
     return "\n".join(_groups_report(k, s) for k, s in results)
 
 
-def _time_limit(limit, position, started):
-    """Seconds for the ``position``-th k (from 1), starting now: ``limit``, cut so that it ends
-    at the latest ``position * limit`` seconds after ``started`` (a ``time.monotonic()``
-    instant), but at least ``SHORTEST_LIMIT``."""
+def _time_limit(limit, runs_left, runs, started):
+    """Seconds for the next of ``runs`` searches of at most ``limit`` seconds each, all due
+    ``runs * limit`` seconds after ``started`` (a ``time.monotonic()`` instant), when
+    ``runs_left`` of them (this one included) are still to run: an equal share of the time
+    left, at most ``limit`` and at least ``SHORTEST_LIMIT``."""
     if not limit > 0:
         raise ValueError(f"time_limit must be positive, got {limit!r}")
-    return max(min(limit, started + position * limit - time.monotonic()), SHORTEST_LIMIT)
+    left = started + runs * limit - time.monotonic()
+    return max(min(limit, left / runs_left), SHORTEST_LIMIT)
 
 
 def _what_to_do(error):
@@ -206,7 +209,7 @@ def _run_networks(args, started):
             candidates,
             budget=args.budget,
             tasks=tasks,
-            time_limit=_time_limit(args.time_limit, 1, started),
+            time_limit=_time_limit(args.time_limit, 1, 1, started),
             cover_all=not args.allow_uncovered,
         )
     except BudgetTooSmall as error:

@@ -73,9 +73,11 @@ def task_order(networks):
 
 
 def best_losses(networks, tasks):
-    """{task: lowest loss among ``networks`` on it, or UNCOVERED_LOSS}."""
+    """{task: lowest loss among the ``networks`` that output it, or UNCOVERED_LOSS if none
+    does}."""
     return {
-        t: min([n.losses[t] for n in networks if t in n.losses] + [UNCOVERED_LOSS]) for t in tasks
+        t: min((n.losses[t] for n in networks if t in n.losses), default=UNCOVERED_LOSS)
+        for t in tasks
     }
 
 
@@ -227,40 +229,46 @@ def select_networks(networks, *, budget, tasks=None, time_limit=60.0, cover_all=
         raise ValueError(f"time_limit must be positive, got {time_limit!r}")
     deadline = time.monotonic() + time_limit
     order = _search_order(networks, tasks)
-    uncovered = _loss_of_uncovered(networks, tasks) if cover_all else UNCOVERED_LOSS
-    losses = [tuple(networks[i].losses.get(t, uncovered) for t in tasks) for i in order]
+    # per task: the best loss of the chosen networks, inf while none outputs it
+    losses = [tuple(networks[i].losses.get(t, math.inf) for t in tasks) for i in order]
     costs = [networks[i].cost for i in order]
-    still_reachable = [(uncovered,) * len(tasks)]
+    still_reachable = [(math.inf,) * len(tasks)]
     for row in reversed(losses):
         still_reachable.insert(0, tuple(map(min, row, still_reachable[0])))
+    uncovered = _loss_of_uncovered(networks, tasks) if cover_all else UNCOVERED_LOSS
+
+    def lowest_reachable(position, current):  # a lower bound on the total below a node
+        return sum(
+            min(uncovered if c == math.inf else c, r)
+            for c, r in zip(current, still_reachable[position])
+        )
+
     best_key, best_chosen = (len(tasks) * uncovered, 0), ()
     if cover_all:
         cover = _checked_cover(networks, tasks, budget, deadline - time.monotonic())
         best_chosen = tuple(sorted(order.index(i) for i in cover))
-        current = tuple(min(losses[p][j] for p in best_chosen) for j in range(len(tasks)))
-        best_key = (sum(current), len(best_chosen))
-    stack = [(0, (), (uncovered,) * len(tasks), 0.0)]  # depth first, "add" branch first
+        covered = [min(column) for column in zip(*(losses[p] for p in best_chosen))]
+        best_key = (sum(covered), len(best_chosen))
+    stack = [(0, (), (math.inf,) * len(tasks), 0.0)]  # depth first, "add" branch first
     nodes = 0
     while stack:
         nodes += 1
         if nodes % CLOCK_EVERY == 0 and time.monotonic() > deadline:
             break
         position, chosen, current, spent = stack.pop()
-        key = (sum(current), len(chosen))
+        key = (sum(uncovered if c == math.inf else c for c in current), len(chosen))
         if key < best_key:
             best_key, best_chosen = key, chosen
         if position == len(order):
             continue
-        reachable = sum(map(min, current, still_reachable[position])) - TIE_TOLERANCE
-        if (reachable, len(chosen) + 1) >= best_key:
+        if (lowest_reachable(position, current) - TIE_TOLERANCE, len(chosen) + 1) >= best_key:
             continue
         stack.append((position + 1, chosen, current, spent))
         lowered = tuple(map(min, current, losses[position]))
         if spent + costs[position] <= budget + COST_TOLERANCE and lowered != current:
             stack.append((position + 1, chosen + (position,), lowered, spent + costs[position]))
     lowest = min(
-        [best_key[0]]
-        + [sum(map(min, current, still_reachable[position])) for position, _, current, _ in stack]
+        [best_key[0]] + [lowest_reachable(position, current) for position, _, current, _ in stack]
     )
     gap = best_key[0] - lowest if best_key[0] - lowest > TIE_TOLERANCE else 0.0
     chosen = [networks[i] for i in sorted(order[p] for p in best_chosen)]

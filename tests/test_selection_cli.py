@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selection import load_scores, select_groups
+from selection import cli, load_scores, select_groups
 from selection.cli import main
 
 TASKS = ["a", "b", "c", "d", "e"]
@@ -425,3 +425,133 @@ def test_python_dash_m_entry_point(affinity_file):
     assert json.loads(completed.stdout)[0]["groups"] == [
         list(g) for g in select_groups(onto_from(), max_groups=2).groups
     ]
+
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "docs" / "networks_example.csv"  # four tasks, singles cost 0.5, pairs 1
+
+
+def selection_process(*argv):
+    """(seconds, CompletedProcess) of ``python -m selection ARGV`` as a separate process."""
+    start = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-m", "selection", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    return time.monotonic() - start, completed
+
+
+@pytest.mark.parametrize("budget", [0.5, 1])
+def test_networks_budget_that_cannot_cover_every_task_is_an_error(budget):
+    # Each network outputs at most two tasks at 0.5 per task: covering the four takes 2.
+    _, completed = selection_process("networks", "--networks", EXAMPLE, "--budget", budget)
+    assert completed.returncode == 2 and completed.stdout == ""
+    assert completed.stderr.splitlines() == [
+        f"python -m selection networks: error: no selection of cost at most {budget:g} outputs "
+        "every task: the smallest budget that covers all 4 tasks is 2; raise --budget to 2, or "
+        "pass --allow-uncovered to accept a selection that leaves tasks uncovered (each counts "
+        "99 in the total)"
+    ]
+
+
+def test_networks_allow_uncovered_lists_the_uncovered_tasks_and_their_cost():
+    # budget 1 buys two singles or one pair: edges+keypoints (0.021 + 0.031) beats the singles
+    # edges, keypoints (0.021 + 0.034) and every other choice; depth and normal count 99 each.
+    _, completed = selection_process(
+        "networks", "--networks", EXAMPLE, "--budget", 1, "--allow-uncovered"
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == [
+        f"budget 1: total {0.021 + 0.031 + 2 * 99:.6g} (proven optimal)",
+        "  edges+keypoints (cost 1)",
+        "  uncovered: depth, normal (no chosen network outputs them; each counts 99 in the total)",
+    ]
+    # budget 0.5 buys one single: edges (0.021), the lowest loss of any single
+    _, completed = selection_process(
+        "networks", "--networks", EXAMPLE, "--budget", 0.5, "--allow-uncovered", "--json"
+    )
+    result = json.loads(completed.stdout)
+    assert [n["tasks"] for n in result["networks"]] == [["edges"]]
+    assert result["uncovered"] == ["depth", "normal", "keypoints"]
+    assert result["uncovered_loss"] == 99
+    assert result["total"] == pytest.approx(0.021 + 3 * 99)
+
+
+def test_networks_sufficient_budget_answer_is_unchanged():
+    # budget 2: depth+normal and edges+keypoints, 0.165 + 0.091 + 0.021 + 0.031 = 0.308; the
+    # four singles total 0.321, the other pairings 0.319 and 0.314, a pair and two singles more.
+    expected = [
+        f"budget 2: total {0.165 + 0.091 + 0.021 + 0.031:.6g} (proven optimal)",
+        "  depth+normal (cost 1)",
+        "  edges+keypoints (cost 1)",
+    ]
+    for extra in ([], ["--allow-uncovered"]):
+        _, completed = selection_process("networks", "--networks", EXAMPLE, "--budget", 2, *extra)
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stdout.splitlines() == expected and completed.stderr == ""
+    _, completed = selection_process("networks", "--networks", EXAMPLE, "--budget", 2, "--json")
+    assert json.loads(completed.stdout)["uncovered"] == []
+
+
+def random_affinity_file(path, n, seed):
+    """An affinity.json of n tasks with independent N(0, 1) entries."""
+    rng = np.random.default_rng(seed)
+    path.write_text(
+        json.dumps(
+            {
+                "tasks": [f"task{i}" for i in range(n)],
+                "orientation": "matrix[source][target]",
+                "matrix": rng.normal(size=(n, n)).round(6).tolist(),
+            }
+        )
+    )
+    return path
+
+
+def assert_groups_keep_the_time_limit(path, n, ks, limit):
+    """Run the groups command as a process: each k (by its --progress "stopped" line) within
+    1.1 * limit + 1 s, the whole process within 1.1 * limit * len(ks) + 1 s."""
+    seconds, completed = selection_process(
+        "groups", "--scores", path, "--max-groups", *ks, "--time-limit", limit, "--progress"
+    )
+    assert completed.returncode == 0, completed.stderr
+    stopped = [line.split() for line in completed.stderr.splitlines() if "(stopped)" in line]
+    assert [int(words[2].rstrip(":")) for words in stopped] == list(ks)
+    assert all(float(words[3]) <= 1.1 * limit + 1.0 for words in stopped), stopped
+    assert seconds <= 1.1 * limit * len(ks) + 1.0
+    assert sum(" -> group " in line for line in completed.stdout.splitlines()) == n * len(ks)
+
+
+def test_groups_time_limit_holds_per_k_and_in_total_at_500_tasks(tmp_path):
+    path = random_affinity_file(tmp_path / "affinity.json", 500, 0)
+    assert_groups_keep_the_time_limit(path, 500, (2, 3), 2.0)
+
+
+@pytest.mark.slow
+def test_groups_time_limit_of_ten_seconds_at_500_tasks(tmp_path):
+    """The case of the report: --time-limit 10 took 13.7 to 14.0 s per k, 24 s for k = 2 and 3."""
+    path = random_affinity_file(tmp_path / "affinity.json", 500, 1)
+    assert_groups_keep_the_time_limit(path, 500, (2, 3), 10.0)
+
+
+def test_time_limits_count_from_the_start_and_share_it_between_ks(affinity_file, capsys):
+    # three ks of at most 60 s, started 100 s ago: 80 s are left for all three; the first gets
+    # a third of them, the second half of what is left then, the last all of it, up to 60 s
+    started = time.monotonic() - 100.0
+    assert cli._time_limit(60.0, 3, 3, started) == pytest.approx(80.0 / 3, abs=0.2)
+    assert cli._time_limit(60.0, 2, 3, started) == pytest.approx(40.0, abs=0.2)
+    assert cli._time_limit(60.0, 1, 3, started) == 60.0
+    assert cli._time_limit(60.0, 1, 1, started) == cli.SHORTEST_LIMIT  # due 40 s ago
+    with pytest.raises(ValueError, match="time_limit must be positive"):
+        cli._time_limit(0.0, 1, 1, started)
+    argv = ["groups", "--scores", str(affinity_file), "--max-groups", "2", "3", "--json"]
+    assert main(argv, started=time.monotonic() - 200.0) == 0  # out of time: answers all the same
+    results = json.loads(capsys.readouterr().out)
+    assert [r["max_groups"] for r in results] == [2, 3] and all(r["groups"] for r in results)
+
+
+def test_process_start_is_before_now():
+    started = cli.process_start()
+    assert time.monotonic() - cli.MAX_START_SECONDS <= started <= time.monotonic()

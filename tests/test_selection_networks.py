@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from selection import (
     UNCOVERED_LOSS,
+    BudgetTooSmall,
     Network,
     NetworkSelection,
+    covering_budget,
     hoa_approximation,
     load_networks,
     matching_networks,
@@ -122,15 +124,16 @@ def test_hoa_approximation_is_the_pair_mean():
 
 
 def brute_force(networks, budget, tasks):
-    """(lowest total, fewest networks reaching it) over every affordable subset."""
+    """(lowest total, fewest networks reaching it) over every affordable subset; a task counts
+    its lowest loss among the subset's networks that output it, UNCOVERED_LOSS if none does."""
     best = (len(tasks) * UNCOVERED_LOSS, 0)
     for count in range(1, len(networks) + 1):
         for subset in itertools.combinations(networks, count):
             if sum(n.cost for n in subset) <= budget + 1e-9:
-                total = sum(
-                    min([n.losses[t] for n in subset if t in n.tasks] + [UNCOVERED_LOSS])
-                    for t in tasks
-                )
+                total = 0.0
+                for t in tasks:
+                    losses = [n.losses[t] for n in subset if t in n.tasks]
+                    total += min(losses) if losses else UNCOVERED_LOSS
                 best = min(best, (total, count))
     return best
 
@@ -143,7 +146,9 @@ def network_sets(draw):
         members = draw(
             st.lists(st.sampled_from(tasks), min_size=1, max_size=len(tasks), unique=True)
         )
-        losses = {t: draw(st.integers(1, 9)) / 10 for t in members}
+        # now and then a loss above UNCOVERED_LOSS (an error in percent, say)
+        loss = st.one_of(st.integers(1, 9).map(lambda x: x / 10), st.just(150.0))
+        losses = {t: draw(loss) for t in members}
         networks.append(Network(tuple(members), losses, draw(st.sampled_from([0.5, 1.0, 1.5]))))
     return networks, draw(st.sampled_from([0.5, 1.0, 2.0, 2.5, 4.0])), tasks
 
@@ -157,6 +162,7 @@ def test_select_networks_matches_brute_force(instance):
         brute_force(networks, budget, tasks), abs=1e-12
     )
     assert sum(n.cost for n in chosen) <= budget + 1e-9
+    assert chosen.uncovered == tuple(t for t in tasks if not any(t in n.tasks for n in chosen))
     for n in chosen:  # no redundant network
         assert total_loss([m for m in chosen if m is not n], tasks) > total_loss(chosen, tasks)
     positions = [next(i for i, m in enumerate(networks) if m is n) for n in chosen]
@@ -215,11 +221,116 @@ def test_time_limit_must_be_positive():
         select_networks([Network(("a",), {"a": 0.1})], budget=1, time_limit=0)
 
 
-def test_uncovered_tasks_count_99():
+def test_uncovered_tasks_count_99_and_are_listed():
     networks = [Network(("a",), {"a": 0.2}, 1.0), Network(("b",), {"b": 0.3}, 1.0)]
     chosen = select_networks(networks, budget=1.0)
     assert chosen == [networks[0]]
     assert total_loss(chosen, ("a", "b")) == pytest.approx(0.2 + UNCOVERED_LOSS)
+    assert chosen.uncovered == ("b",)
+    assert chosen.to_dict()["uncovered"] == ["b"] and chosen.to_dict()["uncovered_loss"] == 99
+    nothing = select_networks(networks, budget=0.5)
+    assert nothing == [] and nothing.uncovered == ("a", "b") and nothing.total == 2 * 99
+    both = select_networks(networks, budget=2.0)
+    assert both.uncovered == () and both.to_dict()["uncovered"] == []
+
+
+# Three tasks, by hand: the cheapest networks outputting a, b and c are a + b+c (1 + 1.2);
+# a+b + c costs 2.5, the three singles 3, a+b+c 3.
+HAND = [
+    Network(("a",), {"a": 0.5}, 1.0),
+    Network(("b",), {"b": 0.4}, 1.0),
+    Network(("c",), {"c": 0.3}, 1.0),
+    Network(("a", "b"), {"a": 0.2, "b": 0.2}, 1.5),
+    Network(("b", "c"), {"b": 0.1, "c": 0.6}, 1.2),
+    Network(("a", "b", "c"), {"a": 0.9, "b": 0.9, "c": 0.9}, 3.0),
+]
+
+
+def test_covering_budget_by_hand():
+    assert covering_budget(HAND) == pytest.approx(2.2)
+    assert covering_budget(HAND, tasks=("b", "c")) == pytest.approx(1.2)
+    assert covering_budget(HAND, tasks=("a", "z")) is None
+
+
+def test_cover_all_refuses_a_budget_that_cannot_cover_every_task():
+    with pytest.raises(BudgetTooSmall) as info:
+        select_networks(HAND, budget=2.1, cover_all=True)
+    assert info.value.budget == 2.1 and info.value.covering_budget == pytest.approx(2.2)
+    assert str(info.value) == (
+        "no selection of cost at most 2.1 outputs every task: "
+        "the smallest budget that covers all 3 tasks is 2.2"
+    )
+    with pytest.raises(BudgetTooSmall, match="no network outputs z, so no budget") as info:
+        select_networks(HAND, budget=100, tasks=("a", "z"), cover_all=True)
+    assert info.value.covering_budget is None
+    assert isinstance(info.value, ValueError)
+
+
+def test_cover_all_by_hand():
+    # budget 2.2: only a + b+c covers everything (a 0.5, b 0.1, c 0.6)
+    chosen = select_networks(HAND, budget=2.2, cover_all=True)
+    assert chosen == [HAND[0], HAND[4]] and chosen.total == pytest.approx(1.2)
+    assert chosen.uncovered == () and chosen.gap == 0.0
+    # budget 2.7: a+b with c (0.2 + 0.2 + 0.3) beats a + b+c
+    chosen = select_networks(HAND, budget=2.7, cover_all=True)
+    assert chosen == [HAND[2], HAND[3]] and chosen.total == pytest.approx(0.7)
+
+
+def test_cover_all_covers_even_when_99_is_cheaper():
+    """A loss above 99 (an error in percent, say): Standley's total prefers leaving the task
+    uncovered, cover_all does not."""
+    networks = [Network(("a",), {"a": 150.0}, 1.0), Network(("b",), {"b": 0.1}, 1.0)]
+    partial = select_networks(networks, budget=2.0)
+    assert partial == [networks[1]] and partial.uncovered == ("a",)
+    assert partial.total == pytest.approx(99.1)
+    covered = select_networks(networks, budget=2.0, cover_all=True)
+    assert covered == networks and covered.uncovered == () and covered.total == 150.1
+
+
+def brute_force_covering(networks, budget, tasks):
+    """(lowest total, fewest networks) over every affordable subset outputting every task, or
+    None if there is none."""
+    best = None
+    for count in range(1, len(networks) + 1):
+        for subset in itertools.combinations(networks, count):
+            covers = all(any(t in n.tasks for n in subset) for t in tasks)
+            if covers and sum(n.cost for n in subset) <= budget + 1e-9:
+                total = sum(min(n.losses[t] for n in subset if t in n.tasks) for t in tasks)
+                best = (total, count) if best is None else min(best, (total, count))
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(network_sets())
+def test_cover_all_matches_brute_force(instance):
+    networks, budget, tasks = instance
+    expected = brute_force_covering(networks, budget, tasks)
+    cheapest = min(
+        (
+            sum(n.cost for n in subset)
+            for count in range(1, len(networks) + 1)
+            for subset in itertools.combinations(networks, count)
+            if all(any(t in n.tasks for n in subset) for t in tasks)
+        ),
+        default=None,
+    )
+    assert covering_budget(networks, tasks) == pytest.approx(cheapest)
+    if expected is None:
+        with pytest.raises(BudgetTooSmall):
+            select_networks(networks, budget=budget, tasks=tasks, cover_all=True)
+        return
+    chosen = select_networks(networks, budget=budget, tasks=tasks, cover_all=True)
+    assert (chosen.total, len(chosen)) == pytest.approx(expected, abs=1e-12)
+    assert chosen.uncovered == () and sum(n.cost for n in chosen) <= budget + 1e-9
+
+
+def test_cover_all_covers_when_the_time_limit_stops_the_search():
+    networks, tasks = random_networks(12, 298, 0)  # the 12 half-size singles cost 6
+    start = time.monotonic()
+    chosen = select_networks(networks, budget=6, tasks=tasks, time_limit=0.3, cover_all=True)
+    assert time.monotonic() - start < 0.3 + 1.0
+    assert chosen.uncovered == () and sum(n.cost for n in chosen) <= 6
+    assert chosen.total == total_loss(chosen, tasks) < 12 and chosen.gap > 0.0
 
 
 def test_matching_networks_needs_one_match():
