@@ -215,58 +215,50 @@ def resampled_selections(
     """The grouping chosen on each table for each k, within ``time_budget`` seconds.
 
     tables: (R, T, T) resampled score tables (onto t from u); reported: {k: the reported
-    grouping}. Tables are solved with ``select_groups`` in order (every k of a table, each solve
-    limited to ``time_limit`` and to what is left of the budget) while what is left exceeds the
-    longest solve so far; a solve whose optimum is not proven yields to a strictly better
-    candidate. Once the budget is spent, each remaining table takes the best candidate for k:
-    the reported grouping or one chosen on an earlier table (ties: the earliest found).
-    Returns ({k: [grouping chosen on each table]}, usage: {"seconds", "cpu_seconds" (this
-    process's), "time_budget",
-    "solved": tables solved, "scored": tables that took the best candidate, "unproven":
-    solves stopped by their time limit}).
+    grouping}. Each table is solved for each k with ``select_groups`` (limited to ``time_limit``
+    and to what is left of the budget) while what is left exceeds the longest solve so far; an
+    unproven solve yields to a strictly better candidate. Once the budget is spent, a table
+    takes the best candidate for k: the reported grouping or one chosen on an earlier table
+    (ties: the earliest found). Returns ({k: [grouping chosen on each table]}, usage:
+    {"seconds", "cpu_seconds" (this process's), "time_budget", "solved": (table, k) solved,
+    "scored": (table, k) that took the best candidate, "unproven": solves stopped by their
+    time limit}).
     """
     start, cpu_start = time.monotonic(), time.process_time()
     tables = np.asarray(tables, np.float64)
     candidates = {k: [[list(g) for g in groups]] for k, groups in reported.items()}
     chosen = {k: [] for k in reported}
-    longest, unproven = 0.0, 0
+    longest, solved, unproven = 0.0, 0, 0
     for table in tables:
-        left = time_budget - (time.monotonic() - start)
-        if left <= longest:
-            break
         for k in reported:
-            began = time.monotonic()
-            result = select_groups(
-                (list(tasks), table),
-                max_groups=k,
-                objective=objective,
-                singletons=singletons,
-                time_limit=max(min(time_limit, left), 1e-3),
-            )
-            longest = max(longest, time.monotonic() - began)
-            groups = [list(g) for g in result.groups]
-            if result.gap > 0:
-                unproven += 1
-                best, gain = _best_candidates(
-                    candidates[k], tasks, table[None], objective, singletons
+            left = time_budget - (time.monotonic() - start)
+            best, gain = _best_candidates(candidates[k], tasks, table[None], objective, singletons)
+            groups = candidates[k][best[0]]
+            if left > longest:
+                began = time.monotonic()
+                result = select_groups(
+                    (list(tasks), table),
+                    max_groups=k,
+                    objective=objective,
+                    singletons=singletons,
+                    time_limit=min(time_limit, left),
                 )
+                longest = max(longest, time.monotonic() - began)
+                solved += 1
+                unproven += result.gap > 0
                 solved_gain = result.score if objective == "maximize" else -result.score
-                if gain[0] > solved_gain + 1e-9 * max(1.0, abs(solved_gain)):
-                    groups = candidates[k][best[0]]
-            if grouping_key(groups) not in {grouping_key(c) for c in candidates[k]}:
-                candidates[k].append(groups)
+                # an unproven solve yields to a strictly better candidate
+                if result.gap == 0 or gain[0] <= solved_gain + 1e-9 * max(1.0, abs(solved_gain)):
+                    groups = [list(g) for g in result.groups]
+                if grouping_key(groups) not in {grouping_key(c) for c in candidates[k]}:
+                    candidates[k].append(groups)
             chosen[k].append(groups)
-    solved = len(next(iter(chosen.values()), []))
-    if solved < len(tables):
-        for k in reported:
-            best, _ = _best_candidates(candidates[k], tasks, tables[solved:], objective, singletons)
-            chosen[k].extend(candidates[k][b] for b in best)
     usage = {
         "seconds": time.monotonic() - start,
         "cpu_seconds": time.process_time() - cpu_start,
         "time_budget": time_budget,
         "solved": solved,
-        "scored": len(tables) - solved,
+        "scored": len(tables) * len(reported) - solved,
         "unproven": unproven,
     }
     return chosen, usage

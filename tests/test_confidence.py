@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_config
 
 import selection
 from selection import confidence
-from tag_jax import grouping, steps, train
+from tag_jax import grouping, methods, steps, train
+from tag_jax.errors import UserError
 
 TASKS = ["a", "b", "c", "d"]
 
@@ -251,3 +253,38 @@ def test_resumed_run_keeps_the_blocks_and_writes_each_confidence(tiny_config, tm
     )
     for s, t in zip(again, record["selections"]):
         assert (s["confidence"], s["alternatives"]) == (t["confidence"], t["alternatives"])
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("num_resamples", -1, "num_resamples must be >= 0"),
+        ("block_length", 0, "block_length must be >= 1"),
+        ("seed", -3, "seed must be in"),
+        ("time_budget", 0.0, "time_budget must be > 0"),
+    ],
+)
+def test_confidence_settings_are_checked(key, value, message):
+    config = load_config("synthetic_tag")
+    config.affinity.confidence[key] = value
+    with pytest.raises(UserError, match=f"config.affinity.confidence.{message}"):
+        methods.validate(config)
+
+
+def test_resampling_cost_at_9_tasks_and_the_budget_at_40():
+    rng = np.random.default_rng(3)
+    tasks = [f"t{i}" for i in range(9)]
+    tables = np.stack([planted_table(rng, 0.5) for _ in range(20)])
+    reported = {2: [tasks[:6], tasks[6:]], 3: [tasks[0:3], tasks[3:6], tasks[6:9]]}
+    _, usage = confidence.resampled_selections(tasks, tables, reported, time_budget=1e9)
+    assert usage["solved"] == 40 and usage["scored"] == 0
+    assert usage["cpu_seconds"] * 100 / 20 < 30  # 100 resamples, k = 2 and 3: ~6 s on 2 cores
+    # 40 tasks: each solve takes about a second; the budget stops the solving, candidates follow
+    tasks = [f"t{i}" for i in range(40)]
+    group = np.arange(40) % 4
+    tables = (group[:, None] == group) + 0.5 * rng.normal(size=(10, 40, 40))
+    chosen, usage = confidence.resampled_selections(
+        tasks, tables, {4: [tasks[g::4] for g in range(4)]}, time_budget=1.0, time_limit=1.0
+    )
+    assert usage["solved"] < 10 and usage["solved"] + usage["scored"] == 10
+    assert len(chosen[4]) == 10 and usage["seconds"] < 10
