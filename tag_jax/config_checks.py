@@ -233,10 +233,3 @@ def check_workdir_path(workdir: str, flag: str = "--workdir") -> None:
                 f"{flag} has a folder name of {len(part)} characters (at most 255): use a "
                 "shorter name"
             )
-
-
-def check_values(config) -> None:
-    """The common blocks' values and rules (tag_jax.default_config.COMMON_BLOCKS)."""
-    from tag_jax import default_config  # pylint: disable=g-import-not-at-top (it imports methods)
-
-    check(config, default_config.COMMON_BLOCKS)

@@ -25,6 +25,7 @@ from tag_jax import (
     config_checks,
     console,
     data,
+    default_config,
     divergence,
     early_stopping,
     evaluation,
@@ -32,7 +33,6 @@ from tag_jax import (
     methods,
     metric_writing,
     models,
-    optim,
     preflight,
     reporting,
     sharding,
@@ -46,34 +46,10 @@ from tag_jax.results import final_results, named_scalars
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises UserError for values no run can use (before any data is read or code compiled)."""
-    config_checks.check_values(config)
-    if config.dataset.name not in data.DATASETS:
-        raise UserError(
-            f"unknown config.dataset.name {config.dataset.name!r}; choose one of {data.DATASETS}"
-        )
-    if config.optimizer.name not in optim.OPTIMIZERS:
-        raise UserError(
-            f"unknown config.optimizer.name {config.optimizer.name!r}; "
-            f"choose one of {optim.OPTIMIZERS}"
-        )
-    if config.optimizer.schedule not in optim.SCHEDULES:
-        raise UserError(
-            f"unknown config.optimizer.schedule {config.optimizer.schedule!r}; "
-            f"choose one of {optim.SCHEDULES}"
-        )
-    if config.dtype not in ("float32", "bfloat16"):
-        raise UserError(f"unknown config.dtype {config.dtype!r}; choose 'float32' or 'bfloat16'")
-    if config.model.conv not in models.CONV_IMPLS:
-        raise UserError(
-            f"unknown config.model.conv {config.model.conv!r}; choose one of {models.CONV_IMPLS}"
-        )
+    """UserError for values no run can use, before any data is read or code compiled: the common
+    blocks' schemas and rules (tag_jax.default_config), then the method's (methods.validate)."""
+    config_checks.check(config, default_config.COMMON_BLOCKS)
     methods.validate(config)
-    if config.batch_size % jax.process_count():
-        raise UserError(
-            f"config.batch_size {config.batch_size} must be divisible by the "
-            f"{jax.process_count()} processes"
-        )
 
 
 def validate_run_length(config, method: Method, steps_per_epoch: int) -> None:

@@ -17,6 +17,7 @@ from tag_jax import (
     autotune_cache,
     config_checks,
     data,
+    default_config,
     manifest,
     methods,
     plots,
@@ -53,7 +54,7 @@ def run_study(config, workdir: str, restart: bool = False):
     """Runs (or resumes) every stage, then writes the report; returns it (None if paused).
     restart=True deletes the report and the stages' checkpoints and outputs after the checks."""
     validate(config)
-    config_checks.check_values(config)
+    config_checks.check(config, default_config.COMMON_BLOCKS)  # each stage's: below
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"--workdir {workdir!r} is a file; pick a folder")
     config_checks.check_workdir_path(os.path.join(workdir, "a_stage_name"))
