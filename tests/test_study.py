@@ -346,7 +346,7 @@ def test_plan_with_seeds_runs_every_stage_per_seed_in_its_own_folder(tmp_path):
         ("tag", 1, ("seed_1/tag", "seed_1/tag_k2")),
     ]
     config.study.seeds = 0
-    with pytest.raises(UserError, match="config.study.seeds must be an integer >= 1"):
+    with pytest.raises(UserError, match=r"config.study.seeds must be >= 1 \(an integer\), got 0"):
         run_study(config, str(tmp_path / "zero"))
 
 

@@ -235,6 +235,8 @@ def build_plan(config, task_names, workdir) -> Plan:
 
 
 def validate(config) -> None:
+    """UserError unless config.study.methods and the keys of config.study.overrides are study
+    methods (the study block's ranges: tag_jax.default_config.STUDY)."""
     unknown = [m for m in config.study.methods if m not in STUDY_METHODS]
     if unknown or not config.study.methods:
         raise UserError(
@@ -245,15 +247,6 @@ def validate(config) -> None:
     if unknown:
         raise UserError(
             f"config.study.overrides has {unknown}; its keys must be study methods {STUDY_METHODS}"
-        )
-    if not (isinstance(config.study.seeds, int) and config.study.seeds >= 1):
-        raise UserError(
-            f"config.study.seeds must be an integer >= 1 (runs per stage), got "
-            f"{config.study.seeds!r}"
-        )
-    if not config.study.max_groups or min(config.study.max_groups) < 1:
-        raise UserError(
-            f"config.study.max_groups must be k values >= 1, got {tuple(config.study.max_groups)}"
         )
 
 

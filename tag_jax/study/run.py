@@ -53,8 +53,8 @@ def run_stage(config, stage: Stage, workdir: str):
 def run_study(config, workdir: str, restart: bool = False):
     """Runs (or resumes) every stage, then writes the report; returns it (None if paused).
     restart=True deletes the report and the stages' checkpoints and outputs after the checks."""
-    validate(config)
     config_checks.check(config, default_config.COMMON_BLOCKS)  # each stage's: below
+    validate(config)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"--workdir {workdir!r} is a file; pick a folder")
     config_checks.check_workdir_path(os.path.join(workdir, "a_stage_name"))
