@@ -175,17 +175,24 @@ def _selection(tasks, objective, off_gain, alone, scale, partition, max_groups):
 def select_groups(
     scores, *, max_groups, objective="maximize", singletons="forbid", time_limit=60.0, progress=None
 ):
-    """The best selection of at most ``max_groups`` groups.
+    """The best selection of at most ``max_groups`` groups (semantics: module docstring).
 
-    scores: ``scores[t][u]`` = score ONTO t FROM u (mapping of mappings), or a
-    pair (tasks, matrix) in that orientation; TAG's affinity.json rows are
-    sources, so pass it through ``from_affinity_matrix`` or ``load_scores``.
-    objective: 'maximize' (affinities) or 'minimize' (errors, losses).
-    singletons: 'forbid' or 'diagonal' (the singleton {t} scores scores[t][t]).
-    time_limit: seconds; if the optimum is not proven by then, the best
-    selection found is returned with a positive ``gap``.
-    progress: None, or a callable given a ``Progress`` whenever the best
-    selection or the proven bound improves, and once more (``final``) at the end.
+    Args:
+      scores: ``scores[t][u]`` = score ONTO t FROM u (mapping of mappings), or a
+        pair (tasks, matrix) in that orientation; TAG's affinity.json rows are
+        sources, so pass it through ``from_affinity_matrix`` or ``load_scores``.
+      max_groups: k >= 1, the most groups the selection may have.
+      objective: 'maximize' (affinities) or 'minimize' (errors, losses).
+      singletons: 'forbid' (TAG, CS) or 'diagonal' (HOA: the singleton {t}
+        scores scores[t][t]).
+      time_limit: seconds; if the optimum is not proven by then, the best
+        selection found is returned with a positive ``gap``.
+      progress: None, or a callable given a ``Progress`` whenever the best
+        selection or the proven bound improves, and once more (``final``) at the end.
+
+    Returns:
+      A ``Selection``: groups, score, assignment (task -> its serving group), gap.
+      ValueError for a malformed table or option.
     """
     _checked_options(objective, singletons, max_groups, time_limit)
     start = time.monotonic()

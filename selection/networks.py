@@ -204,8 +204,19 @@ def _loss_of_uncovered(networks, tasks):
 
 
 def select_networks(networks, *, budget, tasks=None, time_limit=60.0, cover_all=False):
-    """The networks of total cost <= budget with the lowest total loss over
-    ``tasks`` (default: every task output), as a ``NetworkSelection``.
+    """Standley et al.'s budgeted choice: the networks of total cost <= budget with the lowest
+    total loss over ``tasks``.
+
+    Args:
+      networks: the candidate ``Network``s (tasks, a loss per task, a cost).
+      budget: the most total cost the chosen networks may have (>= 0).
+      tasks: the tasks whose best losses are summed; default: every task some network outputs.
+      time_limit: seconds of search (below).
+      cover_all: below.
+
+    Returns:
+      A ``NetworkSelection``: the chosen networks, their total, the proof gap and the
+      uncovered tasks. ValueError for a negative budget or time limit.
 
     Exact depth-first branch and bound: networks are tried best-ranked first
     (see ``_search_order``); a network is only added if it lowers some task's best

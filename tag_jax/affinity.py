@@ -108,7 +108,8 @@ def affinity_from_task_gradients(
     strategy="auto",
     chunk_size=None,
 ) -> jax.Array:
-    """Lookahead affinity (S, T) given the losses (T,) at `params` and per-task gradients (T, ...)."""
+    """Lookahead affinity (S, T) from the losses (T,) at `params` and per-task gradients (T, ...)
+    (arguments as lookahead_affinity)."""
     weights = jnp.asarray(source_weights(base_losses.shape[0], sources))
     direction = jax.tree.map(lambda p: weight_decay * p, params)
     if trace is not None:
@@ -143,14 +144,31 @@ def lookahead_affinity(
     strategy="auto",
     chunk_size=None,
 ) -> jax.Array:
-    """TAG affinity A (S, T), row = source, column = target task.
+    """TAG's lookahead affinity (docs/reference.md#tag-lookahead-affinity), 'exact' estimator.
 
-    losses_fn(params, batch) -> (T,) per-task losses as a function of the SHARED
-    parameters only. For source s (a single task, or a tuple of task indices whose
-    losses are summed), the lookahead is
+    For source s (a single task, or a tuple of task indices whose losses are summed) the
+    lookahead is
       theta'_s = theta - lr * (g_s + weight_decay * theta + momentum * trace)
     (without `trace`: theta - lr * (g_s + weight_decay * theta)), and
       A[s, t] = 1 - L_t(theta'_s) / L_t(theta), divided by lr when `scale_by_lr`.
+
+    Args:
+      losses_fn: losses_fn(params, batch) -> (T,) per-task losses as a function of the SHARED
+        parameters only (heads and batch statistics held: steps.shared_losses_fn).
+      params: the shared parameters theta (a pytree).
+      batch: losses_fn's batch, the same before and after the lookahead.
+      learning_rate: lr of the lookahead step (a scalar, may be traced).
+      momentum, trace: the momentum term of the direction (trace: a params-shaped tree; None:
+        no term).
+      weight_decay: coupled L2 added to the direction.
+      scale_by_lr: divide by lr (both reference codes) or not (the paper).
+      sources: S tuples of task indices (sources_for_order); None = the T single tasks.
+      strategy, chunk_size: how the T gradient pulls and the S lookahead forwards are batched:
+        'unrolled', 'vmap', 'map' (lax.map in chunks of chunk_size) or 'auto'
+        (tag_jax.stacking.resolve).
+
+    Returns:
+      A (S, T): row = source, column = target task.
     """
     base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
     task_grads = per_task_gradients(
@@ -190,7 +208,7 @@ def gram_from_task_gradients(task_grads) -> jax.Array:
 
 
 def direction_products(task_grads, direction) -> jax.Array:
-    """(T,) b[t] = <g_t, direction>: per-task gradients (leaves (T, ...)) against one params tree."""
+    """(T,) b[t] = <g_t, direction>: per-task gradients (leaves (T, ...)) against a params tree."""
     pairs = zip(jax.tree.leaves(task_grads), jax.tree.leaves(direction))
     return sum(g.reshape(g.shape[0], -1) @ d.reshape(-1) for g, d in pairs)
 
@@ -222,7 +240,8 @@ def first_order_from_task_gradients(
     scale_by_lr=True,
     sources=None,
 ) -> jax.Array:
-    """First-order affinity (S, T) from the losses (T,) and per-task gradients (T, ...) at params."""
+    """First-order affinity (S, T) from the losses (T,) and per-task gradients (T, ...) at
+    params."""
     direction = lookahead_direction(
         params, momentum=momentum, trace=trace, weight_decay=weight_decay
     )
@@ -251,7 +270,14 @@ def first_order_affinity(
     strategy="auto",
     chunk_size=None,
 ) -> jax.Array:
-    """First-order estimate (S, T) of `lookahead_affinity` (same arguments): T pulls, no lookahead."""
+    """First-order estimate of `lookahead_affinity`: T gradient pulls, no lookahead forward.
+
+    Args: as lookahead_affinity.
+
+    Returns:
+      A (S, T) = lr (<g_s, g_t> + <delta, g_t>) / L_t (module docstring), without lr when
+      scale_by_lr; row = source, column = target task.
+    """
     base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
     task_grads = per_task_gradients(
         vjp_fn, base_losses.shape[0], strategy=strategy, chunk_size=chunk_size
@@ -322,8 +348,17 @@ def sketched_affinity(
     strategy="auto",
     chunk_size=None,
 ) -> jax.Array:
-    """Sketched first-order estimate (S, T) of `lookahead_affinity`: sketch_size jvps along
-    Rademacher directions drawn from `key`; the other arguments as lookahead_affinity."""
+    """Sketched first-order estimate of `lookahead_affinity`: the gradient inner products from
+    sketch_size forward-mode products along random directions (cost independent of T).
+
+    Args:
+      key: PRNG key of the Rademacher directions (fold the step in for a new draw each step).
+      sketch_size: m, the number of directions; the variance of the estimate falls as 1 / m.
+      others: as lookahead_affinity.
+
+    Returns:
+      A (S, T): row = source, column = target task (unbiased estimate of first_order_affinity's).
+    """
     direction = lookahead_direction(
         params, momentum=momentum, trace=trace, weight_decay=weight_decay
     )
@@ -364,7 +399,17 @@ def cosine_from_task_gradients(task_grads, *, kernels_only=True) -> jax.Array:
 def gradient_cosine_similarity(
     losses_fn: Callable, params, batch, *, kernels_only=True, strategy="auto", chunk_size=None
 ) -> jax.Array:
-    """CS baseline: (T, T) cosine between per-task gradients of the shared parameters (symmetric)."""
+    """The CS baseline (docs/reference.md#cs-gradient-cosine-similarity).
+
+    Args:
+      losses_fn, params, batch, strategy, chunk_size: as lookahead_affinity.
+      kernels_only: only gradient leaves of rank > 1 per task (convolution and dense kernels), as
+        the reference code.
+
+    Returns:
+      (T, T) cosine between the per-task gradients of the shared parameters, flattened and
+      concatenated (symmetric, ones on the diagonal).
+    """
     base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
     task_grads = per_task_gradients(
         vjp_fn, base_losses.shape[0], strategy=strategy, chunk_size=chunk_size

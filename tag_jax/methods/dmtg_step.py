@@ -160,16 +160,30 @@ def make_dmtg_step(
     lookahead_step: float = 0.003,
     lookahead_subsample: int = 1,
 ):
-    """DMTG step: Gumbel-weighted loss before `search_steps`, then the arg-max heads with Θ frozen.
+    """DMTG's train step (docs/reference.md#dmtg-differentiable-grouping; the options:
+    tag_jax.methods.dmtg): the Gumbel-weighted loss before `search_steps`, then the arg-max heads
+    with Θ frozen.
 
-    Θ learns from step `warmup_steps` to `search_steps`; before, its gradient is zero and it
-    stays put. The relaxed weights are the mean over `num_samples` Gumbel draws (one branch
-    forward serves them all). probe_heads: see pair_losses_fn; every head learns from its own
-    loss while searching, the chosen ones only while fine-tuning. lookahead_weight /
-    lookahead_step: the lookahead term of Θ's gradient (module docstring), computed only on the
-    steps where Θ learns, on every `lookahead_subsample`-th example of the batch (module
-    docstring). metrics: loss (), task_losses
-    (N,) (each task's weighted loss), group_of_task (N,) (argmax Θ after the step).
+    Args:
+      net: the K-branch network; its params hold Θ as 'group_logits' (N, K).
+      optimizer: for every parameter, Θ included (with_logits_optimizer).
+      seed: the Gumbel noise of step i is drawn from fold_in(key(seed), i) (same on resume).
+      temperature: τ(step) (temperature_schedule).
+      hard: straight-through weights (one-hot forward, soft gradient) instead of soft ones.
+      entropy_weight: + weight x mean over tasks of the entropy of softmax(Θ[n]).
+      search_steps: steps of the search; later steps fine-tune the arg-max heads and branches.
+      warmup_steps: Θ learns from this step on (before, its gradient is zero).
+      balance_weight: + weight x (log K - entropy of the mean assignment): keeps branches in use.
+      num_samples: Gumbel draws per step, their relaxed weights averaged (one branch forward).
+      probe_heads: every head learns from its own loss while searching (pair_losses_fn), the
+        chosen ones only while fine-tuning.
+      lookahead_weight, lookahead_step: weight and relative length of the lookahead term of Θ's
+        gradient (lookahead_alignment), computed only on the steps where Θ learns ...
+      lookahead_subsample: ... on every n-th example of the batch.
+
+    Returns:
+      train_step(state, batch) -> (state, metrics); metrics: loss (), task_losses (N,) (each
+      task's weighted loss), group_of_task (N,) (argmax Θ after the step).
     """
 
     def train_step(state: steps.TrainState, batch):

@@ -51,8 +51,22 @@ def run_stage(config, stage: Stage, workdir: str):
 
 
 def run_study(config, workdir: str, restart: bool = False):
-    """Runs (or resumes) every stage, then writes the report; returns it (None if paused).
-    restart=True deletes the report and the stages' checkpoints and outputs after the checks."""
+    """Runs (or resumes) every stage of config.study.methods, then writes the report.
+
+    Every stage's config is checked before any stage trains; stages finished before are skipped.
+
+    Args:
+      config: the study's config (config.study: methods, k values, epochs, seeds, overrides; the
+        rest as for one run).
+      workdir: the study's folder: one subfolder per stage, report.md, report.json and
+        total_error_vs_compute.png.
+      restart: delete the report and the stages' checkpoints and outputs (only what the study
+        wrote) once the checks passed, and start over.
+
+    Returns:
+      report.json's content (tag_jax.study.report.build_report), or None when a stage stopped
+      at config.max_steps (re-run to continue).
+    """
     config_checks.check(config, default_config.COMMON_BLOCKS)  # each stage's: below
     validate(config)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
