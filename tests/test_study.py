@@ -508,21 +508,26 @@ def test_grouping_rows_show_single_run_confidence_next_to_seed_stability(tmp_pat
 
 def test_single_run_confidence_of_one_seed_and_rows_without_it(tmp_path):
     """One seed: the cell shows the run's confidence and verdict, no disagreement is claimed;
-    a groups.json without confidence fields (an older run) shows '–'."""
+    a groups.json without confidence fields (an older run) shows '–', and so does 'single',
+    read from the HOA run (its groups.json is HOA's selection, not single's)."""
     config = load_config("tiny_study")
-    config.study.methods = ("tag", "cs")
+    config.study.methods = ("tag", "cs", "single", "hoa")
     workdir = str(tmp_path)
     plan = study_plan.build_plan(config, TASKS, workdir)
-    for stage in ("tag", "tag_k2", "cs", "cs_k2"):
+    for stage in ("tag", "tag_k2", "cs", "cs_k2", "hoa", "hoa_k2"):
         fake_results(workdir, stage, 15, [list(TASKS)])
     fake_groups(workdir, "tag", {2: (0.95, "clear")})
+    fake_groups(workdir, "hoa", {2: (0.5, "uncertain")})
     with open(os.path.join(workdir, "cs", "groups.json"), "w") as f:
         json.dump({"selections": [{"max_groups": 2, "groups": [list(TASKS)]}]}, f)
     report = study_report.build_report(config, TASKS, plan, workdir)
-    tag, cs = report["rows"]
+    rows = {r["label"]: r for r in report["rows"]}
+    tag, cs = rows["tag"], rows["cs"]
     assert study_report.single_run.format_confidence(tag) == "0.95 clear"
+    assert study_report.single_run.format_confidence(rows["hoa"]) == "0.50 uncertain"
     assert tag["disagreement"] is None
     assert cs["confidence"] is None and study_report.single_run.format_confidence(cs) == "–"
+    assert rows["single"]["confidence"] is None
     assert "One seed: seed stability is not measured" in study_report.markdown(report)
 
 

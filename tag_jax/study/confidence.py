@@ -16,12 +16,10 @@ MISSING = "–"
 
 
 def run_confidence(groups_record: Optional[dict], k: int) -> Optional[dict]:
-    """{'confidence', 'verdict'} of a groups.json's selection for k (its only one when it has a
-    single selection, as DMTG's); None without a record, that selection or those fields."""
+    """{'confidence', 'verdict'} of a groups.json's selection for k (DMTG's one selection has
+    k = its num_groups); None without a record, that selection or those fields."""
     selections = (groups_record or {}).get("selections") or []
     chosen = [s for s in selections if s.get("max_groups") == k]
-    if not chosen and len(selections) == 1:
-        chosen = selections
     if not chosen or chosen[0].get("confidence") is None or not chosen[0].get("verdict"):
         return None
     return {"confidence": chosen[0]["confidence"], "verdict": chosen[0]["verdict"]}

@@ -80,7 +80,11 @@ def seed_run(entry: Entry, results: dict, planted, groups_records: dict) -> dict
         "seed": entry.seed,
         "stages": list(entry.stages),
         "groups": groups,
-        "confidence": single_run.run_confidence(groups_records.get(entry.stages[0]), entry.k),
+        "confidence": (
+            single_run.run_confidence(groups_records.get(entry.stages[0]), entry.k)
+            if entry.label in single_run.SEARCH_LABELS
+            else None
+        ),
         "recovers_planted": (
             None
             if planted is None or entry.label not in GROUPING_LABELS
