@@ -15,6 +15,8 @@ from tag_jax import models
 
 
 def mlp_problem(num_tasks=4):
+    """(losses_fn(params, batch) -> (T,), params, batch, a momentum trace like params) of a
+    two-layer tanh MLP with fixed linear heads and squared-error losses; 16 examples."""
     keys = jax.random.split(jax.random.key(0), 6)
     params = {
         "w1": jax.random.normal(keys[0], (5, 8)) * 0.5,
@@ -36,6 +38,8 @@ def mlp_problem(num_tasks=4):
 
 
 def trunk_problem(num_tasks=3):
+    """(model, variables, batch) of a width-4 MultiTaskNet on 6 random 8x8 images, the last one
+    masked out."""
     model = models.MultiTaskNet(num_tasks=num_tasks, width=4, conv="im2col")
     rng = np.random.default_rng(0)
     batch = {
