@@ -122,10 +122,12 @@ class _Search:
             self.upper = bound
             self._report()
 
-    def offer(self, sets, as_columns=True):
-        """Polish a partition by local search and keep it if it beats the
-        incumbent; its sets join the master's columns if ``as_columns``."""
-        sets = improve(self.off_gain, self.alone, sets, self.max_sets, self.final_deadline)
+    def offer(self, sets, as_columns=True, deadline=None):
+        """Polish a partition by local search (until ``deadline``, default the caller's) and
+        keep it if it beats the incumbent; its sets join the master's columns if
+        ``as_columns``."""
+        deadline = self.final_deadline if deadline is None else deadline
+        sets = improve(self.off_gain, self.alone, sets, self.max_sets, deadline)
         values = column_values(self.off_gain, self.alone, sets, PENALTY)
         if as_columns:
             self.master.add(zip(sets, values))
@@ -203,15 +205,21 @@ class _Search:
         starts = clustered_partitions(self.off_gain, self.max_sets) + merged_partitions(
             self.off_gain, self.alone, self.max_sets, self.deadline
         )
-        for sets in starts:
-            if self._time_left() <= 0:
-                break
-            # as columns the starting partitions steered a 40-task search to worse sets
-            self.offer(sets, as_columns=False)
+        starts.sort(key=lambda sets: -column_values(self.off_gain, self.alone, sets, 0.0).sum())
+        relaxation = 0.0
         if self.n <= self.RELAXATION_MAX_TASKS:
             share = self.RELAXATION_SHARE * (self.final_deadline - self.start)
-            seconds = max(share, self.RELAXATION_MIN_SECONDS)
-            self.tighten(self._relaxed_bound(min(seconds, self._time_left())))
+            relaxation = max(share, self.RELAXATION_MIN_SECONDS)
+        self._polish(starts, self.deadline - relaxation)
+        if relaxation:
+            self.tighten(self._relaxed_bound(min(relaxation, self._time_left())))
+        self._polish(starts, self.deadline)
+
+    def _polish(self, starts, deadline):
+        """Offer the starting partitions (a list, emptied from the front) until ``deadline``.
+        Not as columns: as columns they steered a 40-task search to worse sets."""
+        while starts and time.monotonic() < deadline:
+            self.offer(starts.pop(0), as_columns=False, deadline=deadline)
 
     def _branch_and_price(self):
         """Best-bound-first branch and price until proven or the search deadline; returns the
