@@ -31,13 +31,17 @@ bound first; the search ends when no open node's bound exceeds the incumbent
 generated columns gets a reserved share of the time.
 
 Anytime bound: the smallest of ``_bounds.task_upper_bound`` (every task at its best,
-at once), ``_bounds.relaxed_upper_bound`` (for each of ``_Search.ROW_SHARES``; beyond
-``ENUMERATION_LIMIT`` tasks computed right after the starting partitions, with up to a
-quarter of the time; for fewer tasks only if the search ends unproven), the root's
-Lagrangian bound and the largest bound among open nodes. ``progress`` hears of every better
-incumbent or bound. Pricing's local search stops at the deadline too, so the
-time limit holds at hundreds of tasks, up to the polishing of the starting
-partitions.
+at once), ``_bounds.relaxed_upper_bound`` (for each of ``_Search.ROW_SHARES``; from
+``ENUMERATION_LIMIT`` to ``_Search.RELAXATION_MAX_TASKS`` tasks computed among the starting
+partitions, which are polished best first and leave it up to a quarter of the time; for
+fewer tasks only if the search ends unproven), the root's Lagrangian bound and the largest
+bound among open nodes. ``progress`` hears of every better incumbent or bound.
+
+Time. The deadline is kept everywhere: every linear and integer programme gets the time
+left (none once it has passed), the 2^n table gives way to the search pricer when it cannot
+be completed in time, and every loop (local searches, pricing, merging, branching) looks at
+the clock between steps, so a search ends within one such step of its deadline (measured:
+0.2 to 0.5 s after it at 500 tasks on 2 busy cores, docs/selection_cli.md).
 """
 
 import heapq

@@ -23,23 +23,23 @@ found; otherwise ``Selection.gap`` says by how much the mean score could
 still improve.
 
 How far it goes. Up to 20 tasks the pricer tabulates V for all 2^n sets
-(a few seconds at 20), and the linear programme is nearly always integral,
-so the optimum is proven. Beyond, pricing is a branch and bound over sets
-whose proof grows exponentially: at 40 tasks expect the time limit to be
-reached and a positive gap, with the best selection found (column generation,
-an integer programme over the columns, local search, starting from the cuts
-of an average-linkage clustering and from a greedy merging of its clusters)
-returned. The gap then comes from the better of the branch-and-price bound
-and a relaxation in which every member of a group takes at most its best
-possible share of the group's total (``_solver.relaxed_upper_bound``: each
-gain split 0.6 / 0.4 between the two tasks, or wholly to the served task,
-"its own best partners"); that relaxation is what limits the proof when k is
-below the number of natural groups (measured in
-``benchmarks/selection_scaling.py``). ``progress`` reports the best selection
-and its gap as either improves. Served sets are Python-int bit masks, so
-there is no limit on the number of tasks: 70 tasks in 7 planted groups of 10
-are found in about a second, 200 tasks get a selection and its gap within the
-time limit.
+(a few seconds at 20; with less time it searches instead), and the linear
+programme is nearly always integral, so the optimum is proven. Beyond, pricing
+is a branch and bound over sets whose proof grows exponentially: at 40 tasks
+expect the time limit to be reached and a positive gap, with the best selection
+found (column generation, an integer programme over the columns, local search,
+starting from the cuts of an average-linkage clustering and from a greedy
+merging of its clusters) returned. The gap then comes from the better of the
+branch-and-price bound and a relaxation in which every member of a group takes
+at most its best possible share of the group's total
+(``_bounds.relaxed_upper_bound``, up to 200 tasks: each gain split 0.6 / 0.4
+between the two tasks, or wholly to the served task, "its own best partners");
+that relaxation is what limits the proof when k is below the number of natural
+groups (measured in ``benchmarks/selection_scaling.py``). ``progress`` reports
+the best selection and its gap as either improves. Served sets are Python-int
+bit masks, so there is no limit on the number of tasks: 70 tasks in 7 planted
+groups of 10 are found in about a second, 200 and 500 tasks get a selection and
+its gap within the time limit, which holds to within half a second (``_solver``).
 
 Ties. Scores are compared after scaling the table to max |score| = 1; every
 group costs 1e-7 there (in the summed objective), so among scores equal to
@@ -185,8 +185,9 @@ def select_groups(
       objective: 'maximize' (affinities) or 'minimize' (errors, losses).
       singletons: 'forbid' (TAG, CS) or 'diagonal' (HOA: the singleton {t}
         scores scores[t][t]).
-      time_limit: seconds; if the optimum is not proven by then, the best
-        selection found is returned with a positive ``gap``.
+      time_limit: seconds from this call; if the optimum is not proven by then, the
+        best selection found is returned with a positive ``gap`` (the search stops at
+        that deadline, give or take one of its steps, then builds the selection).
       progress: None, or a callable given a ``Progress`` whenever the best
         selection or the proven bound improves, and once more (``final``) at the end.
 
