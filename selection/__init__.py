@@ -13,6 +13,7 @@ that cover every task, ``covering_budget`` is the least budget that has one) and
 """
 
 from .groups import Progress, Selection, select_groups
+from .network_files import load_networks
 from .networks import (
     UNCOVERED_LOSS,
     BudgetTooSmall,
@@ -21,7 +22,6 @@ from .networks import (
     best_losses,
     covering_budget,
     hoa_approximation,
-    load_networks,
     matching_networks,
     rescore,
     select_networks,

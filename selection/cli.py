@@ -9,7 +9,7 @@ forbid|diagonal, --time-limit S, --json, --progress (on stderr, a line each
 time the best selection or its proven gap improves, and one when the search
 stops: useful at many tasks, where the time limit is reached).
 
-networks: --networks FILE.csv (format in ``selection.networks``), --budget B,
+networks: --networks FILE.csv (format in ``selection.network_files``), --budget B,
 --hoa (apply the higher-order approximation first), --test FILE.csv (report
 the selection's total on those values too), --allow-uncovered, --time-limit S,
 --json. Without --allow-uncovered every task must be output by a chosen
@@ -38,11 +38,11 @@ import sys
 import time
 
 from .groups import select_groups
+from .network_files import load_networks
 from .networks import (
     UNCOVERED_LOSS,
     BudgetTooSmall,
     hoa_approximation,
-    load_networks,
     rescore,
     select_networks,
     task_order,
