@@ -43,6 +43,7 @@ setuptools.setup(
             "nbclient>=0.9",
             "nbformat>=5.9",
             "ipykernel>=6",
+            "ruff>=0.6",  # lint and format check (pyproject.toml)
         ],
     },
 )
