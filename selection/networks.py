@@ -161,9 +161,31 @@ def covering_budget(networks, tasks=None, time_limit=60.0):
     return None if cover is None else sum(networks[i].cost for i in cover)
 
 
+def _greedy_cover(networks, tasks):
+    """Indices of networks that together output every task (each needed: none can be
+    dropped), picked by least cost per task not yet output; None when some task is output by
+    no network."""
+    if uncovered_tasks(networks, tasks):
+        return None
+    left, cover = set(tasks), []
+    while left:
+        useful = [i for i, n in enumerate(networks) if left & set(n.tasks)]
+        best = min(useful, key=lambda i: networks[i].cost / len(left & set(networks[i].tasks)))
+        cover.append(best)
+        left -= set(networks[best].tasks)
+    for i in sorted(cover, key=lambda i: -networks[i].cost):  # drop what the others cover
+        rest = [networks[j] for j in cover if j != i]
+        if not uncovered_tasks(rest, tasks):
+            cover.remove(i)
+    return cover
+
+
 def _checked_cover(networks, tasks, budget, seconds):
-    """The positions (in ``networks``) of a cheapest cover that fits ``budget``, or
-    BudgetTooSmall."""
+    """The positions (in ``networks``) of a cover that fits ``budget`` (a greedy one if it
+    does, else a cheapest one), or BudgetTooSmall naming the cheapest cover's cost."""
+    cover = _greedy_cover(networks, tasks)
+    if cover is not None and sum(networks[i].cost for i in cover) <= budget + COST_TOLERANCE:
+        return cover
     cover = _cheapest_cover(networks, tasks, seconds)
     if cover is None:
         missing = ", ".join(uncovered_tasks(networks, tasks))

@@ -389,8 +389,8 @@ def test_seventy_tasks_in_seven_planted_groups():
     labels = rng.permutation(np.arange(70) // 10)
     matrix = 2.0 * (labels[:, None] == labels[None, :]) + 0.3 * rng.normal(size=(70, 70))
     start = time.monotonic()  # proven in about a second; the limit leaves room for a busy machine
-    result = select_groups((tasks, matrix), max_groups=7, time_limit=5.0)
-    assert time.monotonic() - start <= 1.1 * 5.0 + 1.0
+    result = select_groups((tasks, matrix), max_groups=7, time_limit=20.0)
+    assert time.monotonic() - start <= 1.1 * 20.0 + 1.0
     planted_groups = {tuple(t for t, label in zip(tasks, labels) if label == g) for g in range(7)}
     assert set(result.groups) == planted_groups
     assert result.score == pytest.approx(planted_value(matrix, labels), abs=1e-12)

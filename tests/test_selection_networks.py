@@ -24,6 +24,7 @@ from selection import (
     select_networks,
     total_loss,
 )
+from selection.networks import _greedy_cover
 
 DATA = Path(__file__).resolve().parent / "data" / "standley_selection"  # see its README.md
 TASKS = tuple(str(t) for t in range(5))
@@ -322,6 +323,20 @@ def test_cover_all_matches_brute_force(instance):
     chosen = select_networks(networks, budget=budget, tasks=tasks, cover_all=True)
     assert (chosen.total, len(chosen)) == pytest.approx(expected, abs=1e-12)
     assert chosen.uncovered == () and sum(n.cost for n in chosen) <= budget + 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(network_sets())
+def test_greedy_cover_outputs_every_task_and_needs_each_network(instance):
+    networks, _, tasks = instance
+    cover = _greedy_cover(networks, tasks)
+    if any(not any(t in n.tasks for n in networks) for t in tasks):
+        assert cover is None
+        return
+    chosen = [networks[i] for i in cover]
+    assert all(any(t in n.tasks for n in chosen) for t in tasks)
+    for n in chosen:
+        assert not all(any(t in m.tasks for m in chosen if m is not n) for t in tasks)
 
 
 def test_cover_all_covers_when_the_time_limit_stops_the_search():
