@@ -241,7 +241,8 @@ def select_networks(networks, *, budget, tasks=None, time_limit=60.0, cover_all=
 
     cover_all: False counts each uncovered task UNCOVERED_LOSS (Standley et al.; the result's
     ``uncovered`` lists them). True chooses among the selections that output every task only,
-    starting from a cheapest one, so that even a search stopped by the time limit returns one;
+    starting from one that fits the budget, so that even a search stopped by the time limit
+    returns one;
     BudgetTooSmall (a ValueError) when the budget allows none.
     """
     networks = list(networks)
