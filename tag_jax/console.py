@@ -28,7 +28,8 @@ class Progress:
     """Called after every training step (the step count so far): every `every_steps` steps it
     writes steps_per_sec (since the previous write) and uptime (seconds since it was created) to
     `writer`; at most every `every_seconds` it logs one line, 'step 120/800 (15%), 21.3 steps/s,
-    about 32s of training left'. A resumed run's first call only starts the clock."""
+    about 32s of training left'. The first call (its step compiled the step function) only starts
+    the clock."""
 
     def __init__(
         self,
