@@ -1,4 +1,4 @@
-"""Shared test helpers: 8 simulated CPU devices, configs loaded from configs/ by path, tiny fixtures.
+"""Shared test set-up: 8 simulated CPU devices, configs loaded from configs/ by path, fixtures.
 
 Tests see 8 devices so that sharding is tested for real; the tiny config runs on
 one of them (a run split 8 ways on 2 cores is slow) unless a test sets
@@ -20,8 +20,8 @@ os.environ.setdefault("TAG_JAX_AUTOTUNE", "rule")
 os.environ["TAG_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="tag_jax_test_cache_")
 atexit.register(shutil.rmtree, os.environ["TAG_JAX_CACHE_DIR"], True)
 
-import jax
-import pytest
+import jax  # noqa: E402 (after the XLA flags above)
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
