@@ -35,8 +35,14 @@ class CheckpointError(UserError):
 
 
 def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-    """The manager of workdir/checkpoints (created if missing); CheckpointError if it cannot be."""
+    """The manager of workdir/checkpoints (created if missing); CheckpointError if it cannot be
+    (a file of that name, too: the run would start over and cut its metrics)."""
     folder = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if os.path.lexists(folder) and not os.path.isdir(folder):  # else: no checkpoint, start over
+        raise CheckpointError(
+            f"{folder} is a file, not the folder of the run's checkpoints; move it away, or use "
+            "another --workdir"
+        )
     try:
         return ocp.CheckpointManager(
             folder,
@@ -110,13 +116,14 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
 
 
 def file_checksums(folder: str) -> dict:
-    """{path relative to folder: sha256 hex} of every file under folder but the checksums file."""
+    """{path relative to folder: sha256 hex} of every file under folder but the checksums file
+    (and a killed atomic write's temporary file)."""
     sums = {}
     for root, _, names in os.walk(folder):
         for name in names:
             path = os.path.join(root, name)
             relative = os.path.relpath(path, folder)
-            if relative == CHECKSUMS:
+            if relative == CHECKSUMS or reporting.TEMPORARY.fullmatch(name):  # a killed write's
                 continue
             digest = hashlib.sha256()
             with open(path, "rb") as f:

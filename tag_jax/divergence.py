@@ -10,6 +10,7 @@ whenever the check runs, so no verdict depends on config.log_every_steps.
 import dataclasses
 import math
 import os
+from typing import Optional
 
 import jax
 import numpy as np
@@ -17,13 +18,13 @@ import numpy as np
 from tag_jax.errors import TrainingDiverged
 
 # Divergence beyond NaN, checked where the loop has the numbers on the host: the median summed
-# training loss of the last BLOWUP_WINDOW steps above LOSS_BLOWUP x its median over the first
-# BLOWUP_WINDOW steps (medians: a spike shorter than half the window is no blow-up, LossTrend);
-# or, at an epoch end after max(CHANCE_MIN_STEPS, 3 / (1 - bn_momentum)) steps (batch-norm
-# averages settled), every task's validation loss at least CHANCE_FRACTION x log(num_classes), no
-# better than a uniform guess.
+# training loss of the last BLOWUP_WINDOW steps above LOSS_BLOWUP x its value at step 1 (the loss
+# of the initial parameters, before any update; the median: a spike of fewer than half the
+# window's steps is no blow-up, LossTrend); or, at an epoch end after max(CHANCE_MIN_STEPS,
+# 3 / (1 - bn_momentum)) steps (batch-norm averages settled), every task's validation loss at
+# least CHANCE_FRACTION x log(num_classes), no better than a uniform guess.
 LOSS_BLOWUP = 4.0
-BLOWUP_WINDOW = 20
+BLOWUP_WINDOW = 5
 CHANCE_MIN_STEPS = 300
 CHANCE_FRACTION = 0.98
 RESTART_HINT = "lower config.optimizer.learning_rate (now {lr:g}) and start over with --restart"
@@ -60,51 +61,54 @@ def check_finite(
 
 @dataclasses.dataclass(frozen=True)
 class LossTrend:
-    """The summed training losses of the first BLOWUP_WINDOW steps (`start`) and of the last
-    BLOWUP_WINDOW steps (`recent`), in step order; checkpointed with the loop (to_json)."""
+    """The summed training loss at step 1 (`first`, None before it) and of the last BLOWUP_WINDOW
+    steps (`recent`, in step order); checkpointed with the loop (to_json)."""
 
-    start: tuple = ()
+    first: Optional[float] = None
     recent: tuple = ()
 
     def add(self, loss: float) -> "LossTrend":
         """The trend with the next step's summed loss."""
-        start = self.start if len(self.start) == BLOWUP_WINDOW else self.start + (loss,)
-        return LossTrend(start, (self.recent + (loss,))[-BLOWUP_WINDOW:])
+        first = loss if self.first is None else self.first
+        return LossTrend(first, (self.recent + (loss,))[-BLOWUP_WINDOW:])
 
-    def medians(self):
-        """(median of the last BLOWUP_WINDOW losses, median of the first), or None before
-        BLOWUP_WINDOW steps."""
-        if len(self.start) < BLOWUP_WINDOW:
-            return None
-        return float(np.median(self.recent)), float(np.median(self.start))
+    def recent_median(self) -> Optional[float]:
+        """The median of the last BLOWUP_WINDOW losses, None before BLOWUP_WINDOW steps."""
+        return float(np.median(self.recent)) if len(self.recent) == BLOWUP_WINDOW else None
 
     def to_json(self) -> dict:
-        return {"start": list(self.start), "recent": list(self.recent)}
+        return {"first": self.first, "recent": list(self.recent)}
 
     @classmethod
     def from_json(cls, record: dict) -> "LossTrend":
         """The trend a checkpoint's loop record holds ({} for none); TypeError when it is not
         one."""
-        lists = [record.get(key, []) for key in ("start", "recent")]
-        if set(record) - {"start", "recent"} or not all(
-            isinstance(v, list)
-            and len(v) <= BLOWUP_WINDOW
-            and all(isinstance(x, (int, float)) for x in v)
-            for v in lists
+        first, recent = record.get("first"), record.get("recent", [])
+        if (
+            set(record) - {"first", "recent"}
+            or not (first is None or _is_number(first))
+            or not (isinstance(recent, list) and len(recent) <= BLOWUP_WINDOW)
+            or not all(_is_number(x) for x in recent)
         ):
-            raise TypeError(f"loss_trend must hold lists of at most {BLOWUP_WINDOW} numbers")
-        return cls(*(tuple(float(x) for x in v) for v in lists))
+            raise TypeError(
+                f"loss_trend must hold 'first' (a number or null) and 'recent' (at most "
+                f"{BLOWUP_WINDOW} numbers)"
+            )
+        return cls(None if first is None else float(first), tuple(float(x) for x in recent))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_loss_blowup(trend: LossTrend, step: int, learning_rate: float) -> None:
     """TrainingDiverged when the median summed training loss of the last BLOWUP_WINDOW steps (up
-    to `step`) is LOSS_BLOWUP times its median over the first BLOWUP_WINDOW steps."""
-    medians = trend.medians()
-    if medians and medians[1] > 0 and medians[0] > LOSS_BLOWUP * medians[1]:
-        recent, start = medians
+    to `step`) is LOSS_BLOWUP times its value at step 1."""
+    recent = trend.recent_median()
+    if recent is not None and trend.first > 0 and recent > LOSS_BLOWUP * trend.first:
         raise TrainingDiverged(
             f"training loss {recent:.4g} (median of the {BLOWUP_WINDOW} steps to step {step}) is "
-            f"{recent / start:.3g}x its median {start:.4g} over steps 1-{BLOWUP_WINDOW}: the run "
+            f"{recent / trend.first:.3g}x its value {trend.first:.4g} at step 1: the run "
             "diverged; " + RESTART_HINT.format(lr=learning_rate)
         )
 

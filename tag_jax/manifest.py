@@ -47,8 +47,6 @@ RUN_OUTPUTS = (
     "pairs.json",
     "dmtg_assignment.png",
 )
-# tempfile.NamedTemporaryFile(prefix=".", suffix=".tmp"): 8 characters of its alphabet.
-TEMPORARY = re.compile(r"\.[a-z0-9_]{8}\.tmp")
 # Inside checkpoints/: orbax's step folders and its temporary ones.
 CHECKPOINT_STEP = re.compile(r"\d+(\.orbax-checkpoint-tmp.*)?")
 LOCK_FILE = ".lock"
@@ -123,7 +121,9 @@ def check_not_foreign(folder: str, names, flag: str = "--workdir") -> None:
     """UserError when folder holds one of `names` that no run of this project wrote there."""
     mine = set(written(folder) or ())
     for name in names:
-        if name not in mine and os.path.lexists(os.path.join(folder, name)):
+        path = os.path.join(folder, name)
+        empty_folder = os.path.isdir(path) and not os.listdir(path)  # nothing to overwrite
+        if name not in mine and os.path.lexists(path) and not empty_folder:
             raise UserError(
                 f"{flag} {folder} holds {name}, which no run of tag_jax wrote there (it is not in "
                 f"{MANIFEST}): a run never overwrites it; move it away, or use another {flag}"
@@ -157,18 +157,24 @@ def is_bare(folder: str) -> bool:
     return not os.path.isdir(folder) or set(os.listdir(folder)) <= {LOCK_FILE, MANIFEST}
 
 
-def remove_written(folder: str, flag: str = "--workdir") -> list:
-    """--restart: deletes what runs of this project wrote in folder (inside checkpoints/, the step
-    folders only) and empties the manifest; returns the names deleted. UserError, before
-    deleting anything, for a folder that holds files but no run of this project."""
-    names = written(folder)
-    if names is None:
-        if is_bare(folder):
-            return []
+def check_can_restart(folder: str, flag: str = "--workdir") -> None:
+    """UserError for a folder that holds files but no run of this project: --restart would not
+    know what to delete."""
+    if written(folder) is None and not is_bare(folder):
         raise UserError(
             f"--restart: {flag} {folder} holds files but no run of tag_jax (no {MANIFEST}); "
             "it deletes only what a run wrote: use a new or empty folder"
         )
+
+
+def remove_written(folder: str, flag: str = "--workdir") -> list:
+    """--restart: deletes what runs of this project wrote in folder (inside checkpoints/, the step
+    folders only) and empties the manifest; returns the names deleted. UserError, before
+    deleting anything, for a folder that holds files but no run of this project."""
+    check_can_restart(folder, flag)
+    names = written(folder)
+    if names is None:
+        return []
     deleted = []
     for name in sorted(names):
         path = os.path.join(folder, name)
@@ -222,7 +228,11 @@ def remove_temporaries(folder: str) -> list:
     for place in folders:
         for name in sorted(os.listdir(place)) if os.path.isdir(place) else ():
             path = os.path.join(place, name)
-            if TEMPORARY.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
+            if (
+                reporting.TEMPORARY.fullmatch(name)
+                and os.path.isfile(path)
+                and not os.path.islink(path)
+            ):
                 os.remove(path)
                 removed.append(path)
     return removed

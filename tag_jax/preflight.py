@@ -2,8 +2,8 @@
 
 Two checks, both before the workdir is touched: `check_dataset_memory(config)` before the data
 is read (the images it will hold, from the config or an .npz file's headers), and
-`check_run_memory(config, num_tasks, image_shape, image_itemsize)` once it is (a training and an
-evaluation batch, parameters with their copies, and activations). Each need is compared with
+`check_run_memory(config, dataset)` once it is (a training and an evaluation batch, parameters
+with their copies, and activations). Each need is compared with
 what the machine has free (tag_jax.step_timing.free_memory_bytes: MemAvailable for the host; a
 GPU's or TPU's free memory for device needs, which on CPU are host needs too). A run that cannot
 fit is one line naming its largest need and the setting that lowers it.
@@ -165,6 +165,15 @@ def check_dataset_memory(config) -> None:
     check_fits(dataset_needs(config))
 
 
-def check_run_memory(config, num_tasks: int, image_shape, image_itemsize: int) -> None:
+def image_itemsize(dataset) -> int:
+    """Bytes per pixel value of the dataset's batches: its training images' (in memory), else
+    uint8 (read from files batch by batch)."""
+    splits = getattr(dataset, "splits", None)
+    return splits["train"][0].dtype.itemsize if splits else 1
+
+
+def check_run_memory(config, dataset) -> None:
     """UserError when batches, parameters and activations cannot fit (once the data is read)."""
-    check_fits(run_needs(config, num_tasks, image_shape, image_itemsize))
+    check_fits(
+        run_needs(config, len(dataset.task_names), dataset.image_shape, image_itemsize(dataset))
+    )

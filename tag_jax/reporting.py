@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import tempfile
 import textwrap
 
@@ -9,6 +10,10 @@ import jax
 import numpy as np
 
 from selection import confidence
+
+# The name of the temporary file an atomic write renames (tempfile's, prefix "." and suffix
+# ".tmp"): one left behind by a killed write is removed by the next run (tag_jax.manifest).
+TEMPORARY = re.compile(r"\.[a-z0-9_]{8}\.tmp")
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from tag_jax import evaluation, reporting
+from tag_jax import evaluation, manifest, reporting
 from tag_jax import workdir as workdirs
 from tag_jax.loop_state import LoopState, Run
 from tag_jax.methods.base import FinalEvaluation, groups_of, seed_serving
@@ -126,6 +126,8 @@ def final_results(run: Run, state, loop: LoopState) -> dict:
         logging.warning("%s", reporting.did_not_learn_line(results))
     if len(best_epoch) > 1:
         results["network_best_epoch"] = best_epoch
+    if run.session.changed_on_resume:  # which steps ran under which values (tag_jax.workdir)
+        results[workdirs.CHANGES] = run.session.changed_on_resume
     run.session.writer.write_scalars(
         step,
         {
@@ -137,7 +139,8 @@ def final_results(run: Run, state, loop: LoopState) -> dict:
     if jax.process_index() == 0:
         if method.finish:
             results["outputs"] = method.finish(run.context(step), state, loop.method, final)
-        workdirs.write_config(run.workdir, config)
+        workdirs.write_config(run.workdir, config, run.session.changed_on_resume)
         reporting.write_json_atomic(os.path.join(run.workdir, "results.json"), results)
+        manifest.settle(run.workdir)
         print("\n".join(reporting.answer_lines(results, run.workdir)), flush=True)
     return results

@@ -1,16 +1,20 @@
-"""One run per workdir: an advisory lock, and starting over (--restart).
+"""One run per workdir: an advisory lock, the run's identity, and starting over (--restart).
 
 The lock is `flock` on `<workdir>/.lock`, held for as long as the run (or the
 study) lives: the kernel releases it when the process ends, however it ends, so
 a lock left by a killed process never blocks the next run. While held, the file
 names the holder (pid, host, start time); a run that finds a holder's name in a
 file it could lock knows that holder died without finishing, and says so.
+
+A workdir holding a run (its config.json next to checkpoints, metrics or results) is resumed
+only by a run with the same IDENTITY_KEYS; other changed settings are recorded (CHANGES).
+What runs wrote there is listed in its manifest (tag_jax.manifest): a run refuses to overwrite
+anything else, and --restart deletes exactly what is listed.
 """
 
 import fcntl
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -19,12 +23,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from tag_jax import config_checks, reporting
+from tag_jax import config_checks, manifest, reporting
 from tag_jax.errors import UserError
 
-LOCK_FILE = ".lock"
-# What a run writes at the top of its workdir (tag_jax.train and the methods' outputs).
-OUTPUT_PATTERNS = (".json", ".png", ".jsonl", ".tmp")
+LOCK_FILE = manifest.LOCK_FILE
 
 
 class Lock:
@@ -91,34 +93,29 @@ def _holder(fd: int, default: str = "another process") -> str:
         return default
 
 
-def clear_outputs(workdir: str) -> list:
-    """--restart: deletes what runs write in workdir (checkpoints/, TensorBoard events, and the
-    .json, .jsonl, .png files at its top); returns the names deleted. Other files stay."""
-    if not os.path.isdir(workdir):
-        return []
-    deleted = []
-    for name in sorted(os.listdir(workdir)):
-        path = os.path.join(workdir, name)
-        if name == "checkpoints" and os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.isfile(path) and (
-            name.endswith(OUTPUT_PATTERNS) or name.startswith("events.out.tfevents.")
-        ):
-            os.remove(path)
-        else:
-            continue
-        deleted.append(name)
-    return deleted
-
-
 # Config keys that make a run what it is: a workdir holding checkpoints of a run with other values
 # for them is not resumed (changing e.g. num_epochs or max_steps on a resume is fine).
 IDENTITY_KEYS = ("method", "tasks", "seed", "dataset", "image_size", "model", "dtype", "batch_size")
+# Keys that steer how a run is carried out, not what it computes: a change on a resume is not
+# recorded (every other change is: `setting_changes`).
+CONTROL_KEYS = (
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "prefetch_batches",
+    "max_steps",
+    "eval_batch_size",
+    "autotune_budget_seconds",
+    "mesh",
+    "study",
+)
+# config.json's record of the settings a resume changed: [{'step', 'changes': {key: [old, new]}}].
+CHANGES = "changed_on_resume"
 
 
-def check_same_run(workdir: str, config) -> None:
-    """UserError when `workdir` holds a run (checkpoints, metrics or results) whose identity keys
-    differ from config's."""
+def saved_config(workdir: str):
+    """The config.json of the run `workdir` holds (checkpoints, metrics or results next to it),
+    as a dict; None when it holds no run. UserError when it is unreadable or not a JSON object."""
     saved_path = os.path.join(workdir, "config.json")
     checkpoints = os.path.join(workdir, "checkpoints")
     holds_a_run = (
@@ -127,23 +124,92 @@ def check_same_run(workdir: str, config) -> None:
         or os.path.exists(os.path.join(workdir, "metrics.jsonl"))
     )
     if not (os.path.exists(saved_path) and holds_a_run):
-        return
+        return None
     try:
         with open(saved_path) as f:
             saved = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
+        reason = " ".join(str(e).split())
         raise UserError(
-            f"{saved_path} is unreadable ({e}); re-run with --restart to start over, "
+            f"{saved_path} is unreadable ({reason}); re-run with --restart to start over, "
             "or use a new --workdir"
         ) from e
-    current = json.loads(json.dumps(config.to_dict(), default=list))
-    differ = [k for k in IDENTITY_KEYS if saved.get(k) != current.get(k)]
+    if not isinstance(saved, dict):
+        raise UserError(
+            f"{saved_path} is not a run's config (a JSON {type(saved).__name__}, not an object); "
+            "re-run with --restart to start over, or use a new --workdir"
+        )
+    return saved
+
+
+def as_json(config) -> dict:
+    """config as config.json holds it (tuples as lists)."""
+    return json.loads(json.dumps(config.to_dict(), default=list))
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{'a.b': leaf} of nested dicts."""
+    leaves = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            leaves.update(flat(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def _differing_leaves(saved: dict, config) -> dict:
+    """{dotted key: [saved value, config's value]} of the leaves both hold that differ (a key
+    one version has and the other lacks is not compared: versions add settings)."""
+    before, after = flat(saved), flat(as_json(config))
+    return {
+        key: [before[key], after[key]]
+        for key in sorted(set(before) & set(after))
+        if before[key] != after[key]
+    }
+
+
+def _top_key(key: str) -> str:
+    return key.split(".")[0]
+
+
+def identity_changes(saved: dict, config) -> list:
+    """The IDENTITY_KEYS under which config differs from the saved config."""
+    differ = {_top_key(k) for k in _differing_leaves(saved, config)}
+    return [k for k in IDENTITY_KEYS if k in differ]
+
+
+def setting_changes(saved: dict, config) -> dict:
+    """{dotted key: [saved value, config's value]} of the other leaves that differ, but for
+    CONTROL_KEYS (and the saved record of earlier changes)."""
+    skipped = IDENTITY_KEYS + CONTROL_KEYS + (CHANGES,)
+    return {
+        key: values
+        for key, values in _differing_leaves(saved, config).items()
+        if _top_key(key) not in skipped
+    }
+
+
+def check_same_run(workdir: str, config) -> None:
+    """UserError when `workdir` holds a run (checkpoints, metrics or results) whose identity keys
+    differ from config's."""
+    saved = saved_config(workdir)
+    differ = identity_changes(saved, config) if saved is not None else []
     if differ:
         shown = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
         raise UserError(
             f"--workdir {workdir} holds another run ({shown}); use a new --workdir, or "
             "re-run with --restart to delete it and start over"
         )
+
+
+def check_outputs_are_ours(workdir: str, *, restart: bool) -> None:
+    """UserError when the run would overwrite (or, with restart, delete in) a folder's files that
+    no run of this project wrote (tag_jax.manifest)."""
+    if restart:
+        manifest.check_can_restart(workdir)
+    else:
+        manifest.check_not_foreign(workdir, manifest.RUN_OUTPUTS)
 
 
 def check_workdir(workdir: str) -> None:
@@ -156,14 +222,16 @@ def check_workdir(workdir: str) -> None:
 def prepare_workdir(workdir: str, config, *, restart: bool = False):
     """Locks the workdir (process 0) and checks it holds this run (or, with restart, deletes what
     it holds); returns the lock (None on other processes)."""
-    if not restart:
-        check_same_run(workdir, config)  # before the lock, too: a refused run leaves no trace
+    check_outputs_are_ours(workdir, restart=restart)  # before the lock, too: a refused run
+    if not restart:  # leaves no trace
+        check_same_run(workdir, config)
     lock, error = None, None
     if jax.process_index() == 0:
         try:
             lock = acquire(workdir)
+            check_outputs_are_ours(workdir, restart=restart)
             if restart:
-                deleted = clear_outputs(workdir)
+                deleted = manifest.remove_written(workdir)
                 if deleted:
                     logging.info("--restart: deleted %s in %s.", ", ".join(deleted), workdir)
             else:
@@ -189,6 +257,62 @@ def prepare_workdir(workdir: str, config, *, restart: bool = False):
     return lock
 
 
-def write_config(workdir: str, config) -> None:
-    """The run's config as workdir/config.json (written atomically)."""
-    reporting.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+def resume_changes(workdir: str, config, step: int) -> list:
+    """The record of the settings that resumes changed (CHANGES: [{'step', 'changes': {key:
+    [old, new]}}]): config.json's, plus this resume's at `step` when config changes any setting
+    (setting_changes), which a warning line says."""
+    saved = saved_config(workdir) or {}
+    record = saved.get(CHANGES, [])
+    if not (isinstance(record, list) and all(isinstance(r, dict) for r in record)):
+        raise UserError(
+            f"{os.path.join(workdir, 'config.json')} holds a damaged '{CHANGES}' record; "
+            "re-run with --restart to start over, or use a new --workdir"
+        )
+    changes = setting_changes(saved, config) if saved else {}
+    if not changes:
+        return record
+    logging.warning(
+        "Resumed at step %d with changed settings: %s; steps before %d ran with the earlier "
+        "values (config.json and results.json record it under '%s').",
+        step,
+        ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items()),
+        step,
+        CHANGES,
+    )
+    return record + [{"step": step, "changes": changes}]
+
+
+def begin_writing(workdir: str, config, step: int, *, resumed: bool, metrics_records) -> list:
+    """Once every check of the run passed (checkpoint restored or none found), its first writes:
+    leftover temporary files removed, the outputs claimed in the manifest, config.json written
+    (unless the workdir holds results and their config.json: those stay until new results replace
+    both), metrics.jsonl cut back to `step` (and its first `metrics_records` records). Returns the
+    record of changed settings (resume_changes; [] for a run that did not resume)."""
+    changes = resume_changes(workdir, config, step) if resumed else []
+    manifest.remove_temporaries(workdir)
+    manifest.claim(workdir, manifest.RUN_OUTPUTS)
+    if not (
+        os.path.exists(os.path.join(workdir, "results.json"))
+        and os.path.exists(os.path.join(workdir, "config.json"))
+    ):
+        write_config(workdir, config, changes)
+    reporting.truncate_jsonl(
+        os.path.join(workdir, "metrics.jsonl"), step, keep_records=metrics_records
+    )
+    return changes
+
+
+def claim_event_files(workdir: str) -> None:
+    """Adds the TensorBoard event files (their names are known once the writer made them)."""
+    manifest.claim(
+        workdir, [n for n in os.listdir(workdir) if n.startswith(manifest.EVENTS_PREFIX)]
+    )
+
+
+def write_config(workdir: str, config, changes=()) -> None:
+    """The run's config as workdir/config.json (written atomically), with the settings earlier
+    resumes changed (CHANGES) when there are any."""
+    record = config.to_dict()
+    if changes:
+        record[CHANGES] = list(changes)
+    reporting.write_json_atomic(os.path.join(workdir, "config.json"), record)

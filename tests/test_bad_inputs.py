@@ -703,14 +703,15 @@ def test_a_diverging_resume_keeps_the_results_and_the_config_they_were_made_with
 
 def test_loss_blowup_and_chance_rules():
     config = tiny()
-    divergence.check_loss_blowup(3.9, 1.0, 20, config)
-    divergence.check_loss_blowup(1e9, None, 20, config)  # a checkpoint without a starting value
+    divergence.check_loss_blowup(divergence.LossTrend(1.0, (3.9,) * 5), 40, 0.1)
+    divergence.check_loss_blowup(divergence.LossTrend(1.0, (1e9,) * 4), 4, 0.1)  # too early
+    divergence.check_loss_blowup(divergence.LossTrend(1.0, (9, 9, 1, 1, 1)), 40, 0.1)  # a spike
     with pytest.raises(
         TrainingDiverged,
-        match=r"training loss 4.1 at step 20 is 4.1x its value 1 at "
+        match=r"training loss 4.1 \(median of the 5 steps to step 40\) is 4.1x its value 1 at "
         r"step 1: the run diverged; lower config.optimizer",
     ):
-        divergence.check_loss_blowup(4.1, 1.0, 20, config)
+        divergence.check_loss_blowup(divergence.LossTrend(1.0, (9, 4.1, 4.1, 4.1, 1)), 40, 0.1)
     uniform = np.log(2)
     divergence.check_above_chance([uniform] * 4, 299, config)  # too early to tell
     divergence.check_above_chance(

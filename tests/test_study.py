@@ -10,10 +10,11 @@ import pytest
 import scipy.stats
 from conftest import REPO, load_config
 
-from tag_jax import train
+from tag_jax import manifest, train
 from tag_jax.errors import UserError
 from tag_jax.study import plan as study_plan
 from tag_jax.study import report as study_report
+from tag_jax.study import resume
 from tag_jax.study.estimate import RULE_BASIS, StageEstimate
 from tag_jax.study.progress import StudyProgress
 from tag_jax.study.run import planted_groups, run_study, start_over
@@ -256,15 +257,19 @@ def test_a_busy_study_folder_is_refused_and_restart_deletes_only_run_outputs(tmp
             run_study(config, str(workdir))
     finally:
         lock.release()
+    outputs = ("results.json", "metrics.jsonl", "groups.png", "events.out.tfevents.1.x")
     for name in ("mtl", "tag", "tag_k2"):
         (workdir / name / "checkpoints" / "3").mkdir(parents=True)
-        for output in ("results.json", "metrics.jsonl", "groups.png", "events.out.tfevents.1.x"):
+        for output in outputs:
             (workdir / name / output).write_text("{}")
+        manifest.claim(str(workdir / name), ("checkpoints",) + outputs)  # as the runs do
+    (workdir / "mtl" / "mine.txt").write_text("x")
     for name in ("report.json", "report.md", "total_error_vs_compute.png", "notes.txt"):
         (workdir / name).write_text("x")
-    start_over(str(workdir), study_plan.build_plan(config, TASKS, str(workdir)))
-    assert sorted(os.listdir(workdir)) == [".lock", "mtl", "notes.txt", "tag", "tag_k2"]
-    assert all(os.listdir(workdir / name) == [] for name in ("mtl", "tag", "tag_k2"))
+    resume.claim_outputs(str(workdir), study_plan.build_plan(config, TASKS, str(workdir)))
+    start_over(str(workdir))
+    assert sorted(os.listdir(workdir)) == [".lock", ".tag_jax_manifest.json", "mtl", "notes.txt"]
+    assert sorted(os.listdir(workdir / "mtl")) == [".tag_jax_manifest.json", "mine.txt"]
 
 
 # --- seeds: statistics, stability, "did not learn", a multi-seed study ---

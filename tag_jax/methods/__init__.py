@@ -25,6 +25,7 @@ class Registered:
     blocks: tuple = ()  # config_checks.Block of every config block the method reads
     rules: tuple = ()  # the method's own cross-key rules: rule(config) raises UserError
     tuned: tuple = ()  # autotune.Tunable settings of this method, after model.conv
+    min_tasks: int = 1  # tasks it needs: a grouping method chooses among at least two
 
 
 AFFINITY = (affinity_methods.BLOCK, grouping.BLOCK)
@@ -35,19 +36,23 @@ REGISTRY = {
         AFFINITY,
         (affinity_methods.momentum_lookahead_needs_sgd,),
         (affinity_methods.TAG_STRATEGY,),
+        min_tasks=2,
     ),
-    "cs": Registered(affinity_methods.build_cs, AFFINITY, tuned=(affinity_methods.CS_STRATEGY,)),
+    "cs": Registered(
+        affinity_methods.build_cs, AFFINITY, tuned=(affinity_methods.CS_STRATEGY,), min_tasks=2
+    ),
     "uw": Registered(baselines.build_uw, (baselines.BLOCK,)),
     "gradnorm": Registered(baselines.build_gradnorm, (baselines.BLOCK,)),
     "pcgrad": Registered(baselines.build_pcgrad, (baselines.BLOCK,)),
-    "dmtg": Registered(dmtg.build, (dmtg.BLOCK,), tuned=(dmtg.BRANCH_STRATEGY,)),
+    "dmtg": Registered(dmtg.build, (dmtg.BLOCK,), tuned=(dmtg.BRANCH_STRATEGY,), min_tasks=2),
     "groups": Registered(groups.build_groups, (groups.BLOCK,), (groups.one_source_of_groups,)),
     "pairs": Registered(
         groups.build_pairs,
         (groups.BLOCK, grouping.BLOCK),
         (groups.pairs_train_one_seed,),
+        min_tasks=2,
     ),
-    "random": Registered(groups.build_random, (groups.BLOCK,)),
+    "random": Registered(groups.build_random, (groups.BLOCK,), min_tasks=2),
 }
 METHODS = tuple(REGISTRY)
 
@@ -70,9 +75,22 @@ def validate(config) -> None:
     config_checks.check(config, registered.blocks, registered.rules)
 
 
+def check_task_count(config, task_names) -> None:
+    """UserError when the data gives fewer tasks than config.method needs (a grouping method
+    chooses among at least two): known once the data is read, checked before anything is built."""
+    needed = _registered(config.method).min_tasks
+    if len(task_names) < needed:
+        raise UserError(
+            f"config.method={config.method!r} groups tasks and needs at least {needed}; the data "
+            f"gives {len(task_names)} ({', '.join(task_names)}): give more tasks (config.tasks, "
+            "or the dataset's), or train them with config.method='mtl'"
+        )
+
+
 def build(config, task_names, image_shape, steps_per_epoch: int) -> Method:
-    """The method of config.method, its 'auto' settings decided (tag_jax.autotune) and recorded
-    in Method.autotune."""
+    """The method of config.method (UserError for too few tasks: check_task_count), its 'auto'
+    settings decided (tag_jax.autotune) and recorded in Method.autotune."""
+    check_task_count(config, task_names)
     registered = _registered(config.method)
 
     def build_with(tuned_config):

@@ -32,12 +32,14 @@ the difference), and how often each grouping was chosen. A row one of whose
 runs did not learn (validation Total Error not clearly below the majority
 baseline, results.json 'learned') is marked and not compared.
 
-Resumable: a stage whose results.json exists is skipped; an interrupted one
-resumes from its checkpoints. A stage's own results.json (written atomically,
-last) is the only record that it is done, so a kill at any instant leaves a
-study that the same command continues. The study folder is locked while the
-study runs (tag_jax.workdir); --restart deletes the report and every stage's
-checkpoints and outputs first. The report reads each stage's results.json only:
+Resumable: a stage whose results.json exists is skipped, if it was made with the
+settings this study gives it (else the study stops before any stage trains,
+naming the stage and the key: tag_jax.study.resume); an interrupted one resumes
+from its checkpoints. A stage's own results.json (written atomically, last) is
+the only record that it is done, so a kill at any instant leaves a study that
+the same command continues. The study folder is locked while the study runs
+(tag_jax.workdir); --restart deletes the report and every stage's checkpoints
+and outputs first (exactly what the study wrote: tag_jax.manifest). The report reads each stage's results.json only:
 its test metrics, the groups that served the tasks, and its compute (trunk
 passes counted by the loop, training seconds summed over resumes).
 """
