@@ -1,4 +1,5 @@
-"""Command line: python -m tag_jax.main --config=configs/synthetic_mtl.py --workdir=runs/x [--config.k=v]."""
+"""Command line: python -m tag_jax.main --config=configs/synthetic_mtl.py --workdir=runs/x
+[--config.k=v]."""
 
 from tag_jax import cli
 

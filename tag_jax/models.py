@@ -18,9 +18,12 @@ CONV_IMPLS = ("xla", "xla_threaded", "im2col", "auto")
 # 'xla_threaded': XLA's convolution with the CPU compiler told not to hand convolutions to the
 # YNNPACK library (on by default in jaxlib 0.10 on CPU, where it runs each convolution on ONE
 # core): XLA's own kernels then use every core. Other YNNPACK fusions (dots, reductions) stay.
-# The value lists the library fusion types kept (XLA DebugOptions.xla_cpu_experimental_ynn_fusion_type).
+# The value lists the library fusion types kept
+# (XLA DebugOptions.xla_cpu_experimental_ynn_fusion_type).
 CPU_THREADED_CONV_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+    "xla_cpu_experimental_ynn_fusion_type": (
+        "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+    )
 }
 # Smallest image side the trunk takes: maxpool(3, s2) leaves (S - 3) // 2 + 1 >= 2 for avgpool(2).
 MIN_IMAGE_SIZE = 5
@@ -79,7 +82,8 @@ def conv_candidates() -> tuple:
 
 
 def im2col_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """SAME 3x3 stride-1 convolution as one matmul. x: (B, H, W, C); kernel: (3, 3, C, F) -> (B, H, W, F)."""
+    """SAME 3x3 stride-1 convolution as one matmul. x: (B, H, W, C);
+    kernel: (3, 3, C, F) -> (B, H, W, F)."""
     height, width = x.shape[1:3]
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     # Channel order (dy, dx, c) matches kernel.reshape(9 * C, F).
@@ -147,7 +151,8 @@ class TaskHeads(nn.Module):
 
 
 class MultiTaskNet(nn.Module):
-    """Trunk (`shared`) + stacked task heads (`heads`). image (B, S, S, C) -> logits (B, T, classes)."""
+    """Trunk (`shared`) + stacked task heads (`heads`).
+    image (B, S, S, C) -> logits (B, T, classes)."""
 
     num_tasks: int
     num_classes: int = 2
@@ -183,9 +188,11 @@ def create_model(config, num_tasks: int) -> MultiTaskNet:
 
 
 def masked_batch_norm(train: bool, mask, epsilon: float, momentum: float) -> Callable:
-    """norm(y): a new BatchNorm in the calling module; training statistics over real rows (mask (B,)).
+    """norm(y): a new BatchNorm in the calling module; training statistics over real rows
+    (mask (B,)).
 
-    Statistics are computed in float32; the output keeps y's dtype (bfloat16 compute stays bfloat16).
+    Statistics are computed in float32; the output keeps y's dtype (bfloat16 compute stays
+    bfloat16).
     """
     bn_mask = mask if train else None
 
@@ -257,8 +264,8 @@ class BatchNorm(nn.Module):
                 running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
                 if self.is_mutable_collection(
                     "batch_moments"
-                ):  # (a second pass over x: the batch's
-                    # moments above keep the values every BatchNorm computes without this collection)
+                ):  # (a second pass over x: the batch's moments above keep
+                    # the values every BatchNorm computes without this collection)
                     example_mean, example_square = example_moments(x32)
                     for name, value in (
                         ("mean", mean),
@@ -349,7 +356,8 @@ def residual_tail_layers(x, width: int, conv: str, norm: Callable):
 
 
 class Stem(Trunk):
-    """Trunk's first part (same fields): conv-BN-ReLU-maxpool, (B, S, S, C) -> (B, S', S', width)."""
+    """Trunk's first part (same fields): conv-BN-ReLU-maxpool,
+    (B, S, S, C) -> (B, S', S', width)."""
 
     @nn.compact
     def __call__(self, x, *, train: bool, mask=None):

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.usefixtures("highest_precision")
 
 
 def least_squares_problem(num_tasks=3, dim=4, rows=5):
-    """L_t(theta) = |X_t theta - y_t|^2 / (2 rows): gradient X_t^T r_t / rows, Hessian X_t^T X_t / rows."""
+    """L_t(theta) = |X_t theta - y_t|^2 / (2 rows):
+    gradient X_t^T r_t / rows, Hessian X_t^T X_t / rows."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(num_tasks, rows, dim))
     y = rng.normal(size=(num_tasks, rows))

@@ -80,7 +80,8 @@ def test_mesh_and_batch_errors(tiny_config):
 
 @pytest.mark.slow
 def test_two_processes_on_loopback_match_one_process_on_two_devices(tmp_path):
-    """A real multi-process job (2 local CPU processes, gloo collectives) equals 1 process x 2 devices."""
+    """A real multi-process job (2 local CPU processes, gloo collectives) equals 1 process x 2
+    devices."""
     import socket
     import subprocess
     import sys

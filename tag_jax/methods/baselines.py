@@ -156,7 +156,8 @@ def init_gradnorm_tracker(optimizer, num_tasks: int) -> dict:
 
 
 def task_objectives(model, params, batch_stats, batch, *, uncertainty: bool):
-    """(terms (T,), (losses (T,), new batch_stats)); terms = losses, uncertainty-weighted if asked."""
+    """(terms (T,), (losses (T,), new batch_stats));
+    terms = losses, uncertainty-weighted if asked."""
     losses, new_batch_stats = steps.task_losses(model, params, batch_stats, batch)
     terms = (
         weighting.uncertainty_weighted_losses(losses, params[LOG_SIGMA]) if uncertainty else losses
@@ -174,7 +175,8 @@ def last_conv_kernel(shared):
 
 
 def make_uw_step(model, optimizer):
-    """Step on sum_t L_t / exp(2 c_t) + c_t. metrics: loss (), task_losses (T,), uw_log_sigma (T,)."""
+    """Step on sum_t L_t / exp(2 c_t) + c_t. metrics:
+    loss (), task_losses (T,), uw_log_sigma (T,)."""
 
     def train_step(state: steps.TrainState, batch):
         def objective(params):
