@@ -39,7 +39,8 @@ from its checkpoints. A stage's own results.json (written atomically, last) is
 the only record that it is done, so a kill at any instant leaves a study that
 the same command continues. The study folder is locked while the study runs
 (tag_jax.workdir); --restart deletes the report and every stage's checkpoints
-and outputs first (exactly what the study wrote: tag_jax.manifest). The report reads each stage's results.json only:
-its test metrics, the groups that served the tasks, and its compute (trunk
-passes counted by the loop, training seconds summed over resumes).
+and outputs first (exactly what the study wrote: tag_jax.manifest). The report
+reads each stage's results.json only: its test metrics, the groups that served
+the tasks, and its compute (trunk passes counted by the loop, training seconds
+summed over resumes).
 """
