@@ -103,14 +103,27 @@ def did_not_learn_line(results: dict) -> str:
     )
 
 
-FILES_WIDTH = 100  # characters of a line naming the files written (a longer folder stays whole)
+WRAP_WIDTH = 100  # characters of a long answer line's pieces (a longer folder name stays whole)
+
+
+def wrapped(text: str, first: str = "") -> list[str]:
+    """`first` (kept whole) and `text` in lines of at most WRAP_WIDTH characters, the later
+    ones indented by 2."""
+    return textwrap.wrap(
+        text,
+        WRAP_WIDTH,
+        initial_indent=first,
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def answer_lines(results: dict, workdir: str) -> list[str]:
     """What a run found, for the console: test Total Error next to the majority baseline's, a
     warning when the run did not learn, the groups that served the tasks, each selection (k,
     groups, score, proof gap and, when resampled, confidence) the method made with each
-    confidence's verdict, and the files written."""
+    confidence's verdict, and the files written (the warning and the files wrapped)."""
     restored = (
         f", parameters of epoch {results['restored_epoch']}"
         if results.get("restored_epoch") not in (None, results["epochs"])
@@ -124,7 +137,7 @@ def answer_lines(results: dict, workdir: str) -> list[str]:
         f"{results['epochs']} epochs{restored}",
     ]
     if not results["learned"]:
-        lines.append(did_not_learn_line(results))
+        lines.extend(wrapped(did_not_learn_line(results)))
     if len(results["groups"]) > 1:
         lines.append("served by: " + " ".join("{" + ", ".join(g) + "}" for g in results["groups"]))
     selections = results.get("outputs", {}).get("selections", [])
@@ -134,13 +147,8 @@ def answer_lines(results: dict, workdir: str) -> list[str]:
         for name in os.listdir(workdir)
         if name.endswith((".json", ".png")) and not name.startswith(".")  # the manifest
     )
-    written = (
-        f"results in {workdir}: {', '.join(files)} (and metrics.jsonl, TensorBoard events, "
-        "checkpoints/)"
-    )
-    return lines + textwrap.wrap(
-        written, FILES_WIDTH, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
-    )
+    written = f"{', '.join(files)} (and metrics.jsonl, TensorBoard events, checkpoints/)"
+    return lines + wrapped(written, first=f"results in {workdir}: ")
 
 
 EXPLANATION_WIDTH = 200  # characters of a verdict's explanation line, at most

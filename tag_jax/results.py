@@ -122,8 +122,6 @@ def final_results(run: Run, state, loop: LoopState) -> dict:
     }
     if method.seeds > 1:
         results["seed_results"] = seed_results(run, final, baseline)
-    if not results["learned"]:
-        logging.warning("%s", reporting.did_not_learn_line(results))
     if len(best_epoch) > 1:
         results["network_best_epoch"] = best_epoch
     if run.session.changed_on_resume:  # which steps ran under which values (tag_jax.workdir)

@@ -10,7 +10,7 @@ import sys
 import pytest
 from absl import logging
 
-from tag_jax import cli, console
+from tag_jax import cli, console, reporting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,3 +192,33 @@ def test_epoch_train_loss_is_the_mean_summed_loss_of_the_steps_checked():
             monitor.check(up_to=2)  # e.g. at a log step; the rest at the epoch's end
     monitor.check()
     assert monitor.mean_loss() == pytest.approx(5.0 / 3)
+
+
+def test_answer_wraps_the_warning_and_the_files_into_short_lines(tmp_path):
+    workdir = tmp_path / ("a_long_folder_name_" * 3)
+    workdir.mkdir()
+    for name in ("results.json", "config.json", "groups.json", "groups.png", "affinity.png"):
+        (workdir / name).write_text("")
+    summary = {"total_error": 210.0}
+    results = {
+        "method": "mtl",
+        "tasks": ["a", "b"],
+        "epochs": 1,
+        "restored_epoch": None,
+        "learned": False,
+        "test": summary,
+        "validation": summary,
+        "majority_baseline": {"test": summary, "validation": {"total_error": 209.0}},
+        "groups": [["a", "b"]],
+    }
+    lines = reporting.answer_lines(results, str(workdir))
+    assert max(map(len, lines)) <= 200
+    warning = [line.startswith("WARNING: the run did not learn") for line in lines].index(True)
+    files = [line.startswith(f"results in {workdir}: ") for line in lines].index(True)
+    for start, end in ((warning, files), (files, len(lines))):  # each wrapped, nothing between
+        assert all(line.startswith("  ") for line in lines[start + 1 : end])
+    # At most WRAP_WIDTH characters, but for the first files line: the folder name stays whole.
+    short = lines[warning:files] + lines[files + 1 :]
+    assert all(len(line) <= reporting.WRAP_WIDTH for line in short)
+    written = " ".join(line.strip() for line in lines[files:])
+    assert "affinity.png, config.json, groups.json, groups.png, results.json (and" in written
