@@ -95,3 +95,22 @@ def wait_for(predicate, timeout: float, every: float = 0.2) -> bool:
             return True
         time.sleep(every)
     return predicate()
+
+
+# Compiling the tiny runs costs far more than running them: these flags cut XLA:CPU compile time
+# by about 40% (the compiled code is slower, which does not matter here).
+FAST_COMPILE_FLAGS = (
+    "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true",
+)
+
+
+def one_device_fast_compile_flags() -> str:
+    """XLA_FLAGS for the commands: conftest's 8 simulated devices dropped (they run on one),
+    FAST_COMPILE_FLAGS added."""
+    flags = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
+    return " ".join(flags + list(FAST_COMPILE_FLAGS))

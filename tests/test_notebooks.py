@@ -12,6 +12,7 @@ import sys
 
 import nbformat
 import pytest
+from helpers import one_device_fast_compile_flags
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
@@ -48,14 +49,6 @@ def read(name):
         return nbformat.read(f, as_version=4)
 
 
-# SMOKE runs are tiny: compiling them costs far more than running them, and these two flags cut
-# XLA:CPU compile time by about 40% (the compiled code is slower, which does not matter here).
-FAST_COMPILE_FLAGS = (
-    "--xla_backend_optimization_level=0",
-    "--xla_llvm_disable_expensive_passes=true",
-)
-
-
 def kernel_env(ipython_dir):
     """The tests' environment with SMOKE on, this checkout importable and one CPU device.
 
@@ -70,12 +63,7 @@ def kernel_env(ipython_dir):
         PYTHONUNBUFFERED="1",
         IPYTHONDIR=str(ipython_dir),
     )
-    flags = [
-        f
-        for f in env.get("XLA_FLAGS", "").split()
-        if not f.startswith("--xla_force_host_platform_device_count")
-    ]
-    env["XLA_FLAGS"] = " ".join(flags + list(FAST_COMPILE_FLAGS))
+    env["XLA_FLAGS"] = one_device_fast_compile_flags()  # SMOKE runs: compiling costs the most
     env["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in [env.get("PYTHONPATH")] if p])
     return env
 

@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 from conftest import REPO
+from helpers import one_device_fast_compile_flags
 
 from tag_jax.data import synthetic
 
@@ -59,12 +60,6 @@ NOT_RUN = {
     "python benchmarks/": "minutes to hours each, run by hand (script and options checked below)",
 }
 SHELL = ("bash", "sh", "shell")
-# Compiling the tiny runs costs far more than running them: these flags cut XLA:CPU compile time
-# by about 40% (the compiled code is slower, which does not matter here).
-FAST_COMPILE_FLAGS = (
-    "--xla_backend_optimization_level=0",
-    "--xla_llvm_disable_expensive_passes=true",
-)
 
 
 def documents() -> list[str]:
@@ -220,17 +215,6 @@ def test_every_citation_of_docs_in_the_code_resolves():
                 if not os.path.exists(full) or anchor not in heading_anchors(full):
                     broken.append(f"{os.path.relpath(path, REPO)}: docs/{page}#{anchor}")
     assert cited >= 10 and not broken, "\n".join(broken)
-
-
-def one_device_fast_compile_flags() -> str:
-    """XLA_FLAGS for the commands: conftest's 8 simulated devices dropped (they run on one),
-    FAST_COMPILE_FLAGS added."""
-    flags = [
-        f
-        for f in os.environ.get("XLA_FLAGS", "").split()
-        if not f.startswith("--xla_force_host_platform_device_count")
-    ]
-    return " ".join(flags + list(FAST_COMPILE_FLAGS))
 
 
 def write_my_npz(path):

@@ -14,8 +14,8 @@ import pytest
 from conftest import REPO, load_config
 
 from tag_jax import checkpointing, data, divergence, evaluation, models, steps, train
-from tag_jax.results import named_scalars
 from tag_jax.errors import TrainingDiverged, UserError
+from tag_jax.results import named_scalars
 
 
 def final_params(workdir):
@@ -379,7 +379,7 @@ def test_help_lists_config_keys_fast_without_tensorflow():
     proc = run_cli("--help", "--config=configs/tiny_test.py")
     assert proc.returncode == 0, proc.stderr
     assert "affinity.every_n_steps = 2" in proc.stdout  # tiny_test's value
-    line = next(l for l in proc.stdout.splitlines() if l.strip().startswith("dataset.noise ="))
+    line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("dataset.noise ="))
     assert "pixel noise" in line
     check = subprocess.run(
         [
