@@ -214,8 +214,13 @@ def main(argv=None):
         "steps": [],
         "skipped": [],
     }
-    out_of_time = lambda: time.perf_counter() - start > args.budget_s  # pylint: disable=unnecessary-lambda-assignment
-    save = lambda: write_json(args.out, out)  # pylint: disable=unnecessary-lambda-assignment
+
+    def out_of_time():
+        return time.perf_counter() - start > args.budget_s
+
+    def save():
+        write_json(args.out, out)
+
     steps = [
         (f"steps_{t}", lambda t=t: step_rows(args, t, out["steps"], out_of_time, save))
         for t in args.tasks

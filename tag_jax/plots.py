@@ -41,7 +41,8 @@ def panel_grid(count: int, **kwargs):
 
 
 def matrix_image(matrix, cell: int = 16) -> np.ndarray:
-    """A (S, T) matrix as an RGB uint8 image (S * cell, T * cell, 3), RdBu around 0 (TensorBoard)."""
+    """A (S, T) matrix as an RGB uint8 image (S * cell, T * cell, 3), RdBu around 0
+    (TensorBoard)."""
     matrix = np.asarray(matrix, np.float64)
     limit = np.abs(matrix).max() or 1.0
     rgb = plt.get_cmap("RdBu")((matrix / limit + 1.0) / 2.0)[..., :3]
@@ -249,7 +250,8 @@ STUDY_COLORS = tuple(f"C{i}" for i in range(10)) + ("black",)
 
 
 def total_error_vs_compute(rows: list):
-    """The grouping study: test Total Error of every report row against its trunk passes and seconds.
+    """The grouping study: test Total Error of every report row against its trunk passes and
+    seconds.
 
     rows: report.json rows ('label', 'k', 'test_total_error', 'trunk_passes', 'seconds', and with
     several seeds 'test_total_error_stats' {'std', 'values'}): the mean with a bar of one standard

@@ -3,6 +3,7 @@
 from tag_jax.data.base import ArrayDataset, Dataset, task_columns
 from tag_jax.errors import UserError
 
+__all__ = ["ArrayDataset", "DATASETS", "Dataset", "load_dataset", "task_columns"]
 DATASETS = ("synthetic", "npz", "digits", "celeb_a")
 
 
