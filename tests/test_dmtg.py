@@ -606,11 +606,19 @@ def test_reported_grouping_is_the_evaluated_parameters_theta(tmp_path):
     final_theta = np.array([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])  # {a, b} {c}
     best_theta = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])  # {a} {b, c}
     state = types.SimpleNamespace(params={"group_logits": final_theta})
-    final = types.SimpleNamespace(params={"group_logits": best_theta})
-    context = types.SimpleNamespace(workdir=str(tmp_path), task_names=names)
+    final = types.SimpleNamespace(params={"group_logits": best_theta}, best_epoch=[1])
+    config = load_config("tiny_test")
+    config.dmtg.confidence.num_samples = 5000
+    context = types.SimpleNamespace(
+        workdir=str(tmp_path), task_names=names, config=config, steps_per_epoch=3
+    )
     dmtg_outputs.write_dmtg_outputs(context, state, {"probabilities_per_epoch": []}, final)
     (selection,) = json.load(open(tmp_path / "groups.json"))["selections"]
     assert selection["groups"] == [["a"], ["b", "c"]]
+    # No epoch end recorded: the confidence draws from the evaluated Θ, p = e^2 / (e^2 + 1):
+    # {a} {b, c} with p^3 + (1 - p)^3.
+    p = np.exp(2.0) / (np.exp(2.0) + 1.0)
+    assert selection["confidence"] == pytest.approx(p**3 + (1 - p) ** 3, abs=0.02)
     method = dmtg.build(load_config("tiny_test"), names, (8, 8, 3), steps_per_epoch=3)
     assert method.served_groups(final.params) == [["a"], ["b", "c"]]
 

@@ -6,6 +6,7 @@ import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from conftest import load_config
@@ -207,7 +208,14 @@ def test_pairs_table_orientation_and_hoa_selection(tiny_config, tmp_path, monkey
     context = types.SimpleNamespace(workdir=str(tmp_path), task_names=TASKS)
     final = types.SimpleNamespace(validation=evaluation, test=evaluation)
     summary = hoa.write_pairs_outputs(
-        context, final, networks=networks, score="validation_loss", max_groups=(2,), time_limit=10.0
+        context,
+        final,
+        None,  # no stacked networks: no confidence (tests/test_hoa_confidence.py)
+        networks=networks,
+        score="validation_loss",
+        max_groups=(2,),
+        time_limit=10.0,
+        confidence_config=ml_collections.ConfigDict({"num_resamples": 0}),
     )
     record = json.load(open(tmp_path / "pairs.json"))
     assert record["validation_loss"]["g0_t0"]["g1_t0"] == pytest.approx(0.2)

@@ -67,6 +67,7 @@ import ml_collections
 
 from tag_jax import autotune, config_checks, optim, stacking, steps
 from tag_jax.errors import UserError
+from tag_jax.methods import dmtg_confidence
 from tag_jax.methods.base import Method, one_network
 from tag_jax.methods.dmtg_network import create_grouped_net
 from tag_jax.methods.dmtg_outputs import (
@@ -123,6 +124,9 @@ def default_config() -> ml_collections.ConfigDict:
     # The lookahead's forward runs on every n-th example of the batch (1: all; its batch norm then
     # estimates the whole batch's moments after the step), about 1/n of a forward of K branches.
     cfg.lookahead_subsample = 1
+    # How sure is the grouping: groupings drawn from softmax(Θ) at the search's epoch ends
+    # (tag_jax/methods/dmtg_confidence.py, docs/dmtg_confidence.md).
+    cfg.confidence = dmtg_confidence.confidence_config()
     return cfg
 
 
@@ -194,6 +198,9 @@ BLOCK = config_checks.Block(
         "lookahead_weight": config_checks.number(0),
         "lookahead_step": config_checks.number(0, 1, low_open=True, high_open=True),
         "lookahead_subsample": config_checks.POSITIVE,
+        "confidence.num_samples": config_checks.NON_NEGATIVE,
+        "confidence.epochs": config_checks.NON_NEGATIVE,
+        "confidence.seed": config_checks.SEED,
     },
     rules=(
         finetune_before_the_end,

@@ -38,7 +38,8 @@ network_best_epoch}); 'pairs' also `pairs.json` (the pairwise table of
 validation/test loss and error % in the selection package's orientation,
 scores[t][u] = value of t in the network trained on {t, u}, diagonal = t
 alone) and `groups.json` (HOA selection for each k of
-config.selection.max_groups, minimising the validation `config.groups.hoa_score`).
+config.selection.max_groups, minimising the validation `config.groups.hoa_score`, with each
+grouping's confidence from a bootstrap over the validation examples: tag_jax.methods.hoa).
 
 This module holds the config, its checks, the builders and which networks serve which tasks;
 the stacked networks and their step are in `stacked_networks`, HOA's outputs in `hoa`.
@@ -54,8 +55,8 @@ import numpy as np
 
 from tag_jax import config_checks, models, optim, reporting, stacking, steps
 from tag_jax.errors import UserError
+from tag_jax.methods import hoa
 from tag_jax.methods.base import Method
-from tag_jax.methods.hoa import write_pairs_outputs
 from tag_jax.methods.stacked_networks import StackedNets, make_groups_step, network_axis_sharding
 
 HOA_SCORES = ("loss", "error")
@@ -74,6 +75,9 @@ def default_config() -> ml_collections.ConfigDict:
     # 'groups', 'random': train the networks for seeds config.seed + 0..seeds-1 side by side, each
     # copy as its own run would (own initialisation and data order; results.json 'seed_results').
     cfg.seeds = 1
+    # 'pairs': how sure each HOA grouping is, from a bootstrap over the validation examples
+    # behind every pair's score (tag_jax/methods/hoa.py).
+    cfg.confidence = hoa.confidence_config()
     return cfg
 
 
@@ -89,6 +93,9 @@ BLOCK = config_checks.Block(
         "hoa_score": config_checks.Choice(HOA_SCORES),
         "network_strategy": config_checks.Choice(stacking.STRATEGIES),
         "seeds": config_checks.POSITIVE,
+        "confidence.num_resamples": config_checks.NON_NEGATIVE,
+        "confidence.seed": config_checks.SEED,
+        "confidence.time_budget": config_checks.number(0, low_open=True),
     },
 )
 
@@ -138,15 +145,16 @@ def build_random(config, task_names, image_shape, steps_per_epoch) -> Method:
 
 def build_pairs(config, task_names, image_shape, steps_per_epoch) -> Method:
     networks = pair_networks(task_names)
-    hoa = functools.partial(
-        write_pairs_outputs,
+    outputs = functools.partial(
+        hoa.write_pairs_outputs,
         networks=networks,
         score=f"validation_{config.groups.hoa_score}",
         max_groups=tuple(config.selection.max_groups),
         time_limit=config.selection.time_limit,
+        confidence_config=config.groups.confidence,
     )
     return stacked_networks_method(
-        "pairs", config, task_names, image_shape, steps_per_epoch, networks, extra_outputs=hoa
+        "pairs", config, task_names, image_shape, steps_per_epoch, networks, extra_outputs=outputs
     )
 
 
@@ -161,7 +169,8 @@ def stacked_networks_method(
     extra_outputs=None,
 ) -> Method:
     """One MultiTaskNet per network, stacked and trained in one run (config.groups.seeds copies of
-    them, seed-major); outputs groups_trained.json (and extra_outputs(ctx, final) -> dict)."""
+    them, seed-major); outputs groups_trained.json (and extra_outputs(ctx, final, nets) -> dict,
+    nets: the StackedNets)."""
     check_groups(networks, task_names)
     serving = serving_networks(networks, task_names, assignment)
     seeds = config.groups.seeds
@@ -184,7 +193,7 @@ def stacked_networks_method(
             ctx.workdir, name, task_names, networks, serving, final.best_epoch
         )
         if extra_outputs:
-            summary.update(extra_outputs(ctx, final))
+            summary.update(extra_outputs(ctx, final, nets))
         return summary
 
     return Method(
