@@ -132,6 +132,7 @@ def test_pairs_run_writes_the_confidence_of_every_grouping(tiny_config, tmp_path
     record = json.load(open(os.path.join(workdir, "groups.json")))
     assert record["resampling"]["num_resamples"] == 30
     assert record["resampling"]["examples"] == tiny_config.dataset.num_validation
+    assert record["resampling"]["evaluation_seconds"] > 0
     for selection in record["selections"]:
         assert 0.0 <= selection["confidence"] <= 1.0 and selection["num_samples"] == 30
         assert selection["verdict"] == confidence.verdict(selection["confidence"])

@@ -13,6 +13,7 @@ seed) is not part of it.
 """
 
 import os
+import time
 
 import jax
 import ml_collections
@@ -109,6 +110,7 @@ def resampled_confidence(ctx, final, nets, selections, *, networks, score, confi
     pairwise tables from bootstrap resamples of the validation examples (module docstring)."""
     task_names = ctx.task_names
     value = "loss" if score == "validation_loss" else "correct"
+    started = time.monotonic()
     member_values = evaluation.per_example_values(
         make_member_example_step(nets, networks, task_names, value),
         final.params,
@@ -119,6 +121,7 @@ def resampled_confidence(ctx, final, nets, selections, *, networks, score, confi
         mesh=ctx.mesh,
         prefetch=ctx.config.prefetch_batches,
     )[value]
+    evaluation_seconds = time.monotonic() - started
     tables = resampled_tables(
         member_values, networks, task_names, score, config.num_resamples, config.seed
     )
@@ -136,6 +139,7 @@ def resampled_confidence(ctx, final, nets, selections, *, networks, score, confi
         "num_resamples": config.num_resamples,
         "seed": config.seed,
         "examples": len(member_values),
+        "evaluation_seconds": evaluation_seconds,  # every network on every validation example
         **usage,
     }
     return grouping.with_confidence(selections, task_names, sampled), resampling_record
