@@ -162,3 +162,36 @@ def test_plan_lines_give_the_total_and_every_stage_marked_rough():
     assert lines[2] == (
         "  stage 2/2 tag (tag): up to 1,234 steps, ~30s (autotune cache, autotune up to 12s)"
     )
+
+
+def test_networks_vmapped_on_cpu_cost_more_per_network(tiny_config, cached_tag_decision):
+    """HOA's 10 networks (4 tasks), vmapped on CPU: each pass VMAP_SLOWDOWN_PER_NETWORK x 10 times
+    the rule's (or the cache's, from another method); unrolled, or on another backend (None), as
+    it is; a method of one network never."""
+    pairs = with_settings(tiny_config, method="pairs")
+
+    def strategy(name):
+        return lambda config, count: name if count == 10 else "unrolled"
+
+    def train_seconds(config, decisions, cpu_network_strategy):
+        estimate = study_estimate.estimate_stage(
+            "s", config, WORKLOAD, decisions, cpu_network_strategy=cpu_network_strategy
+        )
+        return estimate.seconds - study_estimate.STARTUP_SECONDS
+
+    slowed = study_estimate.VMAP_SLOWDOWN_PER_NETWORK * 10
+    steps = study_estimate.training_steps(pairs, WORKLOAD.num_train)
+    unrolled = train_seconds(pairs, {}, strategy("unrolled"))
+    assert unrolled == pytest.approx(train_seconds(pairs, {}, None))
+    overhead = steps * study_estimate.STEP_OVERHEAD_SECONDS
+    assert train_seconds(pairs, {}, strategy("vmap")) - overhead == pytest.approx(
+        (unrolled - overhead) * slowed
+    )
+    decisions, tag = cached_tag_decision  # 1 ms a pass, measured on TAG's one network
+    cached_pairs = with_settings(tag, method="pairs")
+    plain = train_seconds(cached_pairs, decisions, strategy("unrolled")) - overhead
+    assert train_seconds(cached_pairs, decisions, strategy("vmap")) - overhead == pytest.approx(
+        plain * slowed
+    )
+    mtl = with_settings(tiny_config, method="mtl")
+    assert train_seconds(mtl, {}, lambda config, count: "vmap") == train_seconds(mtl, {}, None)

@@ -11,7 +11,9 @@ its training steps x seconds per step, and its evaluation:
   own method first; else a rule of thumb (RULE_SECONDS_PER_UNIT x per-device batch x pixels x
   width, measured on 2 CPU cores);
 - evaluation: the validation split after every epoch and validation and test once more at the
-  end, forward only (a third of a trunk pass per example and network).
+  end, forward only (a third of a trunk pass per example and network);
+- networks trained side by side ('groups', 'pairs', 'random') that are vmapped on CPU: each
+  step VMAP_SLOWDOWN_PER_NETWORK x networks times slower than the same networks unrolled.
 While the study runs, `time_left` scales the estimates of the stages left by how long the stages
 run so far took against their own estimates. Pure: no JAX, no files.
 """
@@ -31,6 +33,11 @@ RULE_SECONDS_PER_UNIT = 88e-3 / (64 * 32 * 32 * 32)
 STEP_OVERHEAD_SECONDS = 2e-3  # the loop's own cost of a step, whatever its size
 STARTUP_SECONDS = 15.0  # a stage's set-up: data, building and compiling its steps
 EVAL_SHARE = 1 / 3  # an evaluation forward pass, as a share of a training pass
+# On CPU a step of G vmapped networks took about 1.4 x G times as long as the G networks
+# unrolled (2026-12-06, load 6-13, 8x8 images, width 16, batch 64: 10 networks 0.40 against
+# 0.027 s a step, 55 networks 11-18 s against 0.17-0.26 s).
+VMAP_SLOWDOWN_PER_NETWORK = 1.4
+STACKED_METHODS = ("groups", "pairs", "random")
 CACHE_BASIS, RULE_BASIS = "autotune cache", "rule of thumb"
 
 
@@ -159,21 +166,32 @@ def estimate_stage(
     where: Optional[dict] = None,
     device_batch: Callable = lambda config: config.batch_size,
     autotune_budget: float = 0.0,
+    cpu_network_strategy: Optional[Callable] = None,
 ) -> StageEstimate:
     """The estimate of one stage run with `config` (its stage config).
 
     decisions: the autotune cache's {key JSON: decision}; where: key fields that must match
     (this machine's backend, device kind, host); device_batch(config): the per-device batch
     (tag_jax.step_timing.per_device_batch); autotune_budget: seconds counted when the cache has
-    no decision of this stage's own method on its shapes (0: the timing is off)."""
+    no decision of this stage's own method on its shapes (0: the timing is off);
+    cpu_network_strategy(config, networks): on a CPU backend, how the stage's networks are
+    mapped ('unrolled', 'vmap': tag_jax.stacking.resolve), None elsewhere."""
     batch = device_batch(config)
     cached = cached_pass_seconds(config, batch, workload, decisions, where or {})
     per_pass = cached[0] if cached else rule_pass_seconds(config, batch, workload)
+    count = networks(config, workload.num_tasks)
+    if (
+        not (cached and cached[1])  # the stage's own timed step holds any slowdown
+        and cpu_network_strategy
+        and config.method in STACKED_METHODS
+        and cpu_network_strategy(config, count) == "vmap"
+    ):
+        per_pass *= VMAP_SLOWDOWN_PER_NETWORK * count
     steps = training_steps(config, workload.num_train)
     train = steps * (STEP_OVERHEAD_SECONDS + passes_per_step(config, workload.num_tasks) * per_pass)
     epochs = -(-steps // num_batches(workload.num_train, config.batch_size, config.drop_remainder))
     evaluated = (epochs + 1) * workload.num_validation + workload.num_test
-    evaluation = evaluated / batch * networks(config, workload.num_tasks) * EVAL_SHARE * per_pass
+    evaluation = evaluated / batch * count * EVAL_SHARE * per_pass
     autotune = 0.0 if cached and cached[1] else autotune_budget
     return StageEstimate(
         name,

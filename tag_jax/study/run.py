@@ -22,6 +22,7 @@ from tag_jax import (
     methods,
     plots,
     reporting,
+    stacking,
     step_timing,
 )
 from tag_jax import workdir as workdirs
@@ -122,6 +123,15 @@ def stage_estimates(config, dataset, study_plan: Plan) -> list:
         where=autotune_cache.machine_fields(),
         device_batch=step_timing.per_device_batch,
         autotune_budget=config.autotune_budget_seconds if timing else 0.0,
+        cpu_network_strategy=(
+            (
+                lambda stage, count: stacking.resolve(
+                    stage.groups.network_strategy, count, differentiated=True
+                )
+            )
+            if jax.default_backend() == "cpu"
+            else None
+        ),
     )
 
 
