@@ -14,7 +14,7 @@ from typing import Any, Optional
 import ml_collections
 from absl import logging
 
-from tag_jax import evaluation
+from tag_jax import divergence, evaluation
 from tag_jax.methods.base import LoopContext, Method
 
 
@@ -84,7 +84,36 @@ class LoopState:
         ):
             if not isinstance(getattr(state, name), kind):
                 raise TypeError(f"{name} must be a JSON {kind.__name__}")
+        _check_records(state)
         return state
+
+
+HISTORY_KEYS = ("epoch", "step", "val_loss", "val_total_error")
+EARLY_STOPPING_KEYS = ("best_loss", "best_epoch", "epochs_without_improvement")
+
+
+def _check_records(state: LoopState) -> None:
+    """TypeError unless history holds {HISTORY_KEYS: numbers}, early_stopping equal-length lists
+    of numbers under EARLY_STOPPING_KEYS and loss_trend a divergence.LossTrend (what the loop
+    reads of them)."""
+    divergence.LossTrend.from_json(state.loss_trend)
+
+    def numbers(values) -> bool:
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    if not all(
+        isinstance(r, dict) and set(HISTORY_KEYS) <= set(r) and numbers(r[k] for k in HISTORY_KEYS)
+        for r in state.history
+    ):
+        raise TypeError(f"history must hold records of {', '.join(HISTORY_KEYS)} (numbers)")
+    lists = [state.early_stopping.get(k) for k in EARLY_STOPPING_KEYS]
+    if not (
+        all(isinstance(v, list) and numbers(v) for v in lists) and len({len(v) for v in lists}) == 1
+    ):
+        raise TypeError(
+            "early_stopping must hold equal-length lists of numbers "
+            + ", ".join(EARLY_STOPPING_KEYS)
+        )
 
 
 @dataclasses.dataclass

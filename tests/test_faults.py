@@ -15,6 +15,7 @@ from tag_jax import (
     checkpointing,
     cli,
     divergence,
+    early_stopping,
     manifest,
     models,
     preflight,
@@ -23,6 +24,7 @@ from tag_jax import (
     train,
 )
 from tag_jax.errors import TrainingDiverged, UserError
+from tag_jax.loop_state import LoopState
 
 
 def saved_checkpoint(tmp_path, meta=None):
@@ -364,3 +366,34 @@ def test_the_loss_trend_survives_a_checkpoint_and_refuses_a_damaged_record():
     for bad in ({"first": "x"}, {"recent": [1] * 6}, {"recent": [None]}, {"other": []}):
         with pytest.raises(TypeError, match="loss_trend must hold 'first'"):
             divergence.LossTrend.from_json(bad)
+
+
+LOOP_RECORD_CASES = [
+    ("early_stopping empty", {"early_stopping": {}}, "early_stopping must hold equal-length"),
+    (
+        "early_stopping lists of two lengths",
+        {
+            "early_stopping": {
+                "best_loss": [1.0],
+                "best_epoch": [1, 2],
+                "epochs_without_improvement": [0],
+            }
+        },
+        "early_stopping must hold equal-length",
+    ),
+    ("history of numbers", {"history": [1]}, "history must hold records of epoch"),
+    ("history record missing keys", {"history": [{"epoch": 1}]}, "history must hold records"),
+    ("epoch negative", {"epoch": -1}, "epoch must be an integer >= 0"),
+    ("loss trend of text", {"loss_trend": {"first": "x"}}, "loss_trend must hold 'first'"),
+    ("an unknown field", {"extra": 1}, r"unknown field\(s\) \['extra'\]"),
+]
+
+
+@pytest.mark.parametrize(
+    "change, what", [c[1:] for c in LOOP_RECORD_CASES], ids=[c[0] for c in LOOP_RECORD_CASES]
+)
+def test_a_loop_record_of_the_wrong_shape_is_refused_when_read(change, what):
+    record = LoopState.fresh(early_stopping.initial_record(2)).to_json()
+    assert LoopState.from_json(json.loads(json.dumps(record))).to_json() == record
+    with pytest.raises(TypeError, match=what):
+        LoopState.from_json({**record, **change})
