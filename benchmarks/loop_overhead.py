@@ -101,7 +101,7 @@ def main(argv=None):
             progress = lambda step: None  # noqa: E731
             state, loop = train.train_epoch(run, state, loop, progress)  # compiles
             batch = sharding.global_batch(
-                next(iter(train.training_batches(run, dataclasses.replace(loop, batch=0)))),
+                next(iter(run.training_batches(loop.epoch, 0))),
                 run.mesh,
             )
             loop, bare = [], []

@@ -11,7 +11,9 @@ import dataclasses
 import time
 from typing import Any, Optional
 
+import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from tag_jax import divergence, evaluation
@@ -171,6 +173,32 @@ class Run:
             step=step,
             evaluate=self.evaluate,
             writer=self.session.writer,
+        )
+
+    def training_batches(self, epoch: int, start_batch: int):
+        """The epoch's training batches from `start_batch` on (this process's rows), in the order
+        of config.seed; for a method with S seeds, batches (S, B, ...) of the S orders of seeds
+        config.seed + s, stacked."""
+        config = self.config
+
+        def order(seed):
+            return self.dataset.batches(
+                "train",
+                batch_size=config.batch_size,
+                seed=seed,
+                epoch=epoch,
+                shuffle=True,
+                drop_remainder=config.drop_remainder,
+                start_batch=start_batch,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+
+        if self.method.seeds == 1:
+            return order(config.seed)
+        return (
+            jax.tree.map(lambda *leaves: np.stack(leaves), *batches)
+            for batches in zip(*(order(config.seed + s) for s in range(self.method.seeds)))
         )
 
     def evaluate(self, params, batch_stats, split: str) -> dict:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tag_jax import affinity, losses
+from tag_jax import affinity, affinity_estimators, losses
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -282,7 +282,7 @@ def make_first_order_measure(
     def measure(state, batch, task_grads, task_loss):
         del batch
         trace = momentum_trace(state.opt_state)["shared"] if lookahead == "momentum" else None
-        return affinity.first_order_from_task_gradients(
+        return affinity_estimators.first_order_from_task_gradients(
             state.params["shared"],
             task_loss,
             task_grads["shared"],
@@ -317,7 +317,7 @@ def make_sketched_measure(
     def measure(state, batch, task_grads, task_loss):
         del task_grads, task_loss  # the linearisation recomputes the losses it differentiates
         trace = momentum_trace(state.opt_state)["shared"] if lookahead == "momentum" else None
-        return affinity.sketched_affinity(
+        return affinity_estimators.sketched_affinity(
             shared_losses_fn(model, state.params, state.batch_stats),
             state.params["shared"],
             batch,

@@ -11,7 +11,6 @@ record in tag_jax.loop_state. The method contract: tag_jax.methods.base.
 
 import contextlib
 import dataclasses
-import math
 import os
 import time
 
@@ -22,101 +21,39 @@ from absl import logging
 
 from tag_jax import (
     checkpointing,
-    config_checks,
     console,
-    data,
-    default_config,
     divergence,
     early_stopping,
     evaluation,
     interrupts,
     methods,
     metric_writing,
-    models,
     preflight,
     reporting,
+    run_checks,
     sharding,
 )
 from tag_jax import workdir as workdirs
-from tag_jax.data import pipeline
-from tag_jax.errors import TrainingDiverged, UserError
+from tag_jax.errors import TrainingDiverged
 from tag_jax.loop_state import LoopState, Run
-from tag_jax.methods.base import Method
 from tag_jax.results import final_results, named_scalars
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """UserError for values no run can use, before any data is read or code compiled: the common
-    blocks' schemas and rules (tag_jax.default_config), then the method's (methods.validate)."""
-    config_checks.check(config, default_config.COMMON_BLOCKS)
-    methods.validate(config)
-
-
-def validate_run_length(config, method: Method, steps_per_epoch: int) -> None:
-    """UserError when a method that measures every n steps would measure at step 0 only."""
-    total = config.num_epochs * steps_per_epoch
-    if method.measured_step and method.measure_every >= total > 1:
-        raise UserError(
-            f"config.affinity.every_n_steps={method.measure_every} is not below the run's "
-            f"{total} steps: only step 0 would be measured; lower it (or train longer)"
-        )
-
-
-def with_training_length(config, steps_per_epoch: int):
-    """config, with num_epochs raised (in a copy) until the epochs hold config.min_train_steps."""
-    epochs = max(config.num_epochs, math.ceil(config.min_train_steps / steps_per_epoch))
-    if epochs == config.num_epochs:
-        return config
-    logging.info(
-        "config.min_train_steps=%d: training %d epochs of %d steps (config.num_epochs=%d).",
-        config.min_train_steps,
-        epochs,
-        steps_per_epoch,
-        config.num_epochs,
-    )
-    config = config.copy_and_resolve_references()
-    config.num_epochs = epochs
-    return config
-
-
-def load_checked_data(config):
-    """(dataset, steps_per_epoch); UserError for an empty split or a batch larger than the
-    training split."""
-    dataset = data.load_dataset(config)
-    models.check_image_shape(dataset.image_shape)
-    empty = [split for split in pipeline.SPLITS if dataset.num_examples(split) < 1]
-    if empty:
-        raise UserError(
-            f"the {' and '.join(empty)} split(s) of config.dataset.name="
-            f"{config.dataset.name!r} hold no examples: training, validation and test "
-            f"each need at least one (give the dataset more examples)"
-        )
-    steps_per_epoch = pipeline.num_batches(
-        dataset.num_examples("train"), config.batch_size, config.drop_remainder
-    )
-    if steps_per_epoch < 1:
-        raise UserError(
-            f"config.batch_size {config.batch_size} is larger than the training split "
-            f"({dataset.num_examples('train')} examples) with drop_remainder"
-        )
-    return dataset, steps_per_epoch
 
 
 def set_up(config, workdir: str, *, restart: bool = False) -> Run:
     """Validates the config, checks the memory it needs (tag_jax.preflight), reads and checks the
     data, builds the method and its jitted steps (compiled on first use), then (only then) locks
     and prepares the workdir."""
-    validate_config(config)
+    run_checks.validate_config(config)
     workdirs.check_workdir(workdir)
     preflight.check_dataset_memory(config)
-    dataset, steps_per_epoch = load_checked_data(config)
+    dataset, steps_per_epoch = run_checks.load_checked_data(config)
     preflight.check_run_memory(config, dataset)
-    config = with_training_length(config, steps_per_epoch)
+    config = run_checks.with_training_length(config, steps_per_epoch)
     mesh = sharding.create_mesh(config.mesh)
     sharding.check_divisible(config.batch_size, mesh, "batch_size")
     sharding.check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
     method = methods.build(config, dataset.task_names, dataset.image_shape, steps_per_epoch)
-    validate_run_length(config, method, steps_per_epoch)
+    run_checks.validate_run_length(config, method, steps_per_epoch)
     state_sharding = (
         method.state_sharding(mesh) if method.state_sharding else sharding.replicated(mesh)
     )
@@ -257,33 +194,6 @@ def run_step(run: Run, kind: str, state, batch):
     return state, metrics
 
 
-def training_batches(run: Run, loop: LoopState):
-    """The rest of the epoch's training batches (this process's rows), in the order of
-    config.seed; for a method with S seeds, batches (S, B, ...) of the S orders of seeds
-    config.seed + s, stacked."""
-    config = run.config
-
-    def order(seed):
-        return run.dataset.batches(
-            "train",
-            batch_size=config.batch_size,
-            seed=seed,
-            epoch=loop.epoch,
-            shuffle=True,
-            drop_remainder=config.drop_remainder,
-            start_batch=loop.batch,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-
-    if run.method.seeds == 1:
-        return order(config.seed)
-    return (
-        jax.tree.map(lambda *leaves: np.stack(leaves), *batches)
-        for batches in zip(*(order(config.seed + s) for s in range(run.method.seeds)))
-    )
-
-
 def train_epoch(run: Run, state, loop: LoopState, report_progress):
     """The rest of the current epoch, or up to config.max_steps; returns (state, loop).
 
@@ -302,7 +212,7 @@ def train_epoch(run: Run, state, loop: LoopState, report_progress):
     )
     to_log = None
     batches = sharding.device_batches(
-        training_batches(run, loop),
+        run.training_batches(loop.epoch, loop.batch),
         run.mesh,
         ahead=config.prefetch_batches,
         streams=method.seeds > 1,

@@ -11,7 +11,7 @@ import pytest
 from conftest import load_config
 from helpers import mlp_problem, trunk_problem
 
-from tag_jax import affinity, methods, steps, train
+from tag_jax import affinity, affinity_estimators, methods, steps, train
 from tag_jax.data import synthetic
 from tag_jax.errors import UserError
 
@@ -49,7 +49,7 @@ def test_first_order_equals_closed_form_on_least_squares():
     sources = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1]], float)
     want = (sources @ grads @ grads.T + grads @ delta) / losses  # A[s, t] / lr
     for scale_by_lr, factor in ((True, 1.0), (False, 0.01)):
-        got = affinity.first_order_affinity(
+        got = affinity_estimators.first_order_affinity(
             losses_fn, params, None, learning_rate=0.01, trace=trace, scale_by_lr=scale_by_lr, **KW
         )
         np.testing.assert_allclose(got, factor * want, rtol=1e-5)
@@ -59,7 +59,7 @@ def test_exact_minus_first_order_is_the_curvature_term_and_vanishes_with_the_lea
     """On a quadratic, exact/lr - first_order = -lr d_s^T H_t d_s / (2 L_t), exactly."""
     losses_fn, params, grads, hessians, losses = least_squares_problem()
     sources = np.eye(3)
-    first = affinity.first_order_affinity(losses_fn, params, None, learning_rate=1.0)
+    first = affinity_estimators.first_order_affinity(losses_fn, params, None, learning_rate=1.0)
     errors = []
     for lr in (1e-1, 1e-2):  # float32: 1 - L'/L loses digits below lr ~ 1e-3
         exact = affinity.lookahead_affinity(losses_fn, params, None, learning_rate=lr)
@@ -74,7 +74,9 @@ def test_exact_minus_first_order_is_the_curvature_term_and_vanishes_with_the_lea
 def test_first_order_tends_to_exact_on_mlp_with_momentum_and_weight_decay():
     losses_fn, params, batch, trace = mlp_problem()
     kw = dict(momentum=1.0, trace=trace, weight_decay=0.05, sources=[(0,), (1, 2), (0, 1, 2, 3)])
-    first = affinity.first_order_affinity(losses_fn, params, batch, learning_rate=1.0, **kw)
+    first = affinity_estimators.first_order_affinity(
+        losses_fn, params, batch, learning_rate=1.0, **kw
+    )
     errors = [
         float(
             np.abs(
@@ -103,10 +105,10 @@ def flat_directions(directions):
 @pytest.mark.parametrize("strategy", ["unrolled", "vmap", "map"])
 def test_sketched_gram_is_the_mean_outer_product_of_jacobian_projections(strategy):
     losses_fn, params, batch, trace = mlp_problem()
-    directions = affinity.rademacher_directions(jax.random.key(3), params, 5)
+    directions = affinity_estimators.rademacher_directions(jax.random.key(3), params, 5)
     v = flat_directions(directions)
     assert set(np.unique(v)) == {-1.0, 1.0}
-    base, gram, products = affinity.sketched_gram(
+    base, gram, products = affinity_estimators.sketched_gram(
         losses_fn, params, batch, directions, direction=trace, strategy=strategy, chunk_size=2
     )
     jac = explicit_jacobian(losses_fn, params, batch)
@@ -125,9 +127,9 @@ def test_sketched_is_unbiased_for_first_order():
     """The mean of many independent sketches approaches first_order; one sketch is deterministic."""
     losses_fn, params, batch, trace = mlp_problem()
     kw = dict(learning_rate=0.1, momentum=1.0, trace=trace, weight_decay=0.05)
-    first = np.asarray(affinity.first_order_affinity(losses_fn, params, batch, **kw))
+    first = np.asarray(affinity_estimators.first_order_affinity(losses_fn, params, batch, **kw))
     sketch = jax.jit(
-        lambda key: affinity.sketched_affinity(
+        lambda key: affinity_estimators.sketched_affinity(
             losses_fn, params, batch, key=key, sketch_size=64, strategy="vmap", **kw
         )
     )
@@ -175,16 +177,16 @@ def test_measured_step_records_the_estimate_and_updates_like_plain_step(trained_
     )
     if estimator == "first_order":
         measure = steps.make_first_order_measure(lambda step: 0.05, **kw)
-        want = jax.jit(lambda p: affinity.first_order_affinity(losses_fn, p, batch, **want_kw))(
-            state.params["shared"]
-        )
+        want = jax.jit(
+            lambda p: affinity_estimators.first_order_affinity(losses_fn, p, batch, **want_kw)
+        )(state.params["shared"])
     else:
         key = jax.random.key(7)
         measure = steps.make_sketched_measure(
             model, lambda step: 0.05, key=key, sketch_size=4, strategy="unrolled", **kw
         )
         want = jax.jit(
-            lambda p: affinity.sketched_affinity(
+            lambda p: affinity_estimators.sketched_affinity(
                 losses_fn,
                 p,
                 batch,

@@ -13,7 +13,7 @@ import optax
 import pytest
 from conftest import load_config
 
-from tag_jax import data, models, steps, train
+from tag_jax import data, models, run_checks, steps, train
 from tag_jax.data import synthetic
 from tag_jax.errors import UserError
 from tag_jax.methods import dmtg, dmtg_network, dmtg_outputs, dmtg_step
@@ -646,11 +646,11 @@ def test_bad_dmtg_values_are_user_errors(tiny_config):
         config = tiny_config.copy_and_resolve_references()
         config.update_from_flattened_dict({key: value})
         with pytest.raises(UserError, match=message):
-            train.validate_config(config)
+            run_checks.validate_config(config)
     config = tiny_config.copy_and_resolve_references()
     config.update_from_flattened_dict({"dmtg.lookahead_weight": 1.0, "dmtg.lookahead_step": 0.0})
     with pytest.raises(UserError, match="lookahead_step must be in"):
-        train.validate_config(config)
+        run_checks.validate_config(config)
 
 
 # --- end to end ---
@@ -676,7 +676,7 @@ def test_celeba_config_builds_the_published_network_on_mock_data():
     with celeba.mock_celeba(4):
         dataset = data.load_dataset(config)
     assert len(dataset.task_names) == 9 and dataset.image_shape == (64, 64, 3)
-    train.validate_config(config)
+    run_checks.validate_config(config)
     method = dmtg.build(config, dataset.task_names, dataset.image_shape, steps_per_epoch=636)
     state = jax.eval_shape(method.init_state, jax.random.key(0))
     assert state.params["heads"]["kernel"].shape == (3, 9, 14400, 2)

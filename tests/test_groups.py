@@ -12,7 +12,7 @@ import pytest
 from conftest import load_config
 from jax.sharding import PartitionSpec as P
 
-from tag_jax import data, grouping, models, optim, sharding, steps, train
+from tag_jax import data, grouping, models, optim, run_checks, sharding, steps, train
 from tag_jax.errors import UserError
 from tag_jax.methods import groups, hoa, stacked_networks
 
@@ -174,10 +174,10 @@ def test_pair_networks_and_groups_file_selection(tmp_path):
 def test_config_errors(tiny_config, tmp_path):
     tiny_config.method = "groups"
     with pytest.raises(UserError, match="exactly one of"):
-        train.validate_config(tiny_config)
+        run_checks.validate_config(tiny_config)
     tiny_config.groups.groups_file = str(tmp_path / "missing.json")
     with pytest.raises(UserError, match="does not exist"):
-        train.validate_config(tiny_config)
+        run_checks.validate_config(tiny_config)
     tiny_config.groups.groups_file = ""
     tiny_config.groups.groups = (("g0_t0", "g0_t1"),)
     with pytest.raises(UserError, match="in no group"):

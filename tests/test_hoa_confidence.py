@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from selection import confidence
-from tag_jax import data, evaluation, models, resampling, sharding, train
+from tag_jax import data, evaluation, models, resampling, run_checks, sharding, train
 from tag_jax.errors import UserError
 from tag_jax.methods import groups, hoa
 from tag_jax.methods.stacked_networks import StackedNets
@@ -155,4 +155,4 @@ def test_bad_confidence_values_are_user_errors(tiny_config):
         config = tiny_config.copy_and_resolve_references()
         config.update_from_flattened_dict({key: value})
         with pytest.raises(UserError, match=key):
-            train.validate_config(config)
+            run_checks.validate_config(config)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO, load_config
 
-from tag_jax import methods, train
+from tag_jax import methods, run_checks, train
 from tag_jax.errors import UserError
 from tag_jax.methods import base
 
@@ -91,9 +91,9 @@ def test_the_documented_example_setting_is_checked_and_read(tmp_path, monkeypatc
     for bad in (-1.0, 10.5, float("nan")):
         config.weighted.growth = bad
         with pytest.raises(UserError, match=r"^config.weighted.growth must be in \[0, 10\]"):
-            train.validate_config(config)
+            run_checks.validate_config(config)
     config.weighted.growth = 2.0
-    train.validate_config(config)
+    run_checks.validate_config(config)
     tasks = ("a", "b", "c", "d")
     method = methods.build(config, tasks, (8, 8, 3), steps_per_epoch=3)
     ctx = types.SimpleNamespace(workdir=str(tmp_path), task_names=tasks)

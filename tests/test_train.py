@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, load_config
 
-from tag_jax import checkpointing, data, divergence, evaluation, models, steps, train
+from tag_jax import checkpointing, data, divergence, evaluation, models, run_checks, steps, train
 from tag_jax.errors import TrainingDiverged, UserError
 from tag_jax.results import named_scalars
 
@@ -452,4 +452,4 @@ def test_min_train_steps_adds_epochs_and_min_steps_delays_early_stopping(tiny_co
     "name", sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
 )
 def test_every_shipped_config_passes_validation(name):
-    train.validate_config(load_config(name))
+    run_checks.validate_config(load_config(name))

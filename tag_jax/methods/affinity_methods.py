@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.strategy = "auto"  # 'unrolled' | 'vmap' | 'map' | 'auto' (see tag_jax/stacking.py)
     cfg.chunk_size = 0  # 'map' strategy: sources per chunk (0 = all at once)
     cfg.kernels_only = True  # CS: only conv/dense kernels, as the reference
-    # TAG's estimator of the lookahead affinity (derivations in tag_jax/affinity.py):
+    # TAG's estimator of the lookahead affinity (derivations in tag_jax/affinity_estimators.py):
     # 'exact' (T pulls + S lookahead forwards), 'first_order' (lr <g_s, g_t> / L_t: T pulls, no
     # lookahead forward) or 'sketched' (the same from sketch_size jvps, cost independent of T).
     # CS ignores it.

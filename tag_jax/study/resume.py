@@ -56,7 +56,7 @@ def _damaged(path: str, why: str) -> UserError:
 def check_stages(config, study_plan: Plan, workdir: str, num_train: int) -> None:
     """UserError, before any stage trains, for a stage folder holding another run, or a finished
     stage made with other settings (the module docstring); num_train: training examples."""
-    from tag_jax import train  # pylint: disable=g-import-not-at-top (JAX, the methods: slow)
+    from tag_jax import run_checks  # pylint: disable=g-import-not-at-top (JAX, the methods: slow)
 
     for stage in study_plan.stages:
         folder = os.path.join(workdir, stage.name)
@@ -65,7 +65,7 @@ def check_stages(config, study_plan: Plan, workdir: str, num_train: int) -> None
             continue
         stage_cfg = stage_config(config, stage)
         steps = pipeline.num_batches(num_train, stage_cfg.batch_size, stage_cfg.drop_remainder)
-        stage_cfg = train.with_training_length(stage_cfg, max(steps, 1))
+        stage_cfg = run_checks.with_training_length(stage_cfg, max(steps, 1))
         differ = workdirs.identity_changes(saved, stage_cfg)
         finished = os.path.exists(os.path.join(folder, "results.json"))
         if finished:

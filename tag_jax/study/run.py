@@ -76,12 +76,12 @@ def run_study(config, workdir: str, restart: bool = False):
     dataset = data.load_dataset(config)
     task_names = dataset.task_names
     study_plan = build_plan(config, task_names, workdir)
-    from tag_jax import train  # pylint: disable=g-import-not-at-top (JAX, the methods: slow)
+    from tag_jax import run_checks  # pylint: disable=g-import-not-at-top (JAX, the methods: slow)
 
     for stage in study_plan.stages:
         methods.check_task_count(stage_config(config, stage), task_names)
         if "groups.groups_file" not in stage.settings:  # the others' groups.json is written later
-            train.validate_config(stage_config(config, stage))
+            run_checks.validate_config(stage_config(config, stage))
     resume.check_outputs_are_ours(workdir, restart=restart)  # before the lock, too
     if not restart:
         resume.check_stages(config, study_plan, workdir, dataset.num_examples("train"))
