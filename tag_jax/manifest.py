@@ -13,8 +13,9 @@ exists. Then:
   folder that holds files but no run of this project;
 - leftover temporary files of this project's atomic writes (`.` + 8 characters + `.tmp`, see
   tag_jax.reporting.write_json_atomic) are removed by the next run (`remove_temporaries`).
-A folder that a version without manifests wrote (a config.json of this project next to
-checkpoints, metrics or results) is adopted: its known outputs count as written (`written`).
+A folder that a version without manifests wrote (a run's config.json of this project next to
+checkpoints, metrics or results; a study's report.json next to its stages' folders) is
+adopted: its known outputs count as written (`written`).
 """
 
 import json
@@ -47,6 +48,8 @@ RUN_OUTPUTS = (
     "pairs.json",
     "dmtg_assignment.png",
 )
+# The names a study writes at the top of its folder, besides its stages' (and seeds') folders.
+STUDY_OUTPUTS = ("report.json", "report.md", "total_error_vs_compute.png")
 # Inside checkpoints/: orbax's step folders and its temporary ones.
 CHECKPOINT_STEP = re.compile(r"\d+(\.orbax-checkpoint-tmp.*)?")
 LOCK_FILE = ".lock"
@@ -89,21 +92,43 @@ def _damaged(path: str, why: str) -> UserError:
     )
 
 
-def _legacy(folder: str) -> list:
-    """The outputs, present, of a run that a version without manifests left in folder (its
-    config.json a JSON object with 'method' and 'dataset', next to checkpoints, metrics or
-    results); [] when there is none."""
+def _read_object(path: str):
+    """The JSON object in path, or None when it is missing, unreadable or not an object."""
     try:
-        with open(os.path.join(folder, "config.json")) as f:
-            config = json.load(f)
+        with open(path) as f:
+            record = json.load(f)
     except (OSError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _legacy(folder: str) -> list:
+    """What a version without manifests left in folder, present: a run's outputs (its
+    config.json a JSON object with 'method' and 'dataset', next to checkpoints, metrics or
+    results), or a study's (its report.json an object with 'rows' and 'stages', next to the
+    folders of its stages' runs and its seed folders); [] when there is neither."""
+    config = _read_object(os.path.join(folder, "config.json")) or {}
+    if {"method", "dataset"} <= set(config):
+        present = [n for n in RUN_OUTPUTS if os.path.exists(os.path.join(folder, n))]
+        if {"checkpoints", "results.json", "metrics.jsonl"} & set(present):
+            events = sorted(n for n in os.listdir(folder) if n.startswith(EVENTS_PREFIX))
+            return present + events
+    report = _read_object(os.path.join(folder, "report.json")) or {}
+    if not {"rows", "stages"} <= set(report):
         return []
-    if not (isinstance(config, dict) and {"method", "dataset"} <= set(config)):
-        return []
-    present = [n for n in RUN_OUTPUTS if os.path.exists(os.path.join(folder, n))]
-    if not {"checkpoints", "results.json", "metrics.jsonl"} & set(present):
-        return []
-    return present + sorted(n for n in os.listdir(folder) if n.startswith(EVENTS_PREFIX))
+    runs = [n for n in sorted(os.listdir(folder)) if _holds_runs(os.path.join(folder, n))]
+    return [n for n in STUDY_OUTPUTS if os.path.exists(os.path.join(folder, n))] + runs
+
+
+def _holds_runs(path: str) -> bool:
+    """A run's folder, or a study's seed folder (seed_<i>) holding runs' folders."""
+    if not os.path.isdir(path):
+        return False
+    if written(path) is not None:
+        return True
+    return bool(re.fullmatch(r"seed_\d+", os.path.basename(path))) and any(
+        written(os.path.join(path, n)) is not None for n in os.listdir(path)
+    )
 
 
 def written(folder: str):

@@ -397,3 +397,15 @@ def test_a_loop_record_of_the_wrong_shape_is_refused_when_read(change, what):
     assert LoopState.from_json(json.loads(json.dumps(record))).to_json() == record
     with pytest.raises(TypeError, match=what):
         LoopState.from_json({**record, **change})
+
+
+def test_a_study_left_by_a_version_without_manifests_is_adopted(tmp_path):
+    run_config = json.dumps({"method": "mtl", "dataset": {}})
+    for stage in ("mtl", "seed_1/mtl"):
+        make_files(tmp_path, (f"{stage}/results.json",))
+        (tmp_path / stage / "config.json").write_text(run_config)
+    make_files(tmp_path, ("report.md", "notes.txt", "seed_1/mine.txt", "other/x.txt"))
+    (tmp_path / "report.json").write_text(json.dumps({"rows": [], "stages": {}}))
+    assert manifest.written(str(tmp_path)) == ["report.json", "report.md", "mtl", "seed_1"]
+    (tmp_path / "report.json").write_text(json.dumps({"rows": []}))  # no study's report
+    assert manifest.written(str(tmp_path)) is None

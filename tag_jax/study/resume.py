@@ -20,7 +20,6 @@ from tag_jax.data import pipeline
 from tag_jax.errors import UserError
 from tag_jax.study.plan import Plan, stage_config
 
-REPORT_FILES = ("report.json", "report.md", "total_error_vs_compute.png")
 # results.json keys the report reads, and the splits' key it reads.
 RESULTS_KEYS = ("method", "tasks", "groups", "validation", "test", "learned", "compute")
 # Stage settings that may differ on a re-run: where the groups file lies (its groups come from
@@ -98,7 +97,7 @@ def changed_values(saved: dict, config, keys) -> list:
 def claim_outputs(workdir: str, study_plan: Plan) -> None:
     """Claims the report's files and every stage's folder (and the seed folders holding them) in
     the manifests of the folders that hold them, before any of them is written."""
-    claims = {workdir: set(REPORT_FILES)}
+    claims = {workdir: set(manifest.STUDY_OUTPUTS)}
     for stage in study_plan.stages:
         parent = workdir
         for part in stage.name.split("/"):
@@ -114,4 +113,4 @@ def check_outputs_are_ours(workdir: str, *, restart: bool) -> None:
     if restart:
         manifest.check_can_restart(workdir)
     else:
-        manifest.check_not_foreign(workdir, REPORT_FILES)
+        manifest.check_not_foreign(workdir, manifest.STUDY_OUTPUTS)
