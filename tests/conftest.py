@@ -48,3 +48,24 @@ def highest_precision():
     that compare against a reference computed another way; scoped to the test, not the session."""
     with jax.default_matmul_precision("highest"):
         yield
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished one-epoch tiny 'mtl' run (3 steps, a checkpoint at step 3): the workdir the
+    bad-input tests copy and damage."""
+    from helpers import tiny  # here: helpers imports this module
+
+    from tag_jax import train
+
+    workdir = tmp_path_factory.mktemp("template") / "run"
+    train.train_and_evaluate(tiny(), str(workdir))
+    return workdir
+
+
+@pytest.fixture
+def workdir(finished_run, tmp_path):
+    """A copy of finished_run a test may change."""
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    return copy

@@ -9,7 +9,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import REPO
+from conftest import REPO, load_config
 
 from tag_jax import models
 
@@ -114,3 +114,11 @@ def one_device_fast_compile_flags() -> str:
         if not f.startswith("--xla_force_host_platform_device_count")
     ]
     return " ".join(flags + list(FAST_COMPILE_FLAGS))
+
+
+def tiny():
+    """configs/tiny_test.py on one device, one epoch (3 steps)."""
+    config = load_config("tiny_test")
+    config.mesh.data = 1
+    config.num_epochs = 1
+    return config

@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, load_config
+from helpers import run_cli, tiny
 
 from tag_jax import (
     checkpointing,
@@ -39,28 +40,6 @@ from tag_jax import workdir as workdirs
 from tag_jax.errors import TrainingDiverged, UserError
 
 TASKS = ("g0_t0", "g0_t1", "g1_t0", "g1_t1")
-
-
-def tiny():
-    config = load_config("tiny_test")
-    config.mesh.data = 1
-    config.num_epochs = 1
-    return config
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished one-epoch tiny 'mtl' run: the workdir every bad input is tried against."""
-    workdir = tmp_path_factory.mktemp("template") / "run"
-    train.train_and_evaluate(tiny(), str(workdir))
-    return workdir
-
-
-@pytest.fixture
-def workdir(finished_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(finished_run, copy)
-    return copy
 
 
 def snapshot(folder) -> dict:
@@ -881,18 +860,6 @@ def test_rerun_logs_nothing_twice_and_files_are_0644(workdir):
 
 
 # --- real processes: the command lines, the lock, hangs, full disks and kills ---
-
-
-def run_cli(*args, module="tag_jax.main", timeout=300):
-    start = time.time()
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return proc, time.time() - start
 
 
 def error_lines(proc):

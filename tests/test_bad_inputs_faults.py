@@ -16,35 +16,13 @@ import signal
 import numpy as np
 import pytest
 from conftest import load_config
-from helpers import error_lines, run_cli, snapshot, start_cli, wait_for
+from helpers import error_lines, run_cli, snapshot, start_cli, tiny, wait_for
 
 from tag_jax import checkpointing, cli, manifest, train
 from tag_jax.errors import UserError
 from tag_jax.study.run import run_study
 
 TINY = ("--config=configs/tiny_test.py", "--config.mesh.data=1")
-
-
-def tiny():
-    config = load_config("tiny_test")
-    config.mesh.data = 1
-    config.num_epochs = 1
-    return config
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished one-epoch tiny 'mtl' run (3 steps, a checkpoint at step 3)."""
-    workdir = tmp_path_factory.mktemp("template") / "run"
-    train.train_and_evaluate(tiny(), str(workdir))
-    return workdir
-
-
-@pytest.fixture
-def workdir(finished_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(finished_run, copy)
-    return copy
 
 
 def assert_refused(config, folder, match, exit_code=2):
