@@ -11,11 +11,11 @@ by group drawn (empty groups dropped) give a grouping; `confidence` is the share
 to the reported grouping (selection.confidence.grouping_confidence: also the alternatives drawn
 and the co-membership), the verdict is selection.confidence.verdict's.
 
-So the confidence is the chance that the assignment, looked at an epoch end of the search
+So the confidence is the chance that the assignment, looked at at an epoch end of the search
 drawn at random, holds the reported grouping: high when Θ chose it early and kept it sharply,
-low when it was still moving or spread late in the run. Within one run nothing tells a
-confidently wrong assignment from a right one; what this measures is how settled the choice
-was over the search (docs/dmtg_confidence.md gives the recovery measured against it).
+low when Θ reached it late or held it loosely. Within one run nothing tells a confidently wrong
+assignment from a right one; what this measures is how settled the choice was over the search
+(docs/dmtg_confidence.md: why the whole search, and the recovery measured against it).
 """
 
 import ml_collections
