@@ -1,7 +1,8 @@
-"""The shared side-by-side harness (`../shared/peer_speed/bench.py`) with the project's steps
-compiled as the training loop compiles them.
+"""An external side-by-side harness (a folder holding `bench.py` that times TF2, PyTorch and
+this project's steps in one process; it is not part of this repository) run with the project's
+steps compiled as the training loop compiles them.
 
-  python benchmarks/peer_speed_as_trained.py [--harness ../shared/peer_speed] -- \
+  python benchmarks/peer_speed_as_trained.py --harness PATH/TO/HARNESS -- \
       --fw tf,torch,proj --size 32 --batch 32 --reps 5 --proj-variants mtl,tag_auto,dmtg
 
 Everything after `--` goes to bench.py unchanged, and it prints bench.py's JSON line. Two
@@ -24,10 +25,6 @@ import types
 import jax
 
 from tag_jax import methods
-
-HARNESS = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "peer_speed"
-)
 
 
 def harness_batch(bench_args) -> int:
@@ -79,7 +76,7 @@ def main():
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--harness", default=HARNESS, help="folder holding bench.py")
+    parser.add_argument("--harness", required=True, help="folder holding the harness's bench.py")
     args = parser.parse_args(argv[:split])
     bench_args = argv[split + 1 :]
     sys.path.insert(0, os.path.abspath(args.harness))

@@ -290,7 +290,7 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     Same values as nn.max_pool, computed as the maximum of the 9 strided window views: XLA:CPU's
     reduce_window took 2.4 ms where the views take 0.18 (32x32x64, batch 32). Its derivative is
     written out (below) because XLA:CPU's own gradient (select_and_scatter) took half of a plain
-    training step here (PERF_NOTES item 12).
+    training step on a 2-core CPU (docs/performance.md).
     """
     out_h, out_w = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
     return functools.reduce(jnp.maximum, _window_views(x, out_h, out_w))
