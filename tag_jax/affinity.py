@@ -66,6 +66,17 @@ def per_task_gradients(
     )
 
 
+def losses_and_task_gradients(
+    losses_fn: Callable, params, batch, *, strategy: str = "auto", chunk_size: int | None = None
+):
+    """(losses (T,), per-task gradients: pytree with leaves (T, *param_shape)) from ONE vjp of the
+    loss vector and T cotangent pulls."""
+    base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
+    return base_losses, per_task_gradients(
+        vjp_fn, base_losses.shape[0], strategy=strategy, chunk_size=chunk_size
+    )
+
+
 def affinity_from_task_gradients(
     losses_fn: Callable,
     params,
@@ -144,9 +155,8 @@ def lookahead_affinity(
     Returns:
       A (S, T): row = source, column = target task.
     """
-    base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
-    task_grads = per_task_gradients(
-        vjp_fn, base_losses.shape[0], strategy=strategy, chunk_size=chunk_size
+    base_losses, task_grads = losses_and_task_gradients(
+        losses_fn, params, batch, strategy=strategy, chunk_size=chunk_size
     )
     return affinity_from_task_gradients(
         losses_fn,
@@ -194,8 +204,7 @@ def gradient_cosine_similarity(
       (T, T) cosine between the per-task gradients of the shared parameters, flattened and
       concatenated (symmetric, ones on the diagonal).
     """
-    base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
-    task_grads = per_task_gradients(
-        vjp_fn, base_losses.shape[0], strategy=strategy, chunk_size=chunk_size
+    base_losses, task_grads = losses_and_task_gradients(
+        losses_fn, params, batch, strategy=strategy, chunk_size=chunk_size
     )
     return cosine_from_task_gradients(task_grads, kernels_only=kernels_only)

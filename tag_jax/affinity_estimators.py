@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from tag_jax import stacking
-from tag_jax.affinity import per_task_gradients, source_weights
+from tag_jax.affinity import losses_and_task_gradients, source_weights
 
 
 def lookahead_direction(params, *, momentum=0.0, trace=None, weight_decay=0.0):
@@ -129,9 +129,8 @@ def first_order_affinity(
       A (S, T) = lr (<g_s, g_t> + <delta, g_t>) / L_t (module docstring), without lr when
       scale_by_lr; row = source, column = target task.
     """
-    base_losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, batch), params)
-    task_grads = per_task_gradients(
-        vjp_fn, base_losses.shape[0], strategy=strategy, chunk_size=chunk_size
+    base_losses, task_grads = losses_and_task_gradients(
+        losses_fn, params, batch, strategy=strategy, chunk_size=chunk_size
     )
     return first_order_from_task_gradients(
         params,
