@@ -202,8 +202,9 @@ def serving_groups(selection: dict) -> dict:
 
 def grouping_confidence(record: dict):
     """One panel per k: the co-membership share (how often two tasks share a group over the
-    resamples) with the tasks ordered by the group serving them, each reported group's served
-    tasks outlined; the title gives the confidence and verdict. record: groups.json."""
+    resamples, or DMTG's draws of its assignment) with the tasks ordered by the group serving
+    them, each reported group's served tasks outlined; the title gives the confidence and
+    verdict. record: groups.json."""
     tasks, selections = record["tasks"], record["selections"]
     size = 1.5 + 0.32 * len(tasks)
     fig, axes = plt.subplots(
@@ -236,10 +237,11 @@ def grouping_confidence(record: dict):
         ax.set_title(
             f"k={s['max_groups']}: confidence {s['confidence']:.2f}\n{s['verdict']}", fontsize=9
         )
-    fig.colorbar(image, ax=list(axes.flat), label="share of resamples in one group", shrink=0.8)
+    samples = "draws of the assignment" if record["method"] == "dmtg" else "resamples"
+    fig.colorbar(image, ax=list(axes.flat), label=f"share of {samples} in one group", shrink=0.8)
     fig.suptitle(
         f"{record['method'].upper()}: how often two tasks share a group over "
-        f"{selections[0]['num_samples']} resamples (outlined: the reported groups)",
+        f"{selections[0]['num_samples']} {samples} (outlined: the reported groups)",
         fontsize=10,
     )
     return fig
