@@ -144,15 +144,20 @@ def selection_summary(groups_record: dict) -> list[dict]:
 
 
 def groups_from_affinity(
-    workdir: str, affinity_record: dict, max_groups, time_limit, blocks=None, confidence_config=None
+    workdir: str,
+    affinity_record: dict,
+    max_groups,
+    time_limit,
+    blocks=None,
+    confidence_config=None,
+    **extra,
 ) -> dict:
     """TAG/CS: select on the run's mean affinity (transposed to onto-from) and write groups.json;
     with blocks (resampled_confidence) and confidence_config.num_resamples > 0, each
-    selection's confidence too."""
+    selection's confidence too. `extra`: more top-level fields of groups.json."""
     tasks = affinity_record["tasks"]
     onto_from = np.asarray(affinity_record["matrix"]).T
     selections = select_for_each_k(tasks, onto_from, max_groups, time_limit=time_limit)
-    extra = {}
     if blocks is not None and confidence_config is not None and confidence_config.num_resamples:
         selections, extra["resampling"] = resampled_confidence(
             tasks, selections, blocks, confidence_config, time_limit

@@ -25,7 +25,8 @@ class LoopState:
     """The loop's checkpointed record.
 
     epoch: finished epochs; batch: batches run of the current epoch; measured_steps: steps that
-    ran the method's measured step; stopped_early: early stopping ended training; history: per
+    ran the method's measured step; stopped_early: early stopping ended training; stop_reason:
+    why the method ended training (Method.stop_reason), None while it has not; history: per
     epoch {'epoch', 'step', 'val_loss', 'val_total_error'}; method: the method's own JSON record
     (tag_jax.methods.base); early_stopping: tag_jax.early_stopping's record; train_seconds:
     training seconds over all invocations up to the checkpoint; metrics_records: lines of
@@ -43,6 +44,12 @@ class LoopState:
     train_seconds: float = 0.0
     metrics_records: Optional[int] = None
     loss_trend: dict = dataclasses.field(default_factory=dict)
+    stop_reason: Optional[str] = None
+
+    @property
+    def ended(self) -> bool:
+        """Early stopping or the method ended training before config.num_epochs."""
+        return self.stopped_early or self.stop_reason is not None
 
     @classmethod
     def fresh(cls, early_stopping_record: dict) -> "LoopState":
@@ -86,6 +93,8 @@ class LoopState:
         ):
             if not isinstance(getattr(state, name), kind):
                 raise TypeError(f"{name} must be a JSON {kind.__name__}")
+        if not isinstance(state.stop_reason, (str, type(None))):
+            raise TypeError("stop_reason must be a string or null")
         _check_records(state)
         return state
 
@@ -173,6 +182,7 @@ class Run:
             step=step,
             evaluate=self.evaluate,
             writer=self.session.writer,
+            train_seconds=self.session.seconds(),
         )
 
     def training_batches(self, epoch: int, start_batch: int):

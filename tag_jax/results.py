@@ -65,6 +65,18 @@ def seed_results(run: Run, final: FinalEvaluation, baseline: dict) -> list:
     return results
 
 
+def stop_reason(loop: LoopState, config) -> str:
+    """Why training ended: the method's reason, early stopping, or the last epoch."""
+    if loop.stop_reason:
+        return loop.stop_reason
+    if loop.stopped_early:
+        return (
+            "early stopping: no network's validation loss improved for "
+            f"{config.early_stopping.patience} epochs"
+        )
+    return f"the last epoch ran (config.num_epochs={config.num_epochs})"
+
+
 def final_results(run: Run, state, loop: LoopState) -> dict:
     """Evaluates the reported parameters, lets the method write its outputs, writes
     results.json (process 0) and prints the answer; returns the results."""
@@ -107,6 +119,7 @@ def final_results(run: Run, state, loop: LoopState) -> dict:
         "steps": step,
         "best_epoch": max(best_epoch),
         "stopped_early": loop.stopped_early,
+        "stop_reason": stop_reason(loop, config),
         "restored_epoch": restored_epoch,
         **served_results(final, method.serving, baseline),
         "majority_baseline": baseline,

@@ -319,9 +319,13 @@ def end_epoch(run: Run, state, loop: LoopState):
             config.early_stopping.patience,
             max(record["best_epoch"]),
         )
-    method_record = loop.method
+    method_record, stop_reason = loop.method, None
     if method.on_epoch_end:
         state, method_record = method.on_epoch_end(run.context(step), state, method_record)
+    if method.stop_reason and not stopped and epoch < config.num_epochs:
+        stop_reason = method.stop_reason(method_record)
+        if stop_reason:
+            logging.info("Stopping after epoch %d: %s.", epoch, stop_reason)
     summary = {"epoch": epoch, "step": step, "val_loss": val["loss"]}
     loop = dataclasses.replace(
         loop,
@@ -329,6 +333,7 @@ def end_epoch(run: Run, state, loop: LoopState):
         batch=0,
         early_stopping=record,
         stopped_early=stopped,
+        stop_reason=stop_reason,
         method=method_record,
         history=loop.history + [{**summary, "val_total_error": val["total_error"]}],
     )
@@ -373,7 +378,7 @@ def train_loop(run: Run) -> dict:
     # One process: a SIGTERM checkpoints at the next step (several would not agree on which).
     saving = interrupts.saving_on_termination() if jax.process_count() == 1 else None
     with saving or contextlib.nullcontext():
-        while loop.epoch < config.num_epochs and not loop.stopped_early:
+        while loop.epoch < config.num_epochs and not loop.ended:
             state, loop = train_epoch(run, state, loop, report_progress)
             if loop.batch == run.steps_per_epoch:
                 state, loop = end_epoch(run, state, loop)

@@ -7,6 +7,8 @@ matrix (T, T), per_epoch, steps_recorded}, TAG's `estimator` {name, its paramete
 measured steps, steps.record_affinity: tasks, block_sums (B, T, T) source x target,
 block_counts (B,)); then `groups.json`, `groups.png` and, resampling those blocks for each
 grouping's confidence (config.affinity.confidence), `grouping_confidence.png` (tag_jax.grouping).
+With config.affinity.stop_when_stable, every epoch end checks whether the grouping has settled
+and the run stops once it has (tag_jax.stability; groups.json 'stability').
 """
 
 import functools
@@ -26,6 +28,7 @@ from tag_jax import (
     optim,
     plots,
     reporting,
+    stability,
     stacking,
     steps,
 )
@@ -62,6 +65,14 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.sketch_size = 32  # 'sketched': random directions (forward-mode products) per measured step
     # How sure is the grouping: a block bootstrap over time of the recorded affinity.
     cfg.confidence = grouping.confidence_config()
+    # Stop the run once, for every k, the grouping and its confidence have not changed for this
+    # many epoch ends (0 = measure for the whole run; tag_jax/stability.py, docs/confidence.md).
+    cfg.stop_when_stable = 0
+    # Confidences "unchanged": the same verdict, spread by at most this much.
+    cfg.stable_tolerance = 0.1
+    # The checks may take at most this share of the run's time: a check computes confidences
+    # only while they fit.
+    cfg.stable_check_share = 0.1
     return cfg
 
 
@@ -116,6 +127,9 @@ BLOCK = config_checks.Block(
         "confidence.block_length": config_checks.POSITIVE,
         "confidence.seed": config_checks.SEED,
         "confidence.time_budget": config_checks.number(0, low_open=True),
+        "stop_when_stable": config_checks.NON_NEGATIVE,
+        "stable_tolerance": config_checks.number(0, 1),
+        "stable_check_share": config_checks.number(0, low_open=True),
     },
 )
 
@@ -235,6 +249,16 @@ def _affinity_method(
     estimator=None,
 ) -> Method:
     """The MTL network with `measure` recorded every config.affinity.every_n_steps steps."""
+    if config.affinity.stop_when_stable and jax.process_count() > 1:
+        raise UserError(
+            "config.affinity.stop_when_stable works in one process only (each process would "
+            "time its own checks and could stop at another epoch); set it to 0"
+        )
+    if config.affinity.stop_when_stable and not config.affinity.confidence.num_resamples:
+        raise UserError(
+            "config.affinity.stop_when_stable needs the confidence it watches: set "
+            "config.affinity.confidence.num_resamples > 0 (default 100), or stop_when_stable=0"
+        )
     optimizer = optim.create_optimizer(config, steps_per_epoch)
     tracker = steps.init_affinity_tracker(len(source_names), len(task_names))
     finish = functools.partial(
@@ -261,6 +285,11 @@ def _affinity_method(
         measure_every=config.affinity.every_n_steps,
         trunk_passes=(1, measured_passes),
         on_epoch_end=close_affinity_epoch,
+        stop_reason=functools.partial(
+            stability.stop_reason,
+            epochs=config.affinity.stop_when_stable,
+            tolerance=config.affinity.stable_tolerance,
+        ),
         finish=finish,
         **one_network(len(task_names)),
     )
@@ -294,7 +323,47 @@ def close_affinity_epoch(ctx, state, record):
             "epoch_count": jnp.zeros_like(tracker["epoch_count"]),
         }
     )
-    return state, {**record, "affinity_per_epoch": per_epoch}
+    record = {**record, "affinity_per_epoch": per_epoch}
+    checks = record.get("stability", {}).get("checks", [])
+    aff = ctx.config.affinity
+    if (
+        aff.stop_when_stable
+        and int(tracker["run_count"])
+        and stability.wants_check(checks, ctx.train_seconds, aff.stable_check_share)
+    ):
+        record = {**record, "stability": stability_check(ctx, tracker, record)}
+    return state, record
+
+
+def stability_check(ctx, tracker, record) -> dict:
+    """record['stability'] with this epoch end's check appended (tag_jax.stability): 'checks'."""
+    aff, checks = ctx.config.affinity, record.get("stability", {}).get("checks", [])
+    num_tasks = len(ctx.task_names)
+    mean = np.asarray(tracker["run_sum"])[:num_tasks] / int(tracker["run_count"])
+    epoch_check = stability.grouping_check(
+        len(record["affinity_per_epoch"]),
+        list(ctx.task_names),
+        mean.T,
+        max_groups=tuple(ctx.config.selection.max_groups),
+        time_limit=ctx.config.selection.time_limit,
+    )
+    checks = checks + [epoch_check]
+    last_epoch = epoch_check["epoch"] == ctx.config.num_epochs  # the run's end computes it
+    if not last_epoch and stability.wants_confidence(
+        checks,
+        aff.stop_when_stable,
+        ctx.train_seconds,
+        aff.stable_check_share,
+        aff.confidence.num_resamples,
+    ):
+        checks[-1] = stability.with_confidence(
+            epoch_check,
+            list(ctx.task_names),
+            affinity_blocks(tracker),
+            aff.confidence,
+            ctx.config.selection.time_limit,
+        )
+    return {"checks": checks}
 
 
 def write_outputs(
@@ -335,8 +404,15 @@ def write_outputs(
         block_counts=blocks["counts"],
         steps_per_block=blocks["steps_per_block"],
     )
+    checks = record.get("stability", {}).get("checks")
     groups = grouping.groups_from_affinity(
-        ctx.workdir, affinity_record, max_groups, time_limit, blocks, confidence_config
+        ctx.workdir,
+        affinity_record,
+        max_groups,
+        time_limit,
+        blocks,
+        confidence_config,
+        **({"stability": stability.summary(ctx.config.affinity, checks)} if checks else {}),
     )
     return {
         "steps_recorded": affinity_record["steps_recorded"],

@@ -33,6 +33,7 @@ class LoopContext:
     numpy arrays, the method's eval_step run over a whole split.
     writer: the run's metric writer (tag_jax.metric_writing: write_scalars, write_images;
         TensorBoard and metrics.jsonl, written by process 0).
+    train_seconds: the run's training seconds so far, over all invocations.
     """
 
     config: Any
@@ -44,6 +45,7 @@ class LoopContext:
     step: int
     evaluate: Callable
     writer: Any
+    train_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,8 @@ class Method:
       members and serving.
     on_epoch_end(ctx, state, record) -> (state, record): record is the method's own JSON dict,
       saved with every checkpoint.
+    stop_reason(record) -> None, or why training should end now (a sentence, results.json's
+      'stop_reason'); asked with the method's record after each on_epoch_end.
     finish(ctx, state, record, final: FinalEvaluation) -> dict: writes the method's outputs
       (process 0 only) and returns a JSON summary for results.json.
     state_sharding(mesh): sharding (pytree prefix) of the state; None = replicated.
@@ -98,6 +102,7 @@ class Method:
     trunk_passes: tuple = (1, 1)
     served_groups: Optional[Callable] = None
     on_epoch_end: Optional[Callable] = None
+    stop_reason: Optional[Callable] = None
     finish: Optional[Callable] = None
     state_sharding: Optional[Callable] = None
     seeds: int = 1
