@@ -12,8 +12,9 @@ its training steps x seconds per step, and its evaluation:
   width, measured on 2 CPU cores);
 - evaluation: the validation split after every epoch and validation and test once more at the
   end, forward only (a third of a trunk pass per example and network);
-- networks trained side by side ('groups', 'pairs', 'random') that are vmapped on CPU: each
-  step VMAP_SLOWDOWN_PER_NETWORK x networks times slower than the same networks unrolled.
+- networks trained side by side ('groups', 'pairs', 'random') on CPU: vmapped, each step
+  VMAP_SLOWDOWN_PER_NETWORK x networks times slower than the same networks unrolled; unrolled,
+  UNROLLED_COMPILE_SECONDS_PER_NETWORK of compiling a network.
 While the study runs, `time_left` scales the estimates of the stages left by how long the stages
 run so far took against their own estimates. Pure: no JAX, no files.
 """
@@ -37,6 +38,9 @@ EVAL_SHARE = 1 / 3  # an evaluation forward pass, as a share of a training pass
 # unrolled (2026-12-06, load 6-13, 8x8 images, width 16, batch 64: 10 networks 0.40 against
 # 0.027 s a step, 55 networks 11-18 s against 0.17-0.26 s).
 VMAP_SLOWDOWN_PER_NETWORK = 1.4
+# Unrolled, their training step compiled for about 2 s a network on CPU (55 networks: 110 s,
+# 2026-12-07, 2 quiet cores).
+UNROLLED_COMPILE_SECONDS_PER_NETWORK = 2.0
 STACKED_METHODS = ("groups", "pairs", "random")
 CACHE_BASIS, RULE_BASIS = "autotune cache", "rule of thumb"
 
@@ -180,13 +184,14 @@ def estimate_stage(
     cached = cached_pass_seconds(config, batch, workload, decisions, where or {})
     per_pass = cached[0] if cached else rule_pass_seconds(config, batch, workload)
     count = networks(config, workload.num_tasks)
-    if (
-        not (cached and cached[1])  # the stage's own timed step holds any slowdown
-        and cpu_network_strategy
-        and config.method in STACKED_METHODS
-        and cpu_network_strategy(config, count) == "vmap"
-    ):
+    strategy = (
+        cpu_network_strategy(config, count)
+        if cpu_network_strategy and config.method in STACKED_METHODS
+        else None
+    )
+    if strategy == "vmap" and not (cached and cached[1]):  # a timed step holds any slowdown
         per_pass *= VMAP_SLOWDOWN_PER_NETWORK * count
+    compile_seconds = UNROLLED_COMPILE_SECONDS_PER_NETWORK * count if strategy == "unrolled" else 0
     steps = training_steps(config, workload.num_train)
     train = steps * (STEP_OVERHEAD_SECONDS + passes_per_step(config, workload.num_tasks) * per_pass)
     epochs = -(-steps // num_batches(workload.num_train, config.batch_size, config.drop_remainder))
@@ -197,7 +202,7 @@ def estimate_stage(
         name,
         config.method,
         steps,
-        STARTUP_SECONDS + autotune + train + evaluation,
+        STARTUP_SECONDS + compile_seconds + autotune + train + evaluation,
         CACHE_BASIS if cached else RULE_BASIS,
         autotune,
     )
