@@ -75,7 +75,13 @@ def workdir(root, case, seed):
 
 def train(root, case, seed):
     """Runs the case for one seed unless its results.json exists."""
-    folder = workdir(root, case, seed)
+    train_case(workdir(root, case, seed), root, case, seed)
+
+
+def train_case(folder, root, case, seed, extra=()):
+    """Trains one TAG run of `case` (CASES) into `folder` with `python -m tag_jax.main`, its seed
+    and the `extra` flags, unless folder holds results.json; the copies' file is made under
+    `root` first when needed."""
     if os.path.exists(os.path.join(folder, "results.json")):
         return
     copies = os.path.join(root, "exchangeable_digits.npz")
@@ -94,6 +100,7 @@ def train(root, case, seed):
         f"--workdir={folder}",
         f"--config.seed={seed}",
         *(o.format(copies=copies) for o in overrides),
+        *extra,
     ]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

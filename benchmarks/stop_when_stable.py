@@ -15,16 +15,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
+
+from grouping_confidence import CASES, train_case  # the same cases, trained the same way
 
 from selection import confidence
-
-CASES = {
-    "synthetic": ("configs/synthetic_tag.py", []),
-    "digits": ("configs/npz_tag.py", ["--config.dataset.name=digits", "--config.image_size=8"]),
-    "copies": ("configs/npz_tag.py", ["--config.dataset.path={copies}"]),
-}
 
 
 def parse_args(argv=None):
@@ -33,7 +27,7 @@ def parse_args(argv=None):
     parser.add_argument("--cases", nargs="+", default=["synthetic", "digits"], choices=list(CASES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, nargs="+", default=[2])
-    parser.add_argument("--shares", type=float, nargs="+", default=[0.25, 1000.0])
+    parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 1000.0])
     parser.add_argument("--json", default="", help="also write the rows to this file")
     return parser.parse_args(argv)
 
@@ -42,29 +36,12 @@ def train(root, case, seed, n=0, share=None):
     """(results.json, groups.json) of the run, trained unless its results.json exists."""
     name = "full" if not n else f"stop{n}_share{share:g}"
     folder = os.path.join(root, case, f"seed{seed}", name)
-    if not os.path.exists(os.path.join(folder, "results.json")):
-        copies = os.path.join(root, "exchangeable_digits.npz")
-        if case == "copies" and not os.path.exists(copies):
-            here = os.path.dirname(os.path.abspath(__file__))
-            script = os.path.join(here, "exchangeable_digits.py")
-            subprocess.run([sys.executable, script, "--out", copies], check=True)
-        config, overrides = CASES[case]
-        command = [
-            sys.executable,
-            "-m",
-            "tag_jax.main",
-            f"--config={config}",
-            f"--workdir={folder}",
-            f"--config.seed={seed}",
-            *(o.format(copies=copies) for o in overrides),
-        ]
-        if n:
-            command += [
-                f"--config.affinity.stop_when_stable={n}",
-                f"--config.affinity.stable_check_share={share}",
-            ]
-        print("$", " ".join(command), flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    extra = (
+        (f"--config.affinity.stop_when_stable={n}", f"--config.affinity.stable_check_share={share}")
+        if n
+        else ()
+    )
+    train_case(folder, root, case, seed, extra)
     with open(os.path.join(folder, "results.json")) as f:
         results = json.load(f)
     with open(os.path.join(folder, "groups.json")) as f:
