@@ -1,6 +1,7 @@
 """The grouping study: stage plan, a tiny study end to end (paused, resumed, skipped), the CLI."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -141,7 +142,10 @@ def test_tiny_study_end_to_end_paused_resumed_and_skipped(tmp_path, monkeypatch,
         return train_and_evaluate(stage_config, stage_workdir, **kwargs)
 
     monkeypatch.setattr(train, "train_and_evaluate", reading_the_report)
-    caplog.set_level("INFO")
+    # the absl logger's own lines, whatever level or propagation earlier tests in this process
+    # left it with (the logs once went missing on a shared test worker)
+    caplog.set_level("INFO", logger="absl")
+    monkeypatch.setattr(logging.getLogger("absl"), "propagate", True)
     report = run_study(config, workdir)
     assert reports_seen["hoa"] is None  # the first stage (resumed): no report yet
     partial = reports_seen["hoa_k2"]
