@@ -122,3 +122,15 @@ def tiny():
     config.mesh.data = 1
     config.num_epochs = 1
     return config
+
+
+# Files of the user's own that a run's folder may hold, and must keep.
+USER_FILES = ("package.json", "my_labels.json", "figure1.png", "checkpoints/my_model.pt")
+
+
+def make_files(folder, names) -> None:
+    """Writes a small text file at each relative path of `names` under folder."""
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"the user's {name}")

@@ -16,7 +16,16 @@ import signal
 import numpy as np
 import pytest
 from conftest import load_config
-from helpers import error_lines, run_cli, snapshot, start_cli, tiny, wait_for
+from helpers import (
+    USER_FILES,
+    error_lines,
+    make_files,
+    run_cli,
+    snapshot,
+    start_cli,
+    tiny,
+    wait_for,
+)
 
 from tag_jax import checkpointing, cli, manifest, train
 from tag_jax.errors import UserError
@@ -37,16 +46,7 @@ def assert_refused(config, folder, match, exit_code=2):
     assert snapshot(folder) == before
 
 
-def make_files(folder, names) -> None:
-    for name in names:
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"the user's {name}")
-
-
 # --- the project deletes or overwrites only what it wrote (item 1) ---
-
-USER_FILES = ("package.json", "my_labels.json", "figure1.png", "checkpoints/my_model.pt")
 
 
 def test_restart_in_a_folder_that_never_held_a_run_deletes_nothing(tmp_path):

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import USER_FILES, make_files
 
 from tag_jax import (
     checkpointing,
@@ -201,16 +202,6 @@ def test_an_npz_with_one_task_is_refused_for_tag(tiny_config, tmp_path):
 
 
 # --- what a run wrote (tag_jax.manifest) ---
-
-
-def make_files(folder, names) -> None:
-    for name in names:
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"the user's {name}")
-
-
-USER_FILES = ("package.json", "my_labels.json", "figure1.png", "checkpoints/my_model.pt")
 
 
 def test_restart_refuses_a_folder_that_holds_no_run_and_deletes_nothing(tmp_path):

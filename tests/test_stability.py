@@ -224,12 +224,13 @@ def test_stop_settings_are_checked(key, value, message):
         methods.validate(config)
 
 
-def test_stopping_needs_the_confidence_it_watches(tiny_config):
-    tiny_config.method = "tag"
+@pytest.mark.parametrize("method", ["tag", "cs"])
+def test_stopping_needs_the_confidence_it_watches(tiny_config, method):
+    tiny_config.method = method
     tiny_config.affinity.stop_when_stable = 2
     tiny_config.affinity.confidence.num_resamples = 0
     with pytest.raises(UserError, match="needs the confidence it watches"):
-        methods.build(tiny_config, ("a", "b"), (8, 8, 3), steps_per_epoch=3)
+        methods.validate(tiny_config)
 
 
 def test_a_checkpoint_with_a_malformed_stop_reason_is_refused():

@@ -34,12 +34,16 @@ REGISTRY = {
     "tag": Registered(
         affinity_methods.build_tag,
         AFFINITY,
-        (affinity_methods.momentum_lookahead_needs_sgd,),
+        (affinity_methods.momentum_lookahead_needs_sgd, affinity_methods.stopping_needs_confidence),
         (affinity_methods.TAG_STRATEGY,),
         min_tasks=2,
     ),
     "cs": Registered(
-        affinity_methods.build_cs, AFFINITY, tuned=(affinity_methods.CS_STRATEGY,), min_tasks=2
+        affinity_methods.build_cs,
+        AFFINITY,
+        (affinity_methods.stopping_needs_confidence,),
+        (affinity_methods.CS_STRATEGY,),
+        min_tasks=2,
     ),
     "uw": Registered(baselines.build_uw, (baselines.BLOCK,)),
     "gradnorm": Registered(baselines.build_gradnorm, (baselines.BLOCK,)),

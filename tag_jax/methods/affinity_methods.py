@@ -145,6 +145,15 @@ def momentum_lookahead_needs_sgd(config) -> None:
         )
 
 
+def stopping_needs_confidence(config) -> None:
+    """stop_when_stable watches the grouping's confidence, which needs resamples."""
+    if config.affinity.stop_when_stable and not config.affinity.confidence.num_resamples:
+        raise UserError(
+            "config.affinity.stop_when_stable needs the confidence it watches: set "
+            "config.affinity.confidence.num_resamples > 0 (default 100), or stop_when_stable=0"
+        )
+
+
 def build_tag(config, task_names, image_shape, steps_per_epoch) -> Method:
     aff = config.affinity
     model = models.create_model(config, len(task_names))
@@ -253,11 +262,6 @@ def _affinity_method(
         raise UserError(
             "config.affinity.stop_when_stable works in one process only (each process would "
             "time its own checks and could stop at another epoch); set it to 0"
-        )
-    if config.affinity.stop_when_stable and not config.affinity.confidence.num_resamples:
-        raise UserError(
-            "config.affinity.stop_when_stable needs the confidence it watches: set "
-            "config.affinity.confidence.num_resamples > 0 (default 100), or stop_when_stable=0"
         )
     optimizer = optim.create_optimizer(config, steps_per_epoch)
     tracker = steps.init_affinity_tracker(len(source_names), len(task_names))
