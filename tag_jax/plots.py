@@ -208,7 +208,11 @@ def grouping_confidence(record: dict):
     tasks, selections = record["tasks"], record["selections"]
     size = 1.5 + 0.32 * len(tasks)
     fig, axes = plt.subplots(
-        1, len(selections), figsize=(size * len(selections) + 1.2, size + 0.6), squeeze=False
+        1,
+        len(selections),
+        figsize=(size * len(selections) + 1.2, size + 0.6),
+        squeeze=False,
+        layout="constrained",  # room for the two-line titles and the colour bar
     )
     for ax, s in zip(axes.flat, selections):
         serving = serving_groups(s)
@@ -237,11 +241,12 @@ def grouping_confidence(record: dict):
         ax.set_title(
             f"k={s['max_groups']}: confidence {s['confidence']:.2f}\n{s['verdict']}", fontsize=9
         )
-    samples = "draws of the assignment" if record["method"] == "dmtg" else "resamples"
+    samples = "draws" if record["method"] == "dmtg" else "resamples"
     fig.colorbar(image, ax=list(axes.flat), label=f"share of {samples} in one group", shrink=0.8)
     fig.suptitle(
         f"{record['method'].upper()}: how often two tasks share a group over "
-        f"{selections[0]['num_samples']} {samples} (outlined: the reported groups)",
+        f"{selections[0]['num_samples']} {samples}\n"
+        f"{'of the assignment ' if samples == 'draws' else ''}(outlined: the reported groups)",
         fontsize=10,
     )
     return fig
